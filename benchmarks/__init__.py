@@ -1,0 +1,1 @@
+"""pynotes benchmark suite: `python -m benchmarks --help`."""

@@ -1,0 +1,177 @@
+"""Timing, machine description and reporting shared by every benchmark module.
+
+Method: each case times the anchor (what users run today) and pynotes in the same process,
+alternating one call of each per round so drift in the machine's speed hits both alike; after
+warm-up, the median of the rounds is reported (CUDA events on GPU, perf_counter on CPU). For
+memory-bound ops the achieved bandwidth (the op's minimal bytes moved / time) is reported as a
+fraction of this machine's copy bandwidth, measured once per run.
+"""
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+import pynotes
+
+
+@dataclasses.dataclass
+class Result:
+    op: str
+    case: str         # shape, dtype, layout
+    variant: str      # e.g. "forward", "forward+backward"
+    anchor: str       # what pynotes is compared with
+    anchor_ms: float
+    pynotes_ms: float
+    min_bytes: int = 0  # bytes an ideal kernel moves (0: not memory-bound)
+
+    @property
+    def speedup(self):
+        return self.anchor_ms / self.pynotes_ms
+
+    def bandwidth_fraction(self, copy_gbps):
+        if not self.min_bytes:
+            return None
+        return self.min_bytes / (self.pynotes_ms * 1e-3) / 1e9 / copy_gbps
+
+
+def synchronize(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_pair(anchor, candidate, device, warmup=3, rounds=25):
+    """Median milliseconds of anchor() and candidate(), measured in alternating rounds."""
+    for _ in range(warmup):
+        anchor()
+        candidate()
+    synchronize(device)
+    times = ([], [])
+    for _ in range(rounds):
+        for fn, out in ((anchor, times[0]), (candidate, times[1])):
+            if device == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                out.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def copy_bandwidth_gbps(device, nbytes=None):
+    """Bytes read + written per second by a large tensor copy (the practical memory roof).
+    On CPU the buffer is 4x the last-level cache, so the copy runs from DRAM."""
+    if nbytes is None:
+        nbytes = 2 * 1024**3 if device == "cuda" else 4 * last_level_cache_bytes()
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    ms, _ = time_pair(lambda: dst.copy_(src), lambda: None, device, warmup=2, rounds=9)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def last_level_cache_bytes():
+    try:
+        sizes = []
+        base = "/sys/devices/system/cpu/cpu0/cache"
+        for index in os.listdir(base):
+            with open(os.path.join(base, index, "size")) as f:
+                text = f.read().strip()
+            sizes.append(int(text[:-1]) * 1024 if text.endswith("K") else int(text))
+        return max(sizes)
+    except (OSError, ValueError):
+        return 32 * 1024**2
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device):
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device,
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "pynotes": pynotes.backend_info(),
+    }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 1024**3, 1)
+    return info
+
+
+def format_table(results, copy_gbps):
+    lines = ["| op | case | variant | anchor | anchor ms | pynotes ms | speedup | % of copy BW |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        frac = r.bandwidth_fraction(copy_gbps)
+        lines.append(f"| {r.op} | {r.case} | {r.variant} | {r.anchor} | {r.anchor_ms:.3f} | "
+                     f"{r.pynotes_ms:.3f} | {r.speedup:.2f}x | "
+                     f"{'' if frac is None else f'{100 * frac:.0f}%'} |")
+    return "\n".join(lines)
+
+
+def describe_machine(machine, copy_gbps):
+    be = machine["pynotes"]
+    where = machine.get("gpu", machine["cpu"])
+    return (f"{machine['date']}; {where}; CPU {machine['cpu']} ({machine['cpu_cores']} cores, "
+            f"{machine['torch_threads']} torch threads); torch {machine['torch']}; pynotes CPU "
+            f"kernels {be['cpu_capability']}, CUDA kernels {'yes' if be['with_cuda'] else 'no'}; "
+            f"copy bandwidth {copy_gbps:.1f} GB/s")
+
+
+def write_reports(results, machine, copy_gbps, out_dir, name):
+    """benchmarks/results/<name>.json, .md and (with matplotlib) .png."""
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, name)
+    rows = [{**dataclasses.asdict(r), "speedup": r.speedup,
+             "bandwidth_fraction": r.bandwidth_fraction(copy_gbps)} for r in results]
+    with open(base + ".json", "w") as f:
+        json.dump({"machine": machine, "copy_bandwidth_gbps": copy_gbps, "results": rows}, f,
+                  indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(f"# pynotes benchmarks ({name})\n\n{describe_machine(machine, copy_gbps)}\n\n"
+                f"Speedup = anchor time / pynotes time (median of alternating rounds after "
+                f"warm-up). % of copy BW = minimal bytes moved / time / copy bandwidth.\n\n"
+                f"{format_table(results, copy_gbps)}\n")
+    written = [base + ".json", base + ".md"]
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no chart; pip install matplotlib)")
+        return written
+    labels = [f"{r.op} {r.case}\n{r.variant} vs {r.anchor}" for r in results]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(results) + 1.5))
+    ax.barh(range(len(results)), [r.speedup for r in results], color="#3b7dd8")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(results)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup over anchor (x)")
+    ax.set_title(f"pynotes, {machine.get('gpu', machine['cpu'])}, "
+                 f"{machine['torch_threads']} threads", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(base + ".png", dpi=110)
+    plt.close(fig)
+    return written + [base + ".png"]

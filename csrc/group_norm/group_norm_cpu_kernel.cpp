@@ -1,0 +1,740 @@
+// Group norm CPU kernels, compiled once per instruction set (see common/cpu_dispatch.h):
+// everything here is defined in namespace pynotes::CPU_CAPABILITY.
+//
+// Layouts: NCHW, where a group's D = C/G * HxW elements are contiguous, and channels-last
+// (N, HxW, C), where a spatial position's C channels are. Work is split into tasks so that
+// both layouts use every thread whatever N and G are:
+//  - NCHW with many groups: a task per (n, g) computes the moments and then normalizes while
+//    the group is still in cache (one read of x from memory);
+//  - NCHW with few groups: tasks over (n, c, spatial chunk) for the moments, then again for
+//    the output;
+//  - channels-last: tasks over (n, chunk of spatial rows), vectorized across channels.
+// Sums are taken in at::opmath_type (float for Half/BFloat16), over blocks that stay in L1.
+#include "group_norm/group_norm_cpu_kernel.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "group_norm/group_norm.h"
+
+namespace pynotes {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+namespace gn = group_norm;
+
+// Elements handled at once: the size of the float buffers Half/BFloat16 are widened into,
+// small enough that a block's second pass reads L1.
+constexpr int64_t kBlock = 512;
+// Elements a task should touch at least (below this, scheduling costs more than it saves).
+constexpr int64_t kMinTaskElements = 1 << 14;
+
+template <typename T>
+using acc_t = at::opmath_type<T>;
+
+template <typename T>
+constexpr bool kWiden = !std::is_same_v<T, acc_t<T>>;
+
+// Reads T as acc_t: float and double pass through, Half and BFloat16 are widened per block.
+template <typename T>
+class BlockReader {
+ public:
+  const acc_t<T>* operator()(const T* p, int64_t n) {
+    if constexpr (kWiden<T>) {
+      at::vec::convert(p, buf_, n);
+      return buf_;
+    } else {
+      return p;
+    }
+  }
+
+ private:
+  acc_t<T> buf_[kWiden<T> ? kBlock : 1];
+};
+
+// Writes acc_t results as T: compute into dest(p), then commit(p, n) narrows them into place.
+template <typename T>
+class BlockWriter {
+ public:
+  acc_t<T>* dest(T* p) {
+    if constexpr (kWiden<T>) {
+      return buf_;
+    } else {
+      return p;
+    }
+  }
+  void commit(T* p, int64_t n) {
+    if constexpr (kWiden<T>) at::vec::convert(buf_, p, n);
+  }
+
+ private:
+  acc_t<T> buf_[kWiden<T> ? kBlock : 1];
+};
+
+template <typename V>
+inline typename V::value_type horizontal_sum(const V& v) {
+  using S = typename V::value_type;
+  alignas(64) S lanes[V::size()];
+  v.store(lanes);
+  S sum = 0;
+  for (int i = 0; i < V::size(); ++i) sum += lanes[i];
+  return sum;
+}
+
+// sigmoid on SIMD lanes, for gn::activate and gn::pre_activation_grad. exp_u20 (ATen's
+// polynomial, within 2 ulp) costs half of Sleef's 1-ulp exp, which dominates the fused SiLU.
+struct VecSigmoid {
+  template <typename V>
+  V operator()(const V& y) const {
+    return V(1) / (V(1) + y.neg().exp_u20());
+  }
+};
+
+// A kernel parameter: one value for the whole block (NCHW), or one per lane (channels-last).
+template <bool kPerLane, typename V>
+inline V param(const typename V::value_type* p, int64_t i, int64_t k) {
+  if constexpr (kPerLane) {
+    return V::loadu(p + i, k);
+  } else {
+    return V(*p);
+  }
+}
+
+// Moments of x[0:n] by two passes over the block (exact even when |mean| >> std).
+template <typename S>
+gn::Moments<S> block_moments(const S* x, int64_t n) {
+  using V = Vectorized<S>;
+  constexpr int64_t W = V::size();
+  V sum0(0), sum1(0);
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    sum0 = sum0 + V::loadu(x + i);
+    sum1 = sum1 + V::loadu(x + i + W);
+  }
+  for (; i < n; i += W) sum0 = sum0 + V::loadu(x + i, std::min(W, n - i));
+  const S mean = horizontal_sum(sum0 + sum1) / S(n);
+  const V vmean(mean);
+  V m0(0), m1(0);
+  for (i = 0; i + 2 * W <= n; i += 2 * W) {
+    const V d0 = V::loadu(x + i) - vmean;
+    const V d1 = V::loadu(x + i + W) - vmean;
+    m0 = at::vec::fmadd(d0, d0, m0);
+    m1 = at::vec::fmadd(d1, d1, m1);
+  }
+  for (; i < n; i += W) {
+    const int64_t k = std::min(W, n - i);
+    const V d = V::set(V(0), V::loadu(x + i, k) - vmean, k);  // zero the lanes past n
+    m0 = at::vec::fmadd(d, d, m0);
+  }
+  return {S(n), mean, horizontal_sum(m0 + m1)};
+}
+
+// out[c] = sum over rows r of f(x[r * C + c], c), for c < C: four SIMD columns at a time
+// held in registers while walking down the rows (x is rows x C, row-major).
+template <typename S, typename F>
+inline void column_sums(const S* x, int64_t rows, int64_t C, S* out, const F& f) {
+  using V = Vectorized<S>;
+  constexpr int64_t W = V::size();
+  int64_t c = 0;
+  for (; c + 4 * W <= C; c += 4 * W) {
+    V acc0(0), acc1(0), acc2(0), acc3(0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const S* xr = x + r * C + c;
+      acc0 = acc0 + f(V::loadu(xr), c, W);
+      acc1 = acc1 + f(V::loadu(xr + W), c + W, W);
+      acc2 = acc2 + f(V::loadu(xr + 2 * W), c + 2 * W, W);
+      acc3 = acc3 + f(V::loadu(xr + 3 * W), c + 3 * W, W);
+    }
+    acc0.store(out + c);
+    acc1.store(out + c + W);
+    acc2.store(out + c + 2 * W);
+    acc3.store(out + c + 3 * W);
+  }
+  for (; c < C; c += W) {
+    const int64_t k = std::min(W, C - c);
+    V acc(0);
+    for (int64_t r = 0; r < rows; ++r) acc = acc + f(V::loadu(x + r * C + c, k), c, k);
+    acc.store(out + c, k);
+  }
+}
+
+// y[i] = normalize(x[i]) (then SiLU) for a block.
+template <bool kSilu, bool kPerLane, typename S>
+inline void normalize_block(const S* x, S* y, int64_t n, const S* mean, const S* scale,
+                            const S* shift) {
+  using V = Vectorized<S>;
+  constexpr int64_t W = V::size();
+  for (int64_t i = 0; i < n; i += W) {
+    const int64_t k = std::min(W, n - i);
+    const V out = gn::normalize(V::loadu(x + i, k), param<kPerLane, V>(mean, i, k),
+                                param<kPerLane, V>(scale, i, k), param<kPerLane, V>(shift, i, k));
+    gn::activate<kSilu>(out, VecSigmoid{}).store(y + i, k);
+  }
+}
+
+// Adds sum dy and sum dy * (x - mean) over a block to sum_dy, sum_dy_xc: one total for the
+// block, or (kPerLane) one per lane. Stores dy to dy_out unless it is null.
+template <bool kSilu, bool kPerLane, typename S>
+inline void grad_sums_block(const S* dz, const S* x, int64_t n, const S* mean, const S* scale,
+                            const S* shift, S* sum_dy, S* sum_dy_xc, S* dy_out = nullptr) {
+  using V = Vectorized<S>;
+  constexpr int64_t W = V::size();
+  V acc_dy(0), acc_dy_xc(0);
+  int64_t i = 0;
+  if constexpr (!kPerLane) {  // two vectors per step: two independent add chains
+    V acc_dy2(0), acc_dy_xc2(0);
+    const V vmean(*mean), vscale(*scale), vshift(*shift);
+    for (; i + 2 * W <= n; i += 2 * W) {
+      const V x0 = V::loadu(x + i), x1 = V::loadu(x + i + W);
+      const V dy0 = gn::pre_activation_grad<kSilu>(V::loadu(dz + i), x0, vmean, vscale, vshift,
+                                                   VecSigmoid{});
+      const V dy1 = gn::pre_activation_grad<kSilu>(V::loadu(dz + i + W), x1, vmean, vscale,
+                                                   vshift, VecSigmoid{});
+      if (dy_out) {
+        dy0.store(dy_out + i);
+        dy1.store(dy_out + i + W);
+      }
+      acc_dy = acc_dy + dy0;
+      acc_dy2 = acc_dy2 + dy1;
+      acc_dy_xc = at::vec::fmadd(dy0, x0 - vmean, acc_dy_xc);
+      acc_dy_xc2 = at::vec::fmadd(dy1, x1 - vmean, acc_dy_xc2);
+    }
+    acc_dy = acc_dy + acc_dy2;
+    acc_dy_xc = acc_dy_xc + acc_dy_xc2;
+  }
+  for (; i < n; i += W) {
+    const int64_t k = std::min(W, n - i);
+    const V vmean = param<kPerLane, V>(mean, i, k);
+    const V vx = V::loadu(x + i, k);
+    // Lanes past n load dz = 0, so they add nothing.
+    const V dy = gn::pre_activation_grad<kSilu>(V::loadu(dz + i, k), vx, vmean,
+                                                param<kPerLane, V>(scale, i, k),
+                                                param<kPerLane, V>(shift, i, k), VecSigmoid{});
+    if (dy_out) dy.store(dy_out + i, k);
+    if constexpr (kPerLane) {
+      (V::loadu(sum_dy + i, k) + dy).store(sum_dy + i, k);
+      at::vec::fmadd(dy, vx - vmean, V::loadu(sum_dy_xc + i, k)).store(sum_dy_xc + i, k);
+    } else {
+      acc_dy = acc_dy + dy;
+      acc_dy_xc = at::vec::fmadd(dy, vx - vmean, acc_dy_xc);
+    }
+  }
+  if constexpr (!kPerLane) {
+    *sum_dy += horizontal_sum(acc_dy);
+    *sum_dy_xc += horizontal_sum(acc_dy_xc);
+  }
+}
+
+// dx[i] = scale * dy + xc_coef * (x - mean) + bias_coef for a block.
+template <bool kSilu, bool kPerLane, typename S>
+inline void input_grad_block(const S* dz, const S* x, S* dx, int64_t n, const S* mean,
+                             const S* scale, const S* shift, const S* xc_coef,
+                             const S* bias_coef) {
+  using V = Vectorized<S>;
+  constexpr int64_t W = V::size();
+  for (int64_t i = 0; i < n; i += W) {
+    const int64_t k = std::min(W, n - i);
+    const V vmean = param<kPerLane, V>(mean, i, k);
+    const V vscale = param<kPerLane, V>(scale, i, k);
+    const V vx = V::loadu(x + i, k);
+    const V dy = gn::pre_activation_grad<kSilu>(V::loadu(dz + i, k), vx, vmean, vscale,
+                                                param<kPerLane, V>(shift, i, k), VecSigmoid{});
+    gn::input_grad(dy, vx, vmean, vscale, param<kPerLane, V>(xc_coef, i, k),
+                   param<kPerLane, V>(bias_coef, i, k))
+        .store(dx + i, k);
+  }
+}
+
+// Calls f(offset, length) for consecutive blocks of [begin, end): kBlock-sized where T is
+// widened through a kBlock buffer, or the whole range at once for float and double.
+template <typename T, typename F>
+inline void for_each_block(int64_t begin, int64_t end, const F& f) {
+  const int64_t block = kWiden<T> ? kBlock : std::max<int64_t>(end - begin, 1);
+  for (int64_t i = begin; i < end; i += block) f(i, std::min(block, end - i));
+}
+
+// Moments of x[begin, end) (T widened as needed), by two passes over L1-sized blocks.
+template <typename T>
+inline gn::Moments<acc_t<T>> range_moments(BlockReader<T>& rd, const T* x, int64_t begin,
+                                           int64_t end) {
+  gn::Moments<acc_t<T>> m{0, 0, 0};
+  for (int64_t off = begin; off < end; off += kBlock) {
+    const int64_t len = std::min(kBlock, end - off);
+    m = gn::merge(m, block_moments(rd(x + off, len), len));
+  }
+  return m;
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Per-channel affine: scale = rstd * weight_c, shift = bias_c.
+template <typename T>
+struct Affine {
+  const T* weight;
+  const T* bias;
+  acc_t<T> scale(int64_t c, acc_t<T> rstd) const {
+    return weight ? rstd * static_cast<acc_t<T>>(weight[c]) : rstd;
+  }
+  acc_t<T> shift(int64_t c) const { return bias ? static_cast<acc_t<T>>(bias[c]) : acc_t<T>(0); }
+};
+
+// ---------------------------------------------------------------------------- forward ---
+
+template <typename T, bool kSilu>
+void forward_nchw(const GroupNormCpuForwardArgs& a) {
+  using S = acc_t<T>;
+  const int64_t Cg = a.C / a.G, D = Cg * a.HxW, HxW = a.HxW, groups = a.N * a.G;
+  const T* x = static_cast<const T*>(a.x);
+  T* y = static_cast<T*>(a.y);
+  S* mean_out = static_cast<S*>(a.mean);
+  S* rstd_out = static_cast<S*>(a.rstd);
+  const Affine<T> affine{static_cast<const T*>(a.weight), static_cast<const T*>(a.bias)};
+  const S eps = static_cast<S>(a.eps);
+
+  // Normalizes channel c's spatial elements [begin, end) of sample n.
+  auto normalize_channel = [&](BlockReader<T>& rd, BlockWriter<T>& wr, int64_t n, int64_t c,
+                               int64_t begin, int64_t end) {
+    const int64_t ng = n * a.G + c / Cg;
+    const S mean = mean_out[ng], scale = affine.scale(c, rstd_out[ng]), shift = affine.shift(c);
+    const int64_t base = (n * a.C + c) * HxW;
+    for_each_block<T>(begin, end, [&](int64_t off, int64_t len) {
+      normalize_block<kSilu, false>(rd(x + base + off, len), wr.dest(y + base + off), len, &mean,
+                                    &scale, &shift);
+      wr.commit(y + base + off, len);
+    });
+  };
+
+  if (groups >= 4 * at::get_num_threads()) {
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      BlockReader<T> rd;
+      BlockWriter<T> wr;
+      for (int64_t ng = begin; ng < end; ++ng) {
+        const gn::Moments<S> m = range_moments(rd, x + ng * D, 0, D);
+        mean_out[ng] = m.mean;
+        rstd_out[ng] = gn::rstd_of(m, eps);
+        const int64_t n = ng / a.G, c0 = (ng % a.G) * Cg;
+        for (int64_t c = c0; c < c0 + Cg; ++c) normalize_channel(rd, wr, n, c, 0, HxW);
+      }
+    });
+    return;
+  }
+
+  // Few groups: split each channel's spatial extent into chunks, one task each.
+  const int64_t chunk = std::max(
+      kMinTaskElements, ceil_div(a.N * a.C * HxW, int64_t(8) * at::get_num_threads()));
+  const int64_t chunks = ceil_div(HxW, chunk), tasks = a.N * a.C * chunks;
+  std::vector<gn::Moments<S>> partial(tasks);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    BlockReader<T> rd;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t row = t / chunks, lo = (t % chunks) * chunk, hi = std::min(HxW, lo + chunk);
+      partial[t] = range_moments(rd, x + row * HxW, lo, hi);
+    }
+  });
+  for (int64_t ng = 0; ng < groups; ++ng) {
+    gn::Moments<S> m{0, 0, 0};
+    for (int64_t t = ng * Cg * chunks; t < (ng + 1) * Cg * chunks; ++t) m = gn::merge(m, partial[t]);
+    mean_out[ng] = m.mean;
+    rstd_out[ng] = gn::rstd_of(m, eps);
+  }
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    BlockReader<T> rd;
+    BlockWriter<T> wr;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t row = t / chunks, lo = (t % chunks) * chunk;
+      normalize_channel(rd, wr, row / a.C, row % a.C, lo, std::min(HxW, lo + chunk));
+    }
+  });
+}
+
+// Channels-last tasks: sample n, spatial rows [lo, hi).
+struct RowTasks {
+  int64_t rows_per_task, tasks_per_sample;
+  RowTasks(int64_t N, int64_t HxW, int64_t C) {
+    rows_per_task = std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(C, 1));
+    // Enough tasks to keep every thread busy when N is small.
+    const int64_t want = ceil_div(int64_t(4) * at::get_num_threads(), std::max<int64_t>(N, 1));
+    rows_per_task = std::max<int64_t>(1, std::min(rows_per_task, ceil_div(HxW, want)));
+    tasks_per_sample = ceil_div(HxW, rows_per_task);
+  }
+};
+
+template <typename T, bool kSilu>
+void forward_channels_last(const GroupNormCpuForwardArgs& a) {
+  using S = acc_t<T>;
+  using V = Vectorized<S>;
+  const int64_t N = a.N, C = a.C, G = a.G, Cg = C / G, HxW = a.HxW;
+  const T* x = static_cast<const T*>(a.x);
+  T* y = static_cast<T*>(a.y);
+  S* mean_out = static_cast<S*>(a.mean);
+  S* rstd_out = static_cast<S*>(a.rstd);
+  const Affine<T> affine{static_cast<const T*>(a.weight), static_cast<const T*>(a.bias)};
+  const RowTasks rt(N, HxW, C);
+  std::vector<gn::Moments<S>> partial(N * rt.tasks_per_sample * G);
+  std::vector<S> mean_c(N * C), scale_c(N * C), shift_c(N * C);  // per (n, c), for normalize
+
+  // Scratch of one thread: per-channel mean and M2, and Half/BFloat16 rows widened to float.
+  struct Scratch {
+    std::vector<S> mean, m2, widened;
+  };
+  auto make_scratch = [&] {
+    return Scratch{std::vector<S>(C), std::vector<S>(C),
+                   std::vector<S>(kWiden<T> ? rt.rows_per_task * C : 0)};
+  };
+  auto rows_of = [&](int64_t t, int64_t& n, int64_t& lo, int64_t& rows) {
+    n = t / rt.tasks_per_sample;
+    lo = (t % rt.tasks_per_sample) * rt.rows_per_task;
+    rows = std::min(HxW, lo + rt.rows_per_task) - lo;
+  };
+  // Task t's per-group moments: per-channel two passes over its rows (in cache), merged.
+  auto chunk_moments = [&](int64_t t, Scratch& sc) {
+    int64_t n, lo, rows;
+    rows_of(t, n, lo, rows);
+    const T* chunk = x + (n * HxW + lo) * C;  // rows x C, contiguous
+    const S* xs;
+    if constexpr (kWiden<T>) {
+      at::vec::convert(chunk, sc.widened.data(), rows * C);
+      xs = sc.widened.data();
+    } else {
+      xs = chunk;
+    }
+    column_sums(xs, rows, C, sc.mean.data(), [](const V& v, int64_t, int64_t) { return v; });
+    const S count = S(rows);
+    for (int64_t c = 0; c < C; ++c) sc.mean[c] /= count;
+    column_sums(xs, rows, C, sc.m2.data(), [&](const V& v, int64_t c, int64_t k) {
+      const V d = v - V::loadu(sc.mean.data() + c, k);
+      return d * d;
+    });
+    for (int64_t g = 0; g < G; ++g) {
+      partial[t * G + g] =
+          gn::merge_equal_counts(count, sc.mean.data() + g * Cg, sc.m2.data() + g * Cg, Cg);
+    }
+  };
+  // Sample n's statistics from its tasks' moments, and its per-channel mean / scale / shift.
+  auto finish_sample = [&](int64_t n) {
+    for (int64_t g = 0; g < G; ++g) {
+      gn::Moments<S> m{0, 0, 0};
+      for (int64_t t = n * rt.tasks_per_sample; t < (n + 1) * rt.tasks_per_sample; ++t)
+        m = gn::merge(m, partial[t * G + g]);
+      const S rstd = gn::rstd_of(m, static_cast<S>(a.eps));
+      mean_out[n * G + g] = m.mean;
+      rstd_out[n * G + g] = rstd;
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+        mean_c[n * C + c] = m.mean;
+        scale_c[n * C + c] = affine.scale(c, rstd);
+        shift_c[n * C + c] = affine.shift(c);
+      }
+    }
+  };
+  auto normalize_rows = [&](int64_t t, BlockReader<T>& rd, BlockWriter<T>& wr) {
+    int64_t n, lo, rows;
+    rows_of(t, n, lo, rows);
+    for (int64_t r = lo; r < lo + rows; ++r) {
+      const int64_t base = (n * HxW + r) * C;
+      for_each_block<T>(0, C, [&](int64_t off, int64_t len) {
+        const int64_t p = n * C + off;
+        normalize_block<kSilu, true>(rd(x + base + off, len), wr.dest(y + base + off), len,
+                                     mean_c.data() + p, scale_c.data() + p, shift_c.data() + p);
+        wr.commit(y + base + off, len);
+      });
+    }
+  };
+
+  if (N >= 4 * at::get_num_threads()) {
+    // A task per sample: its statistics, then its output while the sample is still in cache.
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      Scratch sc = make_scratch();
+      BlockReader<T> rd;
+      BlockWriter<T> wr;
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t t0 = n * rt.tasks_per_sample, t1 = t0 + rt.tasks_per_sample;
+        for (int64_t t = t0; t < t1; ++t) chunk_moments(t, sc);
+        finish_sample(n);
+        for (int64_t t = t0; t < t1; ++t) normalize_rows(t, rd, wr);
+      }
+    });
+    return;
+  }
+  const int64_t tasks = N * rt.tasks_per_sample;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    Scratch sc = make_scratch();
+    for (int64_t t = begin; t < end; ++t) chunk_moments(t, sc);
+  });
+  for (int64_t n = 0; n < N; ++n) finish_sample(n);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    BlockReader<T> rd;
+    BlockWriter<T> wr;
+    for (int64_t t = begin; t < end; ++t) normalize_rows(t, rd, wr);
+  });
+}
+
+// --------------------------------------------------------------------------- backward ---
+
+// Finishes the backward from per-(n, c) sums: sum_dy[n, c] = sum dy and
+// sum_dy_xc[n, c] = sum dy * (x - mean). Writes dweight, dbias; returns per-(n, g) coefficients.
+template <typename T>
+std::vector<gn::InputGradCoefs<acc_t<T>>> finish_sums(const GroupNormCpuBackwardArgs& a,
+                                                      const std::vector<acc_t<T>>& sum_dy,
+                                                      const std::vector<acc_t<T>>& sum_dy_xc) {
+  using S = acc_t<T>;
+  const int64_t N = a.N, C = a.C, G = a.G, Cg = C / G;
+  const S* rstd = static_cast<const S*>(a.rstd);
+  const T* weight = static_cast<const T*>(a.weight);
+  std::vector<gn::InputGradCoefs<S>> coefs(N * G);
+  for (int64_t ng = 0; ng < N * G; ++ng) {
+    S gdy = 0, gdy_xhat = 0;
+    for (int64_t c = (ng % G) * Cg; c < (ng % G + 1) * Cg; ++c) {
+      const S w = weight ? static_cast<S>(weight[c]) : S(1);
+      const int64_t nc = (ng / G) * C + c;
+      gdy += w * sum_dy[nc];
+      gdy_xhat += w * rstd[ng] * sum_dy_xc[nc];
+    }
+    coefs[ng] = gn::input_grad_coefs(rstd[ng], S(Cg * a.HxW), gdy, gdy_xhat);
+  }
+  T* dweight = static_cast<T*>(a.dweight);
+  T* dbias = static_cast<T*>(a.dbias);
+  for (int64_t c = 0; c < C; ++c) {
+    S dw = 0, db = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      dw += rstd[n * G + c / Cg] * sum_dy_xc[n * C + c];
+      db += sum_dy[n * C + c];
+    }
+    dweight[c] = static_cast<T>(dw);
+    dbias[c] = static_cast<T>(db);
+  }
+  return coefs;
+}
+
+template <typename T, bool kSilu>
+void backward_nchw(const GroupNormCpuBackwardArgs& a) {
+  using S = acc_t<T>;
+  const int64_t C = a.C, G = a.G, Cg = C / G, HxW = a.HxW, groups = a.N * G;
+  const T* dz = static_cast<const T*>(a.dy);
+  const T* x = static_cast<const T*>(a.x);
+  T* dx = static_cast<T*>(a.dx);
+  const S* mean = static_cast<const S*>(a.mean);
+  const S* rstd = static_cast<const S*>(a.rstd);
+  const Affine<T> affine{static_cast<const T*>(a.weight), static_cast<const T*>(a.bias)};
+  std::vector<S> sum_dy(a.N * C, S(0)), sum_dy_xc(a.N * C, S(0));
+
+  // Adds channel c's sums over spatial [begin, end) of sample n to *s_dy, *s_dy_xc; with
+  // keep_dy, also leaves dy in dx (read back by channel_input_grad<false>).
+  auto channel_sums = [&](BlockReader<T>& rd_dz, BlockReader<T>& rd_x, int64_t n, int64_t c,
+                          int64_t begin, int64_t end, S* s_dy, S* s_dy_xc, bool keep_dy) {
+    const int64_t ng = n * G + c / Cg, base = (n * C + c) * HxW;
+    const S scale = affine.scale(c, rstd[ng]), shift = affine.shift(c);
+    for_each_block<T>(begin, end, [&](int64_t off, int64_t len) {
+      S* dy_out = nullptr;
+      if constexpr (!kWiden<T>) dy_out = keep_dy ? dx + base + off : nullptr;
+      grad_sums_block<kSilu, false>(rd_dz(dz + base + off, len), rd_x(x + base + off, len), len,
+                                    &mean[ng], &scale, &shift, s_dy, s_dy_xc, dy_out);
+    });
+  };
+  // dx over channel c's spatial [begin, end) of sample n; silu_dy is std::true_type when
+  // channel_sums left dy in dx.
+  auto channel_input_grad = [&](auto silu_dy, BlockReader<T>& rd_dz, BlockReader<T>& rd_x,
+                                BlockWriter<T>& wr, int64_t n, int64_t c, int64_t begin,
+                                int64_t end, const gn::InputGradCoefs<S>& k) {
+    constexpr bool kDyInDx = decltype(silu_dy)::value;
+    const int64_t ng = n * G + c / Cg, base = (n * C + c) * HxW;
+    const S scale = affine.scale(c, rstd[ng]), shift = affine.shift(c);
+    const T* grad = kDyInDx ? dx : dz;
+    for_each_block<T>(begin, end, [&](int64_t off, int64_t len) {
+      input_grad_block<kSilu && !kDyInDx, false>(
+          rd_dz(grad + base + off, len), rd_x(x + base + off, len), wr.dest(dx + base + off), len,
+          &mean[ng], &scale, &shift, &k.xc_coef, &k.bias_coef);
+      wr.commit(dx + base + off, len);
+    });
+  };
+  // With SiLU, dy costs an exp: the per-group path computes it once, keeping it in dx.
+  constexpr bool kKeepDy = kSilu && !kWiden<T>;
+
+  if (groups >= 4 * at::get_num_threads()) {
+    // One task per group: its sums, then its input gradient while the group is in cache.
+    const T* weight = static_cast<const T*>(a.weight);
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      BlockReader<T> rd_dz, rd_x;
+      BlockWriter<T> wr;
+      for (int64_t ng = begin; ng < end; ++ng) {
+        const int64_t n = ng / G, c0 = (ng % G) * Cg;
+        S gdy = 0, gdy_xhat = 0;
+        for (int64_t c = c0; c < c0 + Cg; ++c) {
+          S* s_dy = &sum_dy[n * C + c];
+          S* s_dy_xc = &sum_dy_xc[n * C + c];
+          channel_sums(rd_dz, rd_x, n, c, 0, HxW, s_dy, s_dy_xc, kKeepDy);
+          const S w = weight ? static_cast<S>(weight[c]) : S(1);
+          gdy += w * *s_dy;
+          gdy_xhat += w * rstd[ng] * *s_dy_xc;
+        }
+        const auto k = gn::input_grad_coefs(rstd[ng], S(Cg * HxW), gdy, gdy_xhat);
+        for (int64_t c = c0; c < c0 + Cg; ++c) {
+          channel_input_grad(std::bool_constant<kKeepDy>{}, rd_dz, rd_x, wr, n, c, 0, HxW, k);
+        }
+      }
+    });
+    finish_sums<T>(a, sum_dy, sum_dy_xc);
+    return;
+  }
+
+  // Few groups: tasks over (n, c, spatial chunk) for the sums, then for the input gradient.
+  const int64_t chunk = std::max(
+      kMinTaskElements, ceil_div(a.N * C * HxW, int64_t(8) * at::get_num_threads()));
+  const int64_t chunks = ceil_div(HxW, chunk), tasks = a.N * C * chunks;
+  std::vector<S> part_dy(tasks, S(0)), part_dy_xc(tasks, S(0));
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    BlockReader<T> rd_dz, rd_x;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t row = t / chunks, lo = (t % chunks) * chunk;
+      channel_sums(rd_dz, rd_x, row / C, row % C, lo, std::min(HxW, lo + chunk), &part_dy[t],
+                   &part_dy_xc[t], false);
+    }
+  });
+  for (int64_t t = 0; t < tasks; ++t) {
+    sum_dy[t / chunks] += part_dy[t];
+    sum_dy_xc[t / chunks] += part_dy_xc[t];
+  }
+  const auto coefs = finish_sums<T>(a, sum_dy, sum_dy_xc);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    BlockReader<T> rd_dz, rd_x;
+    BlockWriter<T> wr;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t row = t / chunks, lo = (t % chunks) * chunk;
+      const int64_t n = row / C, c = row % C;
+      channel_input_grad(std::false_type{}, rd_dz, rd_x, wr, n, c, lo, std::min(HxW, lo + chunk),
+                         coefs[n * G + c / Cg]);
+    }
+  });
+}
+
+template <typename T, bool kSilu>
+void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
+  using S = acc_t<T>;
+  const int64_t N = a.N, C = a.C, G = a.G, Cg = C / G, HxW = a.HxW;
+  const T* dz = static_cast<const T*>(a.dy);
+  const T* x = static_cast<const T*>(a.x);
+  T* dx = static_cast<T*>(a.dx);
+  const S* mean = static_cast<const S*>(a.mean);
+  const S* rstd = static_cast<const S*>(a.rstd);
+  const Affine<T> affine{static_cast<const T*>(a.weight), static_cast<const T*>(a.bias)};
+  const RowTasks rt(N, HxW, C);
+  const int64_t tasks = N * rt.tasks_per_sample;
+
+  // Per (n, c) mean / scale / shift, read by lane below.
+  std::vector<S> mean_c(N * C), scale_c(N * C), shift_c(N * C);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t ng = n * G + c / Cg;
+      mean_c[n * C + c] = mean[ng];
+      scale_c[n * C + c] = affine.scale(c, rstd[ng]);
+      shift_c[n * C + c] = affine.shift(c);
+    }
+  }
+  auto for_each_row_block = [&](int64_t t, const auto& f) {  // f(element offset, nc offset, len)
+    const int64_t n = t / rt.tasks_per_sample;
+    const int64_t lo = (t % rt.tasks_per_sample) * rt.rows_per_task;
+    const int64_t hi = std::min(HxW, lo + rt.rows_per_task);
+    for (int64_t r = lo; r < hi; ++r) {
+      for_each_block<T>(0, C, [&](int64_t off, int64_t len) {
+        f((n * HxW + r) * C + off, n * C + off, len);
+      });
+    }
+  };
+
+  // Phase 1: per task, per-channel sums over its rows.
+  std::vector<S> part_dy(tasks * C, S(0)), part_dy_xc(tasks * C, S(0));
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    BlockReader<T> rd_dz, rd_x;
+    for (int64_t t = begin; t < end; ++t) {
+      for_each_row_block(t, [&](int64_t e, int64_t p, int64_t len) {
+        const int64_t off = p % C;
+        grad_sums_block<kSilu, true>(rd_dz(dz + e, len), rd_x(x + e, len), len,
+                                     mean_c.data() + p, scale_c.data() + p, shift_c.data() + p,
+                                     part_dy.data() + t * C + off, part_dy_xc.data() + t * C + off);
+      });
+    }
+  });
+  std::vector<S> sum_dy(N * C, S(0)), sum_dy_xc(N * C, S(0));
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t n = t / rt.tasks_per_sample;
+    for (int64_t c = 0; c < C; ++c) {
+      sum_dy[n * C + c] += part_dy[t * C + c];
+      sum_dy_xc[n * C + c] += part_dy_xc[t * C + c];
+    }
+  }
+  const auto coefs = finish_sums<T>(a, sum_dy, sum_dy_xc);
+
+  // Phase 2: input gradient, with the per-group coefficients spread over channels.
+  std::vector<S> xc_coef(N * C), bias_coef(N * C);
+  for (int64_t nc = 0; nc < N * C; ++nc) {
+    const auto& k = coefs[(nc / C) * G + (nc % C) / Cg];
+    xc_coef[nc] = k.xc_coef;
+    bias_coef[nc] = k.bias_coef;
+  }
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    BlockReader<T> rd_dz, rd_x;
+    BlockWriter<T> wr;
+    for (int64_t t = begin; t < end; ++t) {
+      for_each_row_block(t, [&](int64_t e, int64_t p, int64_t len) {
+        input_grad_block<kSilu, true>(rd_dz(dz + e, len), rd_x(x + e, len), wr.dest(dx + e), len,
+                                      mean_c.data() + p, scale_c.data() + p, shift_c.data() + p,
+                                      xc_coef.data() + p, bias_coef.data() + p);
+        wr.commit(dx + e, len);
+      });
+    }
+  });
+}
+
+template <typename T, bool kSilu>
+struct Forward {
+  static void run(const GroupNormCpuForwardArgs& a) {
+    if (a.channels_last) {
+      forward_channels_last<T, kSilu>(a);
+    } else {
+      forward_nchw<T, kSilu>(a);
+    }
+  }
+};
+
+template <typename T, bool kSilu>
+struct Backward {
+  static void run(const GroupNormCpuBackwardArgs& a) {
+    if (a.channels_last) {
+      backward_channels_last<T, kSilu>(a);
+    } else {
+      backward_nchw<T, kSilu>(a);
+    }
+  }
+};
+
+// Kernel<T, kSilu>::run(args) for the runtime dtype and SiLU flag.
+template <template <typename, bool> class Kernel, typename Args>
+void dispatch(const Args& a) {
+  switch (a.dtype) {
+#define PYNOTES_CASE(scalar_type, T) \
+  case c10::ScalarType::scalar_type: \
+    return a.silu ? Kernel<T, true>::run(a) : Kernel<T, false>::run(a);
+    PYNOTES_CASE(Float, float)
+    PYNOTES_CASE(Double, double)
+    PYNOTES_CASE(Half, c10::Half)
+    PYNOTES_CASE(BFloat16, c10::BFloat16)
+#undef PYNOTES_CASE
+    default: TORCH_INTERNAL_ASSERT(false, "group_norm CPU kernel: unexpected dtype ", a.dtype);
+  }
+}
+
+}  // namespace
+
+void group_norm_forward_cpu_kernel(const GroupNormCpuForwardArgs& a) { dispatch<Forward>(a); }
+
+void group_norm_backward_cpu_kernel(const GroupNormCpuBackwardArgs& a) { dispatch<Backward>(a); }
+
+}  // namespace CPU_CAPABILITY
+}  // namespace pynotes

@@ -1,0 +1,45 @@
+#pragma once
+// Entry points of the per-ISA CPU group norm kernels (group_norm_cpu_kernel.cpp). They take
+// raw pointers: the caller has checked shapes, dtypes and layout and allocated the outputs.
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "common/cpu_dispatch.h"
+
+namespace pynotes {
+
+struct GroupNormCpuForwardArgs {
+  c10::ScalarType dtype;  // of x, weight, bias, y; mean and rstd are float (double for double)
+  bool channels_last;     // x is (N, *, C) in memory rather than (N, C, *)
+  bool silu;
+  int64_t N, C, HxW, G;
+  double eps;
+  const void* x;
+  const void* weight;  // (C) or nullptr
+  const void* bias;    // (C) or nullptr
+  void* y;
+  void* mean;  // (N, G)
+  void* rstd;  // (N, G)
+};
+
+struct GroupNormCpuBackwardArgs {
+  c10::ScalarType dtype;
+  bool channels_last;
+  bool silu;
+  int64_t N, C, HxW, G;
+  const void* dy;  // same layout as x
+  const void* x;
+  const void* mean;
+  const void* rstd;
+  const void* weight;  // (C) or nullptr
+  const void* bias;    // (C) or nullptr; read only when silu
+  void* dx;
+  void* dweight;  // (C)
+  void* dbias;    // (C)
+};
+
+PYNOTES_DECLARE_CPU_KERNEL(void group_norm_forward_cpu_kernel(const GroupNormCpuForwardArgs&))
+PYNOTES_DECLARE_CPU_KERNEL(void group_norm_backward_cpu_kernel(const GroupNormCpuBackwardArgs&))
+
+}  // namespace pynotes

@@ -1,0 +1,80 @@
+"""Loads the compiled extension (pynotes._C) once and decides, per call, who runs an op."""
+import contextlib
+import os
+import warnings
+
+import torch
+
+_TRUE = ("1", "true", "yes", "on")
+_force_fallback = os.environ.get("PYNOTES_FORCE_FALLBACK", "0").lower() in _TRUE
+
+try:
+    from pynotes import _C  # loading it registers the torch.ops.pynotes.* operators
+    _load_error = None
+except ImportError as error:  # not built, or built against another torch
+    _C = None
+    _load_error = error
+    if not _force_fallback:
+        warnings.warn(f"pynotes: the compiled extension did not load ({error}); ops run their "
+                      "pure-PyTorch reference implementations", RuntimeWarning, stacklevel=2)
+
+_build = _C.build_info() if _C is not None else {}
+_warned_no_cuda = False
+
+
+def extension_loaded() -> bool:
+    return _C is not None
+
+
+def use_extension(tensor: torch.Tensor) -> bool:
+    """True when the compiled kernels handle `tensor`'s device; False selects the reference."""
+    global _warned_no_cuda
+    if _force_fallback or _C is None:
+        return False
+    if tensor.device.type == "cpu":
+        return True
+    if tensor.device.type == "cuda":
+        if _build["with_cuda"]:
+            return True
+        if not _warned_no_cuda:
+            _warned_no_cuda = True
+            warnings.warn("pynotes was built without CUDA kernels: CUDA tensors use the "
+                          "pure-PyTorch reference implementations", RuntimeWarning, stacklevel=3)
+    return False
+
+
+@contextlib.contextmanager
+def force_fallback(enabled: bool = True):
+    """Within the block, run the reference implementations (as PYNOTES_FORCE_FALLBACK=1 does)."""
+    global _force_fallback
+    previous, _force_fallback = _force_fallback, enabled
+    try:
+        yield
+    finally:
+        _force_fallback = previous
+
+
+def backend_info() -> dict:
+    """How the kernels were built and what they run with.
+
+    Keys: extension_loaded, force_fallback, with_cuda, cuda_version, cuda_archs,
+    cpu_capability (SIMD instruction set of the CPU kernels in use), num_threads (CPU threads
+    the kernels use), torch_version, torch_cuda_version, and load_error when the extension
+    did not load.
+    """
+    info = {
+        "extension_loaded": _C is not None,
+        "force_fallback": _force_fallback,
+        "with_cuda": False,
+        "cuda_version": None,
+        "cuda_archs": [],
+        "cpu_capability": None,
+        "num_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "torch_cuda_version": torch.version.cuda,
+    }
+    if _C is not None:
+        info.update(_C.build_info())  # num_threads read now: torch.set_num_threads may change it
+    else:
+        info["load_error"] = str(_load_error)
+    return info

@@ -1,0 +1,4 @@
+"""torch.nn layers backed by pynotes kernels; each is a drop-in for its torch.nn namesake."""
+from pynotes.nn.group_norm import GroupNorm
+
+__all__ = ["GroupNorm"]

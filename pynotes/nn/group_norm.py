@@ -1,0 +1,28 @@
+import torch
+
+from pynotes.ops.group_norm import group_norm
+from pynotes.reference.group_norm import parse_activation
+
+
+class GroupNorm(torch.nn.GroupNorm):
+    """Drop-in for torch.nn.GroupNorm: same arguments, parameters (weight, bias), init and
+    state_dict, and the same output for the same input, computed by pynotes kernels.
+
+    activation="silu" applies SiLU in the same kernel (GroupNorm then SiLU, as in diffusion
+    U-Nets), saving a full read and write of the activations forward and backward.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, activation=None, device=None, dtype=None):
+        parse_activation(activation)
+        super().__init__(num_groups, num_channels, eps=eps, affine=affine, device=device,
+                         dtype=dtype)
+        self.activation = activation
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
+                          self.activation)
+
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        return extra + (f", activation={self.activation!r}" if self.activation else "")

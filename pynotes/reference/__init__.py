@@ -1,0 +1,8 @@
+"""Pure-PyTorch implementations of every pynotes op, with the same signatures and semantics.
+
+They are the fallback when the compiled kernels cannot run, and the oracle the tests compare
+the kernels against.
+"""
+from pynotes.reference.group_norm import group_norm
+
+__all__ = ["group_norm"]

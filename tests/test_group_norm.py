@@ -1,0 +1,328 @@
+"""pynotes group norm against torch.nn.functional.group_norm (+ silu) in float64."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pynotes
+from pynotes import _ext
+from pynotes.reference import group_norm as reference_group_norm
+from conftest import FLOAT_DTYPES, tolerance
+
+# (shape, num_groups). Chosen to reach every kernel path for any thread count up to 64:
+# many groups (a task per group), few groups (tasks over channel chunks, one and several
+# chunks per channel), ranks 2 to 5, odd sizes and sizes that are not a multiple of a SIMD width.
+SHAPES = [
+    ((3, 12), 2),
+    ((2, 6, 7), 2),
+    ((1, 4, 4, 4), 2),
+    ((5, 10, 13, 17), 5),
+    ((16, 32, 3, 5), 16),
+    ((2, 12, 3, 5, 2), 3),
+    ((1, 1, 9, 11), 1),
+    ((1, 2, 161, 131), 1),
+]
+
+
+def activation_of(silu):
+    return "silu" if silu else None
+
+
+def torch_group_norm(x, num_groups, weight, bias, eps, silu):
+    """The anchor: torch's own group norm (then SiLU), in float64."""
+    as64 = (lambda t: None if t is None else t.double())
+    y = F.group_norm(as64(x), num_groups, as64(weight), as64(bias), eps)
+    return F.silu(y) if silu else y
+
+
+def make_inputs(shape, dtype, device, affine=True, requires_grad=False):
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(device, dtype)
+    c = shape[1]
+    w = torch.randn(c, dtype=torch.float64).to(device, dtype) if affine else None
+    b = torch.randn(c, dtype=torch.float64).to(device, dtype) if affine else None
+    if requires_grad:
+        for t in (x, w, b):
+            if t is not None:
+                t.requires_grad_()
+    return x, w, b
+
+
+def grads(out, inputs, grad_out):
+    leaves = [t for t in inputs if t is not None]
+    return torch.autograd.grad(out, leaves, grad_out)
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape,num_groups", SHAPES)
+def test_forward_matches_torch(device, shape, num_groups, dtype, silu):
+    x, w, b = make_inputs(shape, dtype, device)
+    out = pynotes.ops.group_norm(x, num_groups, w, b, eps=1e-5, activation=activation_of(silu))
+    assert out.dtype == dtype and out.shape == x.shape
+    expected = torch_group_norm(x, num_groups, w, b, 1e-5, silu)
+    torch.testing.assert_close(out.double(), expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape,num_groups", SHAPES)
+def test_backward_matches_torch(device, shape, num_groups, dtype, silu, affine):
+    x, w, b = make_inputs(shape, dtype, device, affine, requires_grad=True)
+    out = pynotes.ops.group_norm(x, num_groups, w, b, activation=activation_of(silu))
+    grad_out = torch.randn_like(out)
+    got = grads(out, (x, w, b), grad_out)
+
+    x64, w64, b64 = (None if t is None else t.detach().double().requires_grad_()
+                     for t in (x, w, b))
+    expected = grads(torch_group_norm(x64, num_groups, w64, b64, 1e-5, silu), (x64, w64, b64),
+                     grad_out.double())
+    tol = tolerance(dtype)
+    if dtype in (torch.float16, torch.bfloat16):  # weight/bias grads sum many rounded terms
+        tol = dict(atol=tol["atol"] * 4, rtol=tol["rtol"] * 2)
+    for name, g, e in zip(("input", "weight", "bias"), got, expected):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.double(), e, **tol, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape,num_groups", [((2, 4, 3, 5), 2), ((8, 8, 3, 3), 4)])
+def test_gradcheck(device, shape, num_groups, layout, silu, affine):
+    x, w, b = make_inputs(shape, torch.float64, device, affine)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    inputs = tuple(t.requires_grad_() for t in (x, w, b) if t is not None)
+
+    def fn(*args):
+        return pynotes.ops.group_norm(args[0], num_groups, *(args[1:] or (None, None)),
+                                      activation=activation_of(silu))
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def opcheck_samples(device):
+    samples = []
+    for shape, g, layout, silu, affine in [((2, 6, 5, 3), 3, torch.contiguous_format, False, True),
+                                           ((2, 6, 5, 3), 2, torch.channels_last, True, True),
+                                           ((3, 4, 7), 1, torch.contiguous_format, True, False),
+                                           ((8, 16, 2, 2), 8, torch.contiguous_format, False, True)]:
+        x, w, b = make_inputs(shape, torch.float32, device, affine)
+        x = x.contiguous(memory_format=layout)
+        samples.append((x, g, w, b, 1e-5, silu))
+    return samples
+
+
+def test_opcheck_forward(device):
+    for x, g, w, b, eps, silu in opcheck_samples(device):
+        for t in (x, w, b):
+            if t is not None:
+                t.requires_grad_()
+        torch.library.opcheck(torch.ops.pynotes.group_norm.default, (x, g, w, b, eps, silu))
+
+
+def test_opcheck_backward(device):
+    for x, g, w, b, eps, silu in opcheck_samples(device):
+        _, mean, rstd = torch.ops.pynotes.group_norm(x, g, w, b, eps, silu)
+        grad = torch.randn_like(x)
+        torch.library.opcheck(torch.ops.pynotes.group_norm_backward.default,
+                              (grad, x, mean, rstd, g, w, b, silu))
+
+
+def test_compiles_without_graph_breaks(device):
+    x, w, b = make_inputs((4, 8, 6, 6), torch.float32, device, requires_grad=True)
+
+    def fn(x, w, b):
+        return pynotes.ops.group_norm(x, 4, w, b, activation="silu") * 2
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    grad_out = torch.randn(4, 8, 6, 6, device=device)
+    out = compiled(x, w, b)
+    torch.testing.assert_close(out, fn(x, w, b))
+    for g, e in zip(grads(out, (x, w, b), grad_out), grads(fn(x, w, b), (x, w, b), grad_out)):
+        torch.testing.assert_close(g, e)
+
+
+# (N, C, *) stored channels-last, for ranks 3 to 5.
+LAYOUTS = {
+    "channels_last_1d": lambda t: t.transpose(1, 2).contiguous().transpose(1, 2),
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "channels_last_3d": lambda t: t.contiguous(memory_format=torch.channels_last_3d),
+}
+LAYOUT_SHAPES = {"channels_last_1d": (3, 12, 37), "channels_last": (3, 12, 7, 5),
+                 "channels_last_3d": (2, 12, 3, 4, 5)}
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("num_groups", [1, 3, 12])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_channels_last_keeps_layout(device, layout, num_groups, silu):
+    x, w, b = make_inputs(LAYOUT_SHAPES[layout], torch.float32, device)
+    x = LAYOUTS[layout](x).requires_grad_()
+    assert not x.is_contiguous()
+    w.requires_grad_()
+    b.requires_grad_()
+    out = pynotes.ops.group_norm(x, num_groups, w, b, activation=activation_of(silu))
+    assert out.stride() == x.stride()
+    torch.testing.assert_close(out.double(), torch_group_norm(x, num_groups, w, b, 1e-5, silu),
+                               **tolerance(torch.float32))
+    grad_out = torch.randn_like(out)
+    got = grads(out, (x, w, b), grad_out)
+    assert got[0].stride() == x.stride()
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    expected = grads(torch_group_norm(x64, num_groups, w64, b64, 1e-5, silu), (x64, w64, b64),
+                     grad_out.double())
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.double(), e, **tolerance(torch.float32))
+
+
+def test_non_contiguous_inputs(device):
+    base, w, b = make_inputs((4, 16, 10, 12), torch.float32, device)
+    x = base[:, ::2, ::2, 1:].requires_grad_()  # neither contiguous nor channels-last
+    w = w[::2].detach().requires_grad_()
+    b = b[::2].detach().requires_grad_()
+    out = pynotes.ops.group_norm(x, 4, w, b, activation="silu")
+    torch.testing.assert_close(out.double(), torch_group_norm(x, 4, w, b, 1e-5, True),
+                               **tolerance(torch.float32))
+    grad_out = torch.randn(4, 5, 8, 11, device=device).transpose(1, 2)  # not x's layout
+    got = grads(out, (x, w, b), grad_out)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    expected = grads(torch_group_norm(x64, 4, w64, b64, 1e-5, True), (x64, w64, b64),
+                     grad_out.double())
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.double(), e, **tolerance(torch.float32))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype,mean,std,atol", [(torch.float32, 100.0, 0.1, 1e-3),
+                                                 (torch.float64, 1e6, 1e-2, 1e-6)])
+def test_large_mean_stays_accurate(device, layout, dtype, mean, std, atol):
+    """|mean| / std = 1e3 and 1e8: E[x^2] - E[x]^2 would lose the variance (float32: off by
+    ~6 %, float64: all of it); Welford / two-pass moments keep it. The oracle is the reference
+    (torch.var_mean, centered autograd): torch's own float64 group norm backward is off by
+    O(1) here, as it computes sum(dy * x) - mean * sum(dy)."""
+    x = (mean + std * torch.randn(2, 8, 24, 24, dtype=torch.float64)).to(device, dtype)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out, _, rstd = torch.ops.pynotes.group_norm(x, 4, None, None, 1e-5, False)
+    x64 = x.detach().double().requires_grad_()
+    expected = reference_group_norm(x64, 4, eps=1e-5)
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=0)
+    var = x64.detach().reshape(2, 4, -1).var(dim=-1, unbiased=False)
+    torch.testing.assert_close(rstd.double(), torch.rsqrt(var + 1e-5), rtol=10 * atol, atol=0)
+    grad_out = torch.randn_like(x64)
+    (gx,) = torch.autograd.grad(pynotes.ops.group_norm(x, 4), x, grad_out.to(dtype))
+    (ex,) = torch.autograd.grad(expected, x64, grad_out)
+    torch.testing.assert_close(gx.double(), ex, atol=atol, rtol=10 * atol)
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 4, 4), (2, 8, 0), (3, 0, 5)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_zero_size(device, shape, layout):
+    g = 4 if shape[1] else 1
+    x, w, b = make_inputs(shape, torch.float32, device, affine=bool(shape[1]),
+                          requires_grad=True)
+    if layout == "channels_last" and len(shape) == 4:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    out = pynotes.ops.group_norm(x, g, w, b, activation="silu")
+    assert out.shape == x.shape
+    got = grads(out, (x, w, b), torch.ones_like(out))
+    assert got[0].shape == x.shape
+    for g_param in got[1:]:
+        assert torch.equal(g_param, torch.zeros_like(g_param))
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fallback_agrees_with_extension(device, layout, dtype, silu):
+    x, w, b = make_inputs((3, 12, 9, 7), dtype, device, requires_grad=True)
+    if layout == "channels_last":
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    grad_out = torch.randn(3, 12, 9, 7, device=device, dtype=dtype)
+    results = []
+    for fallback in (True, False):
+        with _ext.force_fallback(fallback):
+            out = pynotes.ops.group_norm(x, 3, w, b, activation=activation_of(silu))
+            results.append((out, *grads(out, (x, w, b), grad_out)))
+    if not _ext.extension_loaded():
+        pytest.skip("extension not built: both runs used the reference")
+    assert results[0][0].stride() == results[1][0].stride()  # same output layout
+    for r, e in zip(*results):
+        torch.testing.assert_close(r, e, **tolerance(dtype))
+
+
+def run_python(code, **env):
+    import os
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, **env}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_force_fallback_environment_variable():
+    run_python("import torch, pynotes\n"
+               "from pynotes import _ext\n"
+               "assert pynotes.backend_info()['force_fallback']\n"
+               "assert not _ext.use_extension(torch.ones(1))\n"
+               "x = torch.randn(2, 4, 3)\n"
+               "torch.testing.assert_close(pynotes.ops.group_norm(x, 2),\n"
+               "                           torch.nn.functional.group_norm(x, 2))\n",
+               PYNOTES_FORCE_FALLBACK="1")
+
+
+def test_missing_extension_falls_back_with_a_warning():
+    result = run_python("import sys, warnings, torch\n"
+                        "sys.modules['pynotes._C'] = None  # as if it was never built\n"
+                        "warnings.simplefilter('always')\n"
+                        "import pynotes\n"
+                        "assert not pynotes.backend_info()['extension_loaded']\n"
+                        "x = torch.randn(2, 4, 3)\n"
+                        "torch.testing.assert_close(pynotes.ops.group_norm(x, 2),\n"
+                        "                           torch.nn.functional.group_norm(x, 2))\n")
+    assert "pure-PyTorch reference" in result.stderr
+
+
+def test_reference_matches_torch(device):
+    x, w, b = make_inputs((3, 6, 5, 4), torch.float64, device)
+    torch.testing.assert_close(reference_group_norm(x, 3, w, b, 1e-5, "silu"),
+                               torch_group_norm(x, 3, w, b, 1e-5, True))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_module_is_a_drop_in_for_torch(device, affine, activation):
+    theirs = torch.nn.GroupNorm(4, 12, eps=1e-4, affine=affine, device=device)
+    ours = pynotes.nn.GroupNorm(4, 12, eps=1e-4, affine=affine, activation=activation,
+                                device=device)
+    assert isinstance(ours, torch.nn.GroupNorm)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(p_ours, p_theirs)  # same init
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    anchor = torch.nn.Sequential(theirs, torch.nn.SiLU()) if activation else theirs
+    x = torch.randn(5, 12, 6, 7, device=device)
+    for mode in (True, False):
+        ours.train(mode)
+        anchor.train(mode)
+        torch.testing.assert_close(ours(x), anchor(x))
+    theirs.load_state_dict(ours.state_dict())
+
+
+def test_module_half_precision(device):
+    layer = pynotes.nn.GroupNorm(2, 8, activation="silu", device=device, dtype=torch.bfloat16)
+    x = torch.randn(2, 8, 5, 5, device=device, dtype=torch.bfloat16)
+    expected = torch_group_norm(x, 2, layer.weight, layer.bias, 1e-5, True)
+    torch.testing.assert_close(layer(x).double(), expected, **tolerance(torch.bfloat16))
+
+
+def test_outputs_are_poisoned_before_kernels_run():
+    """The autouse fixture's NaN fill is in force, so the tests above would see unwritten
+    output elements."""
+    assert torch.isnan(torch.empty(4)).all()
