@@ -5,7 +5,14 @@ alternating one call of each per round so drift in the machine's speed hits both
 warm-up, the median of the rounds is reported (CUDA events on GPU, perf_counter on CPU). For
 memory-bound ops the achieved bandwidth (the op's minimal bytes moved / time) is reported as a
 fraction of this machine's copy bandwidth, measured once per run.
+
+On CPU, freed memory is kept in the process (glibc: no mmap'd blocks, no trimming), as in a
+training loop's steady state. Otherwise each large allocation may get fresh pages from the OS,
+which zeroes them (about 1 ms per 8 MB here), and that lands on the anchor or on pynotes
+depending only on allocation order.
 """
+import ctypes
+import ctypes.util
 import dataclasses
 import datetime
 import json
@@ -39,12 +46,23 @@ class Result:
         return self.min_bytes / (self.pynotes_ms * 1e-3) / 1e9 / copy_gbps
 
 
+def keep_freed_memory():
+    """Tells glibc malloc to serve every allocation from its heap and never return freed memory
+    to the OS (see the module docstring). Returns whether it could."""
+    libc_name = ctypes.util.find_library("c")
+    if platform.system() != "Linux" or not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name)
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def synchronize(device):
     if device == "cuda":
         torch.cuda.synchronize()
 
 
-def time_pair(anchor, candidate, device, warmup=3, rounds=25):
+def time_pair(anchor, candidate, device, warmup=5, rounds=51):
     """Median milliseconds of anchor() and candidate(), measured in alternating rounds."""
     for _ in range(warmup):
         anchor()
@@ -112,6 +130,7 @@ def machine_info(device):
         "torch": torch.__version__,
         "python": platform.python_version(),
         "pynotes": pynotes.backend_info(),
+        "malloc_keeps_freed_memory": keep_freed_memory() if device == "cpu" else None,
     }
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)

@@ -326,3 +326,17 @@ def test_outputs_are_poisoned_before_kernels_run():
     """The autouse fixture's NaN fill is in force, so the tests above would see unwritten
     output elements."""
     assert torch.isnan(torch.empty(4)).all()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_silu_at_extreme_values(device, dtype):
+    """The fused SiLU matches F.silu where exp overflows, and at +-inf (groups of two elements
+    normalize to -1, +1, so with weight 0 the pre-activation is exactly the bias)."""
+    values = torch.tensor([-1e4, -200.0, -88.5, -20.0, -1.0, 0.0, 1.0, 20.0, 88.5, 200.0, 1e4,
+                           float("inf"), float("-inf")], dtype=torch.float64)
+    n = len(values)
+    x = torch.tensor([-1.0, 1.0]).repeat(n).reshape(1, n, 2).to(device, dtype)
+    bias = values.to(device, dtype)
+    out = pynotes.ops.group_norm(x, n, torch.zeros_like(bias), bias, activation="silu")
+    expected = F.silu(bias.double()).reshape(1, n, 1).expand(1, n, 2)
+    torch.testing.assert_close(out.double(), expected, equal_nan=True, **tolerance(dtype))

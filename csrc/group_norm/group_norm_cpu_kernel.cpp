@@ -98,14 +98,33 @@ struct VecSigmoid {
   }
 };
 
-// A kernel parameter: one value for the whole block (NCHW), or one per lane (channels-last).
+// A kernel parameter: one value for the whole block (NCHW), held in a register, or one per
+// lane (channels-last), loaded next to the data.
 template <bool kPerLane, typename V>
-inline V param(const typename V::value_type* p, int64_t i, int64_t k) {
-  if constexpr (kPerLane) {
-    return V::loadu(p + i, k);
-  } else {
-    return V(*p);
+class Param {
+ public:
+  using S = typename V::value_type;
+  explicit Param(const S* p) : p_(p), v_(kPerLane ? V(0) : V(*p)) {}
+  V at(int64_t i, int64_t k) const {
+    if constexpr (kPerLane) {
+      return V::loadu(p_ + i, k);
+    } else {
+      return v_;
+    }
   }
+
+ private:
+  const S* p_;
+  V v_;
+};
+
+// body(i, W) for each full vector of [0, n), then body(i, n - i) for the tail: with the
+// constant count, partial-load checks fold away in the main loop.
+template <int64_t W, typename F>
+inline void for_each_vector(int64_t n, const F& body) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) body(i, W);
+  if (i < n) body(i, n - i);
 }
 
 // Moments of x[0:n] by two passes over the block (exact even when |mean| >> std).
@@ -171,13 +190,12 @@ template <bool kSilu, bool kPerLane, typename S>
 inline void normalize_block(const S* x, S* y, int64_t n, const S* mean, const S* scale,
                             const S* shift) {
   using V = Vectorized<S>;
-  constexpr int64_t W = V::size();
-  for (int64_t i = 0; i < n; i += W) {
-    const int64_t k = std::min(W, n - i);
-    const V out = gn::normalize(V::loadu(x + i, k), param<kPerLane, V>(mean, i, k),
-                                param<kPerLane, V>(scale, i, k), param<kPerLane, V>(shift, i, k));
+  const Param<kPerLane, V> pmean(mean), pscale(scale), pshift(shift);
+  for_each_vector<V::size()>(n, [&](int64_t i, int64_t k) {
+    const V out = gn::normalize(V::loadu(x + i, k), pmean.at(i, k), pscale.at(i, k),
+                                pshift.at(i, k));
     gn::activate<kSilu>(out, VecSigmoid{}).store(y + i, k);
-  }
+  });
 }
 
 // Adds sum dy and sum dy * (x - mean) over a block to sum_dy, sum_dy_xc: one total for the
@@ -187,11 +205,12 @@ inline void grad_sums_block(const S* dz, const S* x, int64_t n, const S* mean, c
                             const S* shift, S* sum_dy, S* sum_dy_xc, S* dy_out = nullptr) {
   using V = Vectorized<S>;
   constexpr int64_t W = V::size();
+  const Param<kPerLane, V> pmean(mean), pscale(scale), pshift(shift);
   V acc_dy(0), acc_dy_xc(0);
   int64_t i = 0;
   if constexpr (!kPerLane) {  // two vectors per step: two independent add chains
     V acc_dy2(0), acc_dy_xc2(0);
-    const V vmean(*mean), vscale(*scale), vshift(*shift);
+    const V vmean = pmean.at(0, W), vscale = pscale.at(0, W), vshift = pshift.at(0, W);
     for (; i + 2 * W <= n; i += 2 * W) {
       const V x0 = V::loadu(x + i), x1 = V::loadu(x + i + W);
       const V dy0 = gn::pre_activation_grad<kSilu>(V::loadu(dz + i), x0, vmean, vscale, vshift,
@@ -210,14 +229,13 @@ inline void grad_sums_block(const S* dz, const S* x, int64_t n, const S* mean, c
     acc_dy = acc_dy + acc_dy2;
     acc_dy_xc = acc_dy_xc + acc_dy_xc2;
   }
-  for (; i < n; i += W) {
-    const int64_t k = std::min(W, n - i);
-    const V vmean = param<kPerLane, V>(mean, i, k);
+  for_each_vector<W>(n - i, [&, i0 = i](int64_t j, int64_t k) {
+    const int64_t i = i0 + j;
+    const V vmean = pmean.at(i, k);
     const V vx = V::loadu(x + i, k);
     // Lanes past n load dz = 0, so they add nothing.
-    const V dy = gn::pre_activation_grad<kSilu>(V::loadu(dz + i, k), vx, vmean,
-                                                param<kPerLane, V>(scale, i, k),
-                                                param<kPerLane, V>(shift, i, k), VecSigmoid{});
+    const V dy = gn::pre_activation_grad<kSilu>(V::loadu(dz + i, k), vx, vmean, pscale.at(i, k),
+                                                pshift.at(i, k), VecSigmoid{});
     if (dy_out) dy.store(dy_out + i, k);
     if constexpr (kPerLane) {
       (V::loadu(sum_dy + i, k) + dy).store(sum_dy + i, k);
@@ -226,7 +244,7 @@ inline void grad_sums_block(const S* dz, const S* x, int64_t n, const S* mean, c
       acc_dy = acc_dy + dy;
       acc_dy_xc = at::vec::fmadd(dy, vx - vmean, acc_dy_xc);
     }
-  }
+  });
   if constexpr (!kPerLane) {
     *sum_dy += horizontal_sum(acc_dy);
     *sum_dy_xc += horizontal_sum(acc_dy_xc);
@@ -239,18 +257,16 @@ inline void input_grad_block(const S* dz, const S* x, S* dx, int64_t n, const S*
                              const S* scale, const S* shift, const S* xc_coef,
                              const S* bias_coef) {
   using V = Vectorized<S>;
-  constexpr int64_t W = V::size();
-  for (int64_t i = 0; i < n; i += W) {
-    const int64_t k = std::min(W, n - i);
-    const V vmean = param<kPerLane, V>(mean, i, k);
-    const V vscale = param<kPerLane, V>(scale, i, k);
+  const Param<kPerLane, V> pmean(mean), pscale(scale), pshift(shift), pxc(xc_coef),
+      pbias(bias_coef);
+  for_each_vector<V::size()>(n, [&](int64_t i, int64_t k) {
+    const V vmean = pmean.at(i, k);
+    const V vscale = pscale.at(i, k);
     const V vx = V::loadu(x + i, k);
     const V dy = gn::pre_activation_grad<kSilu>(V::loadu(dz + i, k), vx, vmean, vscale,
-                                                param<kPerLane, V>(shift, i, k), VecSigmoid{});
-    gn::input_grad(dy, vx, vmean, vscale, param<kPerLane, V>(xc_coef, i, k),
-                   param<kPerLane, V>(bias_coef, i, k))
-        .store(dx + i, k);
-  }
+                                                pshift.at(i, k), VecSigmoid{});
+    gn::input_grad(dy, vx, vmean, vscale, pxc.at(i, k), pbias.at(i, k)).store(dx + i, k);
+  });
 }
 
 // Calls f(offset, length) for consecutive blocks of [begin, end): kBlock-sized where T is
@@ -692,8 +708,9 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
   });
 }
 
+// The kernel for a layout; run() is overloaded on forward / backward arguments.
 template <typename T, bool kSilu>
-struct Forward {
+struct LayoutKernel {
   static void run(const GroupNormCpuForwardArgs& a) {
     if (a.channels_last) {
       forward_channels_last<T, kSilu>(a);
@@ -701,10 +718,6 @@ struct Forward {
       forward_nchw<T, kSilu>(a);
     }
   }
-};
-
-template <typename T, bool kSilu>
-struct Backward {
   static void run(const GroupNormCpuBackwardArgs& a) {
     if (a.channels_last) {
       backward_channels_last<T, kSilu>(a);
@@ -732,9 +745,13 @@ void dispatch(const Args& a) {
 
 }  // namespace
 
-void group_norm_forward_cpu_kernel(const GroupNormCpuForwardArgs& a) { dispatch<Forward>(a); }
+void group_norm_forward_cpu_kernel(const GroupNormCpuForwardArgs& a) {
+  dispatch<LayoutKernel>(a);
+}
 
-void group_norm_backward_cpu_kernel(const GroupNormCpuBackwardArgs& a) { dispatch<Backward>(a); }
+void group_norm_backward_cpu_kernel(const GroupNormCpuBackwardArgs& a) {
+  dispatch<LayoutKernel>(a);
+}
 
 }  // namespace CPU_CAPABILITY
 }  // namespace pynotes
