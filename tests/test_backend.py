@@ -28,7 +28,8 @@ import torch, torch.nn.functional as F, pynotes
 assert pynotes.backend_info()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 for shape, g, layout in [((16, 32, 5, 3), 16, torch.contiguous_format),
                          ((1, 4, 9, 7), 2, torch.contiguous_format),
-                         ((3, 24, 5, 7), 6, torch.channels_last)]:
+                         ((3, 24, 5, 7), 6, torch.channels_last),
+                         ((16, 8, 3, 5), 4, torch.channels_last)]:
     for dtype, tol in [(torch.float32, 2e-5), (torch.float64, 1e-10), (torch.bfloat16, 3e-2)]:
         x = torch.randn(shape).to(dtype).contiguous(memory_format=layout).requires_grad_()
         w = torch.randn(shape[1]).to(dtype).requires_grad_()

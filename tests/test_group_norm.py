@@ -151,15 +151,17 @@ LAYOUTS = {
     "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
     "channels_last_3d": lambda t: t.contiguous(memory_format=torch.channels_last_3d),
 }
-LAYOUT_SHAPES = {"channels_last_1d": (3, 12, 37), "channels_last": (3, 12, 7, 5),
-                 "channels_last_3d": (2, 12, 3, 4, 5)}
+# (batch is a parameter: at 3 and 16 the kernels take tasks over row chunks / per sample)
+LAYOUT_SHAPES = {"channels_last_1d": (0, 12, 37), "channels_last": (0, 12, 7, 5),
+                 "channels_last_3d": (0, 12, 3, 4, 5)}
 
 
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("num_groups", [1, 3, 12])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_channels_last_keeps_layout(device, layout, num_groups, silu):
-    x, w, b = make_inputs(LAYOUT_SHAPES[layout], torch.float32, device)
+@pytest.mark.parametrize("batch", [3, 16])
+def test_channels_last_keeps_layout(device, batch, layout, num_groups, silu):
+    x, w, b = make_inputs((batch,) + LAYOUT_SHAPES[layout][1:], torch.float32, device)
     x = LAYOUTS[layout](x).requires_grad_()
     assert not x.is_contiguous()
     w.requires_grad_()

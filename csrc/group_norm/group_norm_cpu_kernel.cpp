@@ -371,15 +371,51 @@ void forward_nchw(const GroupNormCpuForwardArgs& a) {
   });
 }
 
-// Channels-last tasks: sample n, spatial rows [lo, hi).
+// Channels-last work: a task per sample when there are enough samples for every thread;
+// otherwise one sample at a time, its rows split over the threads, so that between the two
+// passes over a sample only that sample (not the whole batch) has to stay in cache.
+// Either way a task covers rows [lo, hi) of one sample, in chunks of about kMinTaskElements.
 struct RowTasks {
+  bool per_sample;
   int64_t rows_per_task, tasks_per_sample;
   RowTasks(int64_t N, int64_t HxW, int64_t C) {
+    const int64_t threads = at::get_num_threads();
+    per_sample = N >= 4 * threads;
     rows_per_task = std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(C, 1));
-    // Enough tasks to keep every thread busy when N is small.
-    const int64_t want = ceil_div(int64_t(4) * at::get_num_threads(), std::max<int64_t>(N, 1));
-    rows_per_task = std::max<int64_t>(1, std::min(rows_per_task, ceil_div(HxW, want)));
+    if (!per_sample) rows_per_task = std::min(rows_per_task, ceil_div(HxW, 4 * threads));
+    rows_per_task = std::max<int64_t>(1, rows_per_task);
     tasks_per_sample = ceil_div(HxW, rows_per_task);
+  }
+
+  // first(t) for each task t of each sample, then finish(n), then second(t) for its tasks.
+  template <typename Init, typename First, typename Finish, typename Second>
+  void run(int64_t N, const Init& init, const First& first, const Finish& finish,
+           const Second& second) const {
+    if (per_sample) {
+      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+        auto scratch = init();
+        for (int64_t n = begin; n < end; ++n) {
+          for (int64_t t = n * tasks_per_sample; t < (n + 1) * tasks_per_sample; ++t)
+            first(t, scratch);
+          finish(n);
+          for (int64_t t = n * tasks_per_sample; t < (n + 1) * tasks_per_sample; ++t)
+            second(t, scratch);
+        }
+      });
+      return;
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t t0 = n * tasks_per_sample, t1 = t0 + tasks_per_sample;
+      at::parallel_for(t0, t1, 1, [&](int64_t begin, int64_t end) {
+        auto scratch = init();
+        for (int64_t t = begin; t < end; ++t) first(t, scratch);
+      });
+      finish(n);
+      at::parallel_for(t0, t1, 1, [&](int64_t begin, int64_t end) {
+        auto scratch = init();
+        for (int64_t t = begin; t < end; ++t) second(t, scratch);
+      });
+    }
   }
 };
 
@@ -397,13 +433,15 @@ void forward_channels_last(const GroupNormCpuForwardArgs& a) {
   std::vector<gn::Moments<S>> partial(N * rt.tasks_per_sample * G);
   std::vector<S> mean_c(N * C), scale_c(N * C), shift_c(N * C);  // per (n, c), for normalize
 
-  // Scratch of one thread: per-channel mean and M2, and Half/BFloat16 rows widened to float.
+  // Scratch of one thread: per-channel mean and M2, Half/BFloat16 rows widened to float.
   struct Scratch {
     std::vector<S> mean, m2, widened;
+    BlockReader<T> rd;
+    BlockWriter<T> wr;
   };
   auto make_scratch = [&] {
     return Scratch{std::vector<S>(C), std::vector<S>(C),
-                   std::vector<S>(kWiden<T> ? rt.rows_per_task * C : 0)};
+                   std::vector<S>(kWiden<T> ? rt.rows_per_task * C : 0), {}, {}};
   };
   auto rows_of = [&](int64_t t, int64_t& n, int64_t& lo, int64_t& rows) {
     n = t / rt.tasks_per_sample;
@@ -450,83 +488,60 @@ void forward_channels_last(const GroupNormCpuForwardArgs& a) {
       }
     }
   };
-  auto normalize_rows = [&](int64_t t, BlockReader<T>& rd, BlockWriter<T>& wr) {
+  auto normalize_rows = [&](int64_t t, Scratch& sc) {
     int64_t n, lo, rows;
     rows_of(t, n, lo, rows);
     for (int64_t r = lo; r < lo + rows; ++r) {
       const int64_t base = (n * HxW + r) * C;
       for_each_block<T>(0, C, [&](int64_t off, int64_t len) {
         const int64_t p = n * C + off;
-        normalize_block<kSilu, true>(rd(x + base + off, len), wr.dest(y + base + off), len,
+        normalize_block<kSilu, true>(sc.rd(x + base + off, len), sc.wr.dest(y + base + off), len,
                                      mean_c.data() + p, scale_c.data() + p, shift_c.data() + p);
-        wr.commit(y + base + off, len);
+        sc.wr.commit(y + base + off, len);
       });
     }
   };
-
-  if (N >= 4 * at::get_num_threads()) {
-    // A task per sample: its statistics, then its output while the sample is still in cache.
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      Scratch sc = make_scratch();
-      BlockReader<T> rd;
-      BlockWriter<T> wr;
-      for (int64_t n = begin; n < end; ++n) {
-        const int64_t t0 = n * rt.tasks_per_sample, t1 = t0 + rt.tasks_per_sample;
-        for (int64_t t = t0; t < t1; ++t) chunk_moments(t, sc);
-        finish_sample(n);
-        for (int64_t t = t0; t < t1; ++t) normalize_rows(t, rd, wr);
-      }
-    });
-    return;
-  }
-  const int64_t tasks = N * rt.tasks_per_sample;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    Scratch sc = make_scratch();
-    for (int64_t t = begin; t < end; ++t) chunk_moments(t, sc);
-  });
-  for (int64_t n = 0; n < N; ++n) finish_sample(n);
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    BlockReader<T> rd;
-    BlockWriter<T> wr;
-    for (int64_t t = begin; t < end; ++t) normalize_rows(t, rd, wr);
-  });
+  rt.run(N, make_scratch, chunk_moments, finish_sample, normalize_rows);
 }
 
 // --------------------------------------------------------------------------- backward ---
 
-// Finishes the backward from per-(n, c) sums: sum_dy[n, c] = sum dy and
-// sum_dy_xc[n, c] = sum dy * (x - mean). Writes dweight, dbias; returns per-(n, g) coefficients.
+// The backward from per-(n, c) sums: sum_dy[n, c] = sum dy, sum_dy_xc[n, c] = sum dy * (x -
+// mean). group_coefs: the input-gradient coefficients of group ng; param_grads: dweight, dbias.
 template <typename T>
-std::vector<gn::InputGradCoefs<acc_t<T>>> finish_sums(const GroupNormCpuBackwardArgs& a,
-                                                      const std::vector<acc_t<T>>& sum_dy,
-                                                      const std::vector<acc_t<T>>& sum_dy_xc) {
+gn::InputGradCoefs<acc_t<T>> group_coefs(const GroupNormCpuBackwardArgs& a, int64_t ng,
+                                         const acc_t<T>* sum_dy, const acc_t<T>* sum_dy_xc) {
   using S = acc_t<T>;
-  const int64_t N = a.N, C = a.C, G = a.G, Cg = C / G;
-  const S* rstd = static_cast<const S*>(a.rstd);
+  const int64_t Cg = a.C / a.G;
+  const S rstd = static_cast<const S*>(a.rstd)[ng];
   const T* weight = static_cast<const T*>(a.weight);
-  std::vector<gn::InputGradCoefs<S>> coefs(N * G);
-  for (int64_t ng = 0; ng < N * G; ++ng) {
-    S gdy = 0, gdy_xhat = 0;
-    for (int64_t c = (ng % G) * Cg; c < (ng % G + 1) * Cg; ++c) {
-      const S w = weight ? static_cast<S>(weight[c]) : S(1);
-      const int64_t nc = (ng / G) * C + c;
-      gdy += w * sum_dy[nc];
-      gdy_xhat += w * rstd[ng] * sum_dy_xc[nc];
-    }
-    coefs[ng] = gn::input_grad_coefs(rstd[ng], S(Cg * a.HxW), gdy, gdy_xhat);
+  S gdy = 0, gdy_xhat = 0;
+  for (int64_t c = (ng % a.G) * Cg; c < (ng % a.G + 1) * Cg; ++c) {
+    const S w = weight ? static_cast<S>(weight[c]) : S(1);
+    const int64_t nc = (ng / a.G) * a.C + c;
+    gdy += w * sum_dy[nc];
+    gdy_xhat += w * rstd * sum_dy_xc[nc];
   }
+  return gn::input_grad_coefs(rstd, S(Cg * a.HxW), gdy, gdy_xhat);
+}
+
+template <typename T>
+void param_grads(const GroupNormCpuBackwardArgs& a, const acc_t<T>* sum_dy,
+                 const acc_t<T>* sum_dy_xc) {
+  using S = acc_t<T>;
+  const int64_t C = a.C, G = a.G, Cg = C / G;
+  const S* rstd = static_cast<const S*>(a.rstd);
   T* dweight = static_cast<T*>(a.dweight);
   T* dbias = static_cast<T*>(a.dbias);
   for (int64_t c = 0; c < C; ++c) {
     S dw = 0, db = 0;
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = 0; n < a.N; ++n) {
       dw += rstd[n * G + c / Cg] * sum_dy_xc[n * C + c];
       db += sum_dy[n * C + c];
     }
     dweight[c] = static_cast<T>(dw);
     dbias[c] = static_cast<T>(db);
   }
-  return coefs;
 }
 
 template <typename T, bool kSilu>
@@ -575,28 +590,22 @@ void backward_nchw(const GroupNormCpuBackwardArgs& a) {
 
   if (groups >= 4 * at::get_num_threads()) {
     // One task per group: its sums, then its input gradient while the group is in cache.
-    const T* weight = static_cast<const T*>(a.weight);
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       BlockReader<T> rd_dz, rd_x;
       BlockWriter<T> wr;
       for (int64_t ng = begin; ng < end; ++ng) {
         const int64_t n = ng / G, c0 = (ng % G) * Cg;
-        S gdy = 0, gdy_xhat = 0;
         for (int64_t c = c0; c < c0 + Cg; ++c) {
-          S* s_dy = &sum_dy[n * C + c];
-          S* s_dy_xc = &sum_dy_xc[n * C + c];
-          channel_sums(rd_dz, rd_x, n, c, 0, HxW, s_dy, s_dy_xc, kKeepDy);
-          const S w = weight ? static_cast<S>(weight[c]) : S(1);
-          gdy += w * *s_dy;
-          gdy_xhat += w * rstd[ng] * *s_dy_xc;
+          channel_sums(rd_dz, rd_x, n, c, 0, HxW, &sum_dy[n * C + c], &sum_dy_xc[n * C + c],
+                       kKeepDy);
         }
-        const auto k = gn::input_grad_coefs(rstd[ng], S(Cg * HxW), gdy, gdy_xhat);
+        const auto k = group_coefs<T>(a, ng, sum_dy.data(), sum_dy_xc.data());
         for (int64_t c = c0; c < c0 + Cg; ++c) {
           channel_input_grad(std::bool_constant<kKeepDy>{}, rd_dz, rd_x, wr, n, c, 0, HxW, k);
         }
       }
     });
-    finish_sums<T>(a, sum_dy, sum_dy_xc);
+    param_grads<T>(a, sum_dy.data(), sum_dy_xc.data());
     return;
   }
 
@@ -617,7 +626,9 @@ void backward_nchw(const GroupNormCpuBackwardArgs& a) {
     sum_dy[t / chunks] += part_dy[t];
     sum_dy_xc[t / chunks] += part_dy_xc[t];
   }
-  const auto coefs = finish_sums<T>(a, sum_dy, sum_dy_xc);
+  param_grads<T>(a, sum_dy.data(), sum_dy_xc.data());
+  std::vector<gn::InputGradCoefs<S>> coefs(groups);
+  for (int64_t ng = 0; ng < groups; ++ng) coefs[ng] = group_coefs<T>(a, ng, sum_dy.data(), sum_dy_xc.data());
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     BlockReader<T> rd_dz, rd_x;
     BlockWriter<T> wr;
@@ -643,7 +654,8 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
   const RowTasks rt(N, HxW, C);
   const int64_t tasks = N * rt.tasks_per_sample;
 
-  // Per (n, c) mean / scale / shift, read by lane below.
+  // Per (n, c): mean / scale / shift (read by lane), the sums, and the input-gradient
+  // coefficients of the channel's group.
   std::vector<S> mean_c(N * C), scale_c(N * C), shift_c(N * C);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t c = 0; c < C; ++c) {
@@ -653,6 +665,9 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
       shift_c[n * C + c] = affine.shift(c);
     }
   }
+  std::vector<S> part_dy(tasks * C, S(0)), part_dy_xc(tasks * C, S(0));
+  std::vector<S> sum_dy(N * C, S(0)), sum_dy_xc(N * C, S(0)), xc_coef(N * C), bias_coef(N * C);
+
   auto for_each_row_block = [&](int64_t t, const auto& f) {  // f(element offset, nc offset, len)
     const int64_t n = t / rt.tasks_per_sample;
     const int64_t lo = (t % rt.tasks_per_sample) * rt.rows_per_task;
@@ -663,49 +678,60 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
       });
     }
   };
-
-  // Phase 1: per task, per-channel sums over its rows.
-  std::vector<S> part_dy(tasks * C, S(0)), part_dy_xc(tasks * C, S(0));
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    BlockReader<T> rd_dz, rd_x;
-    for (int64_t t = begin; t < end; ++t) {
-      for_each_row_block(t, [&](int64_t e, int64_t p, int64_t len) {
-        const int64_t off = p % C;
-        grad_sums_block<kSilu, true>(rd_dz(dz + e, len), rd_x(x + e, len), len,
-                                     mean_c.data() + p, scale_c.data() + p, shift_c.data() + p,
-                                     part_dy.data() + t * C + off, part_dy_xc.data() + t * C + off);
-      });
-    }
-  });
-  std::vector<S> sum_dy(N * C, S(0)), sum_dy_xc(N * C, S(0));
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t n = t / rt.tasks_per_sample;
-    for (int64_t c = 0; c < C; ++c) {
-      sum_dy[n * C + c] += part_dy[t * C + c];
-      sum_dy_xc[n * C + c] += part_dy_xc[t * C + c];
-    }
-  }
-  const auto coefs = finish_sums<T>(a, sum_dy, sum_dy_xc);
-
-  // Phase 2: input gradient, with the per-group coefficients spread over channels.
-  std::vector<S> xc_coef(N * C), bias_coef(N * C);
-  for (int64_t nc = 0; nc < N * C; ++nc) {
-    const auto& k = coefs[(nc / C) * G + (nc % C) / Cg];
-    xc_coef[nc] = k.xc_coef;
-    bias_coef[nc] = k.bias_coef;
-  }
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  // With SiLU, dy costs an exp: a task per sample computes it once, keeping it in dx.
+  constexpr bool kKeepDy = kSilu && !kWiden<T>;
+  const bool keep_dy = kKeepDy && rt.per_sample;
+  struct Scratch {
     BlockReader<T> rd_dz, rd_x;
     BlockWriter<T> wr;
-    for (int64_t t = begin; t < end; ++t) {
-      for_each_row_block(t, [&](int64_t e, int64_t p, int64_t len) {
-        input_grad_block<kSilu, true>(rd_dz(dz + e, len), rd_x(x + e, len), wr.dest(dx + e), len,
-                                      mean_c.data() + p, scale_c.data() + p, shift_c.data() + p,
-                                      xc_coef.data() + p, bias_coef.data() + p);
-        wr.commit(dx + e, len);
-      });
+  };
+  // Task t's per-channel sums (and dy, left in dx, with keep_dy).
+  auto chunk_sums = [&](int64_t t, Scratch& sc) {
+    for_each_row_block(t, [&](int64_t e, int64_t p, int64_t len) {
+      const int64_t off = p % C;
+      S* dy_out = nullptr;
+      if constexpr (kKeepDy) dy_out = keep_dy ? dx + e : nullptr;
+      grad_sums_block<kSilu, true>(sc.rd_dz(dz + e, len), sc.rd_x(x + e, len), len,
+                                   mean_c.data() + p, scale_c.data() + p, shift_c.data() + p,
+                                   part_dy.data() + t * C + off, part_dy_xc.data() + t * C + off,
+                                   dy_out);
+    });
+  };
+  // Sample n's sums from its tasks, and the coefficients of its groups, spread over channels.
+  auto finish_sample = [&](int64_t n) {
+    for (int64_t t = n * rt.tasks_per_sample; t < (n + 1) * rt.tasks_per_sample; ++t) {
+      for (int64_t c = 0; c < C; ++c) {
+        sum_dy[n * C + c] += part_dy[t * C + c];
+        sum_dy_xc[n * C + c] += part_dy_xc[t * C + c];
+      }
     }
-  });
+    for (int64_t g = 0; g < G; ++g) {
+      const auto k = group_coefs<T>(a, n * G + g, sum_dy.data(), sum_dy_xc.data());
+      std::fill(xc_coef.begin() + n * C + g * Cg, xc_coef.begin() + n * C + (g + 1) * Cg,
+                k.xc_coef);
+      std::fill(bias_coef.begin() + n * C + g * Cg, bias_coef.begin() + n * C + (g + 1) * Cg,
+                k.bias_coef);
+    }
+  };
+  auto input_grad = [&](int64_t t, Scratch& sc) {
+    const T* grad = keep_dy ? dx : dz;
+    for_each_row_block(t, [&](int64_t e, int64_t p, int64_t len) {
+      const S* g = sc.rd_dz(grad + e, len);
+      const S* xv = sc.rd_x(x + e, len);
+      const S* params[5] = {mean_c.data() + p, scale_c.data() + p, shift_c.data() + p,
+                            xc_coef.data() + p, bias_coef.data() + p};
+      if (keep_dy) {
+        input_grad_block<false, true>(g, xv, sc.wr.dest(dx + e), len, params[0], params[1],
+                                      params[2], params[3], params[4]);
+      } else {
+        input_grad_block<kSilu, true>(g, xv, sc.wr.dest(dx + e), len, params[0], params[1],
+                                      params[2], params[3], params[4]);
+      }
+      sc.wr.commit(dx + e, len);
+    });
+  };
+  rt.run(N, [] { return Scratch{}; }, chunk_sums, finish_sample, input_grad);
+  param_grads<T>(a, sum_dy.data(), sum_dy_xc.data());
 }
 
 // The kernel for a layout; run() is overloaded on forward / backward arguments.
