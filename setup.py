@@ -114,9 +114,9 @@ def extension():
     kwargs = {}
     if with_cuda:
         archs = cuda_arch_list()
-        # "8.0;9.0+PTX" -> 80,90: a C++ initializer list (build_info.cpp), no string quoting.
-        arch_ints = ",".join(str(int(float(a.split("+")[0]) * 10))
-                             for a in re.split(r"[;\s,]+", archs.strip()) if a)
+        # "8.0;9.0a+PTX" -> 80,90: a C++ initializer list (build_info.cpp), no string quoting.
+        arch_ints = ",".join(f"{major}{minor}" for major, minor in
+                             re.findall(r"(\d+)\.(\d+)", archs))
         macros += [("PYNOTES_WITH_CUDA", None)]
         kwargs["extra_compile_args"] = {
             # Not for nvcc, which splits option values at commas.

@@ -32,8 +32,9 @@ struct Moments {
 // SIMD block, a chunk of rows or a CUDA block combine without losing accuracy.
 template <typename T>
 C10_HOST_DEVICE inline Moments<T> merge(const Moments<T>& a, const Moments<T>& b) {
+  if (b.count == T(0)) return a;  // also keeps an infinite mean out of inf * 0
+  if (a.count == T(0)) return b;
   const T count = a.count + b.count;
-  if (count == T(0)) return a;
   const T delta = b.mean - a.mean;
   const T b_share = b.count / count;
   return {count, a.mean + delta * b_share, a.m2 + b.m2 + delta * delta * a.count * b_share};

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "common/cuda_utils.cuh"
 #include "group_norm/group_norm.h"
@@ -219,6 +220,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cuda(
   if (f.x.numel() == 0) return {f.y, f.mean, f.rstd};
   const Geometry geo = geometry_of(f);
   const int64_t groups = f.N * f.G;
+  TORCH_CHECK(groups <= std::numeric_limits<int32_t>::max(), "group_norm: CUDA kernels take at "
+              "most 2^31 - 1 (sample, group) pairs, got N * num_groups = ", groups);
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   // Several blocks per group when there are too few groups to fill the GPU.
   int64_t splits = std::clamp<int64_t>(ceil_div(4 * sms, groups), 1,
@@ -395,12 +398,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
   if (b.x.numel() == 0) return {b.dx, b.dweight, b.dbias};
   const Geometry geo = geometry_of(b);
   const int64_t rows = b.N * b.C;
+  TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(), "group_norm_backward: CUDA kernels "
+              "take at most 2^31 - 1 (sample, channel) pairs, got N * C = ", rows);
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t blocks_per_split =
       b.channels_last ? b.N * ceil_div(b.C, kTileChannels) : rows;
+  // A split should still give each thread several elements: 4 per thread of a block.
+  const int64_t per_split = b.channels_last ? kRows * 4 : kThreads * 4;
   int64_t splits = std::clamp<int64_t>(ceil_div(4 * sms, blocks_per_split), 1,
-                                       std::max<int64_t>(1, b.HxW / (kThreads * 4)));
+                                       std::max<int64_t>(1, b.HxW / per_split));
   splits = std::min<int64_t>(splits, 65535);
   const int64_t chunk = ceil_div(ceil_div(b.HxW, splits), kVec) * kVec;
   splits = ceil_div(b.HxW, chunk);
