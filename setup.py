@@ -20,7 +20,7 @@ from setuptools import setup
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from cuda_toolkit import find_cuda_home, nvidia_pip_file  # noqa: E402
+from cuda_toolkit import find_cuda_home, pip_include_dir  # noqa: E402
 
 
 def env_flag(name):
@@ -48,15 +48,6 @@ def want_cuda():
                                "or set CUDA_HOME")
         return True
     return torch.version.cuda is not None and _cuda_home is not None and torch.cuda.is_available()
-
-
-def nvidia_pip_include_dir():
-    """ATen's CUDA headers include cusparse.h and cublas_v2.h; a minimal toolkit lacks them,
-    but the NVIDIA pip packages installed beside torch ship them."""
-    if os.path.exists(os.path.join(_cuda_home, "include", "cusparse.h")):
-        return None
-    header = nvidia_pip_file(os.path.dirname(torch.__file__), "include/cusparse.h")
-    return os.path.dirname(header) if header else None
 
 
 def cuda_arch_list():
@@ -126,7 +117,7 @@ def extension():
         }
         ext = CUDAExtension("pynotes._C", cpp_sources + cuda_sources, include_dirs=[f"{ROOT}/csrc"],
                             define_macros=macros, depends=headers, **kwargs)
-        extra = nvidia_pip_include_dir()
+        extra = pip_include_dir(os.path.dirname(torch.__file__), _cuda_home)
         if extra:  # last, so the toolkit's own headers win where both have one
             ext.include_dirs.append(extra)
     else:

@@ -36,10 +36,20 @@ def nvidia_pip_file(torch_dir, pattern):
     return found[0] if found else None
 
 
+def pip_include_dir(torch_dir, cuda_home):
+    """ATen's CUDA headers include cusparse.h and cublas_v2.h; a minimal toolkit lacks them,
+    but the NVIDIA pip packages installed beside torch ship them."""
+    if os.path.exists(os.path.join(cuda_home, "include", "cusparse.h")):
+        return None
+    header = nvidia_pip_file(torch_dir, "include/cusparse.h")
+    return os.path.dirname(header) if header else None
+
+
 def cmake_args():
     """find_package(Torch) for a CUDA build of torch needs the toolkit even for a CPU-only
     library: point it at the real toolkit, skip its GPU probe, and give it the nvrtc that only
-    the pip package ships (as libnvrtc.so.<major>)."""
+    the pip package ships (as libnvrtc.so.<major>), and the pip CUDA headers for
+    -DPYNOTES_WITH_CUDA=ON."""
     import torch
     args = [f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DPython3_EXECUTABLE={sys.executable}"]
@@ -47,10 +57,14 @@ def cmake_args():
     if torch.version.cuda and cuda_home:
         torch_dir = os.path.dirname(torch.__file__)
         args += [f"-DCUDAToolkit_ROOT={cuda_home}", f"-DCUDA_TOOLKIT_ROOT_DIR={cuda_home}",
+                 f"-DCMAKE_CUDA_COMPILER={os.path.join(cuda_home, 'bin', 'nvcc')}",
                  "-DTORCH_CUDA_ARCH_LIST=" + os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0")]
         nvrtc = nvidia_pip_file(torch_dir, "libnvrtc.so*")
         if nvrtc and not glob.glob(os.path.join(cuda_home, "lib*", "libnvrtc.so*")):
             args.append(f"-DCUDA_nvrtc_LIBRARY={nvrtc}")
+        include = pip_include_dir(torch_dir, cuda_home)
+        if include:
+            args.append(f"-DPYNOTES_CUDA_EXTRA_INCLUDE={include}")
     return args
 
 
