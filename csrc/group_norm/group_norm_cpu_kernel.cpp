@@ -8,8 +8,10 @@
 //    the group is still in cache (one read of x from memory);
 //  - NCHW with few groups: tasks over (n, c, spatial chunk) for the moments, then again for
 //    the output;
-//  - channels-last: tasks over (n, chunk of spatial rows), vectorized across channels.
-// Sums are taken in at::opmath_type (float for Half/BFloat16), over blocks that stay in L1.
+//  - channels-last: tasks over (n, chunk of spatial rows), vectorized across channels; a task
+//    per sample, or one sample at a time (see RowTasks).
+// With SiLU, the backward keeps dy in dx between its two passes (float/double) so the exp runs
+// once. Sums are taken in at::opmath_type (float for Half/BFloat16).
 #include "group_norm/group_norm_cpu_kernel.h"
 
 #include <ATen/OpMathType.h>
@@ -557,7 +559,7 @@ void backward_nchw(const GroupNormCpuBackwardArgs& a) {
   std::vector<S> sum_dy(a.N * C, S(0)), sum_dy_xc(a.N * C, S(0));
 
   // Adds channel c's sums over spatial [begin, end) of sample n to *s_dy, *s_dy_xc; with
-  // keep_dy, also leaves dy in dx (read back by channel_input_grad<false>).
+  // keep_dy, also leaves dy in dx (read back by channel_input_grad with std::true_type).
   auto channel_sums = [&](BlockReader<T>& rd_dz, BlockReader<T>& rd_x, int64_t n, int64_t c,
                           int64_t begin, int64_t end, S* s_dy, S* s_dy_xc, bool keep_dy) {
     const int64_t ng = n * G + c / Cg, base = (n * C + c) * HxW;
