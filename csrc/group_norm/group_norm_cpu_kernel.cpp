@@ -293,6 +293,23 @@ inline gn::Moments<acc_t<T>> range_moments(BlockReader<T>& rd, const T* x, int64
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// NCHW with few groups: a task per (n, c, chunk of the channel's spatial extent), with enough
+// tasks for every thread. Task t covers spatial [lo(t), hi(t)) of row (n * C + c) = row(t).
+struct ChannelChunks {
+  int64_t HxW, chunk, chunks, tasks;
+  ChannelChunks(int64_t N, int64_t C, int64_t HxW_) : HxW(HxW_) {
+    chunk = std::max(kMinTaskElements, ceil_div(N * C * HxW, int64_t(8) * at::get_num_threads()));
+    chunks = ceil_div(HxW, chunk);
+    tasks = N * C * chunks;
+  }
+  int64_t row(int64_t t) const { return t / chunks; }
+  int64_t lo(int64_t t) const { return (t % chunks) * chunk; }
+  int64_t hi(int64_t t) const { return std::min(HxW, lo(t) + chunk); }
+};
+
+// NCHW: a task per (n, g), done in cache, when there are enough groups to share out evenly.
+inline bool task_per_group(int64_t groups) { return groups >= 4 * at::get_num_threads(); }
+
 // Per-channel affine: scale = rstd * weight_c, shift = bias_c.
 template <typename T>
 struct Affine {
@@ -330,7 +347,7 @@ void forward_nchw(const GroupNormCpuForwardArgs& a) {
     });
   };
 
-  if (groups >= 4 * at::get_num_threads()) {
+  if (task_per_group(groups)) {
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       BlockReader<T> rd;
       BlockWriter<T> wr;
@@ -346,29 +363,26 @@ void forward_nchw(const GroupNormCpuForwardArgs& a) {
   }
 
   // Few groups: split each channel's spatial extent into chunks, one task each.
-  const int64_t chunk = std::max(
-      kMinTaskElements, ceil_div(a.N * a.C * HxW, int64_t(8) * at::get_num_threads()));
-  const int64_t chunks = ceil_div(HxW, chunk), tasks = a.N * a.C * chunks;
-  std::vector<gn::Moments<S>> partial(tasks);
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  const ChannelChunks cc(a.N, a.C, HxW);
+  std::vector<gn::Moments<S>> partial(cc.tasks);
+  at::parallel_for(0, cc.tasks, 1, [&](int64_t begin, int64_t end) {
     BlockReader<T> rd;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t row = t / chunks, lo = (t % chunks) * chunk, hi = std::min(HxW, lo + chunk);
-      partial[t] = range_moments(rd, x + row * HxW, lo, hi);
+      partial[t] = range_moments(rd, x + cc.row(t) * HxW, cc.lo(t), cc.hi(t));
     }
   });
   for (int64_t ng = 0; ng < groups; ++ng) {
     gn::Moments<S> m{0, 0, 0};
-    for (int64_t t = ng * Cg * chunks; t < (ng + 1) * Cg * chunks; ++t) m = gn::merge(m, partial[t]);
+    for (int64_t t = ng * Cg * cc.chunks; t < (ng + 1) * Cg * cc.chunks; ++t)
+      m = gn::merge(m, partial[t]);
     mean_out[ng] = m.mean;
     rstd_out[ng] = gn::rstd_of(m, eps);
   }
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, cc.tasks, 1, [&](int64_t begin, int64_t end) {
     BlockReader<T> rd;
     BlockWriter<T> wr;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t row = t / chunks, lo = (t % chunks) * chunk;
-      normalize_channel(rd, wr, row / a.C, row % a.C, lo, std::min(HxW, lo + chunk));
+      normalize_channel(rd, wr, cc.row(t) / a.C, cc.row(t) % a.C, cc.lo(t), cc.hi(t));
     }
   });
 }
@@ -590,7 +604,7 @@ void backward_nchw(const GroupNormCpuBackwardArgs& a) {
   // With SiLU, dy costs an exp: the per-group path computes it once, keeping it in dx.
   constexpr bool kKeepDy = kSilu && !kWiden<T>;
 
-  if (groups >= 4 * at::get_num_threads()) {
+  if (task_per_group(groups)) {
     // One task per group: its sums, then its input gradient while the group is in cache.
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       BlockReader<T> rd_dz, rd_x;
@@ -612,32 +626,30 @@ void backward_nchw(const GroupNormCpuBackwardArgs& a) {
   }
 
   // Few groups: tasks over (n, c, spatial chunk) for the sums, then for the input gradient.
-  const int64_t chunk = std::max(
-      kMinTaskElements, ceil_div(a.N * C * HxW, int64_t(8) * at::get_num_threads()));
-  const int64_t chunks = ceil_div(HxW, chunk), tasks = a.N * C * chunks;
-  std::vector<S> part_dy(tasks, S(0)), part_dy_xc(tasks, S(0));
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  const ChannelChunks cc(a.N, C, HxW);
+  std::vector<S> part_dy(cc.tasks, S(0)), part_dy_xc(cc.tasks, S(0));
+  at::parallel_for(0, cc.tasks, 1, [&](int64_t begin, int64_t end) {
     BlockReader<T> rd_dz, rd_x;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t row = t / chunks, lo = (t % chunks) * chunk;
-      channel_sums(rd_dz, rd_x, row / C, row % C, lo, std::min(HxW, lo + chunk), &part_dy[t],
+      channel_sums(rd_dz, rd_x, cc.row(t) / C, cc.row(t) % C, cc.lo(t), cc.hi(t), &part_dy[t],
                    &part_dy_xc[t], false);
     }
   });
-  for (int64_t t = 0; t < tasks; ++t) {
-    sum_dy[t / chunks] += part_dy[t];
-    sum_dy_xc[t / chunks] += part_dy_xc[t];
+  for (int64_t t = 0; t < cc.tasks; ++t) {
+    sum_dy[cc.row(t)] += part_dy[t];
+    sum_dy_xc[cc.row(t)] += part_dy_xc[t];
   }
   param_grads<T>(a, sum_dy.data(), sum_dy_xc.data());
   std::vector<gn::InputGradCoefs<S>> coefs(groups);
-  for (int64_t ng = 0; ng < groups; ++ng) coefs[ng] = group_coefs<T>(a, ng, sum_dy.data(), sum_dy_xc.data());
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  for (int64_t ng = 0; ng < groups; ++ng) {
+    coefs[ng] = group_coefs<T>(a, ng, sum_dy.data(), sum_dy_xc.data());
+  }
+  at::parallel_for(0, cc.tasks, 1, [&](int64_t begin, int64_t end) {
     BlockReader<T> rd_dz, rd_x;
     BlockWriter<T> wr;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t row = t / chunks, lo = (t % chunks) * chunk;
-      const int64_t n = row / C, c = row % C;
-      channel_input_grad(std::false_type{}, rd_dz, rd_x, wr, n, c, lo, std::min(HxW, lo + chunk),
+      const int64_t n = cc.row(t) / C, c = cc.row(t) % C;
+      channel_input_grad(std::false_type{}, rd_dz, rd_x, wr, n, c, cc.lo(t), cc.hi(t),
                          coefs[n * G + c / Cg]);
     }
   });
@@ -715,20 +727,15 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
                 k.bias_coef);
     }
   };
+  // With dy kept in dx, the block reads it as is (no SiLU derivative again).
+  const auto grad_block = keep_dy ? &input_grad_block<false, true, S>
+                                  : &input_grad_block<kSilu, true, S>;
   auto input_grad = [&](int64_t t, Scratch& sc) {
     const T* grad = keep_dy ? dx : dz;
     for_each_row_block(t, [&](int64_t e, int64_t p, int64_t len) {
-      const S* g = sc.rd_dz(grad + e, len);
-      const S* xv = sc.rd_x(x + e, len);
-      const S* params[5] = {mean_c.data() + p, scale_c.data() + p, shift_c.data() + p,
-                            xc_coef.data() + p, bias_coef.data() + p};
-      if (keep_dy) {
-        input_grad_block<false, true>(g, xv, sc.wr.dest(dx + e), len, params[0], params[1],
-                                      params[2], params[3], params[4]);
-      } else {
-        input_grad_block<kSilu, true>(g, xv, sc.wr.dest(dx + e), len, params[0], params[1],
-                                      params[2], params[3], params[4]);
-      }
+      grad_block(sc.rd_dz(grad + e, len), sc.rd_x(x + e, len), sc.wr.dest(dx + e), len,
+                 mean_c.data() + p, scale_c.data() + p, shift_c.data() + p, xc_coef.data() + p,
+                 bias_coef.data() + p);
       sc.wr.commit(dx + e, len);
     });
   };
