@@ -4,6 +4,7 @@
 // Schemas (argument meanings, defaults) are in pynotes.cpp.
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -22,5 +23,60 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
     const at::Tensor& rstd, int64_t num_groups, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, bool silu);
+
+// LSTM, PyTorch's gate order (i, f, g, o) and weight layout: w_ih (4H, I), w_hh (4H, P),
+// optional biases (4H), w_hr (P, H) for a projection (P = H without one).
+
+// One step: (hy, cy, workspace) where workspace is the activated gates (B, 4H) the backward
+// needs. float32/float64 on CPU; also float16/bfloat16 on CUDA (cell state in float).
+using LstmCellResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+LstmCellResult lstm_cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                         const at::Tensor& w_ih, const at::Tensor& w_hh,
+                         const std::optional<at::Tensor>& b_ih = std::nullopt,
+                         const std::optional<at::Tensor>& b_hh = std::nullopt);
+
+// (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias); output_mask says which of
+// input, hx, weights, bias to compute (the others are undefined). grad_bias is the gradient
+// of b_ih and of b_hh alike.
+using LstmCellGrads =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+LstmCellGrads lstm_cell_backward(const std::optional<at::Tensor>& grad_hy,
+                                 const std::optional<at::Tensor>& grad_cy,
+                                 const at::Tensor& workspace, const at::Tensor& input,
+                                 const at::Tensor& hx, const at::Tensor& cx,
+                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                 std::array<bool, 4> output_mask);
+
+// One layer and direction over a sequence, (output, hy, cy): input (T, B, I) time-major, or
+// packed (N, I) with batch_sizes (T) on the CPU as in PackedSequence; reverse runs from the
+// last step to the first.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih = std::nullopt,
+    const std::optional<at::Tensor>& b_hh = std::nullopt,
+    const std::optional<at::Tensor>& w_hr = std::nullopt,
+    const std::optional<at::Tensor>& batch_sizes = std::nullopt, bool reverse = false);
+
+// lstm_layer plus what its backward needs: (output, hy, cy, gates, c_prev, h_prev, r).
+using LstmLayerTrainResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                        at::Tensor, at::Tensor, at::Tensor>;
+LstmLayerTrainResult lstm_layer_train(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
+    const std::optional<at::Tensor>& batch_sizes, bool reverse);
+
+// (grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr) from the saved
+// tensors of lstm_layer_train; output_mask: input, weights, bias.
+using LstmLayerGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                  at::Tensor, at::Tensor>;
+LstmLayerGrads lstm_layer_backward(
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_hy,
+    const std::optional<at::Tensor>& grad_cy, const at::Tensor& input, const at::Tensor& hx,
+    const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+    const std::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& gates,
+    const at::Tensor& c_prev, const at::Tensor& h_prev, const at::Tensor& r,
+    std::array<bool, 3> output_mask);
 
 }  // namespace pynotes

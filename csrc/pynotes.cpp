@@ -17,27 +17,114 @@ TORCH_LIBRARY(pynotes, m) {
       "group_norm_backward(Tensor grad_output, Tensor input, Tensor mean, Tensor rstd, "
       "int num_groups, Tensor? weight, Tensor? bias, bool silu) -> (Tensor, Tensor, Tensor)",
       tags);
+  // LSTM (PyTorch's gate order i, f, g, o; w_ih (4H, I), w_hh (4H, P), w_hr (P, H)).
+  // lstm_cell returns the activated gates as its workspace, which the backward needs.
+  m.def(
+      "lstm_cell(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih=None, Tensor? b_hh=None) -> (Tensor hy, Tensor cy, Tensor workspace)",
+      tags);
+  m.def(
+      "lstm_cell_backward(Tensor? grad_hy, Tensor? grad_cy, Tensor workspace, Tensor input, "
+      "Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, bool[4] output_mask) -> (Tensor "
+      "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
+      "grad_bias)",
+      tags);
+  // One layer and direction over a whole sequence: input (T, B, I), or packed (N, I) with
+  // CPU int64 batch_sizes (T) as in PackedSequence. output (T, B, P) or (N, P).
+  m.def(
+      "lstm_layer(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih=None, Tensor? b_hh=None, Tensor? w_hr=None, Tensor? batch_sizes=None, "
+      "bool reverse=False) -> (Tensor output, Tensor hy, Tensor cy)",
+      tags);
+  // lstm_layer that also returns what the backward needs: per row of the (N, *) layout the
+  // activated gates (N, 4H), the c and h the step started from (N, H) / (N, P), and the
+  // projection inputs r (N, H) (empty without w_hr).
+  m.def(
+      "lstm_layer_train(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih=None, Tensor? b_hh=None, Tensor? w_hr=None, Tensor? batch_sizes=None, "
+      "bool reverse=False) -> (Tensor output, Tensor hy, Tensor cy, Tensor gates, "
+      "Tensor c_prev, Tensor h_prev, Tensor r)",
+      tags);
+  // output_mask: (input, weights, bias). grad_bias is the gradient of b_ih and of b_hh.
+  m.def(
+      "lstm_layer_backward(Tensor? grad_output, Tensor? grad_hy, Tensor? grad_cy, "
+      "Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor? batch_sizes, "
+      "bool reverse, "
+      "Tensor gates, Tensor c_prev, Tensor h_prev, Tensor r, bool[3] output_mask) -> (Tensor "
+      "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
+      "grad_bias, Tensor grad_w_hr)",
+      tags);
 }
 
 namespace pynotes {
 
+// Looks up a pynotes operator once and calls it through the dispatcher.
+#define PYNOTES_CALL_OP(name, fn, ...)                                                  \
+  static const auto op = c10::Dispatcher::singleton()                                   \
+                             .findSchemaOrThrow("pynotes::" name, "")                   \
+                             .typed<decltype(fn)>();                                    \
+  return op.call(__VA_ARGS__)
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm(
     const at::Tensor& input, int64_t num_groups, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, double eps, bool silu) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pynotes::group_norm", "")
-                             .typed<decltype(group_norm)>();
-  return op.call(input, num_groups, weight, bias, eps, silu);
+  PYNOTES_CALL_OP("group_norm", group_norm, input, num_groups, weight, bias, eps, silu);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
     const at::Tensor& rstd, int64_t num_groups, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, bool silu) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pynotes::group_norm_backward", "")
-                             .typed<decltype(group_norm_backward)>();
-  return op.call(grad_output, input, mean, rstd, num_groups, weight, bias, silu);
+  PYNOTES_CALL_OP("group_norm_backward", group_norm_backward, grad_output, input, mean, rstd,
+                  num_groups, weight, bias, silu);
+}
+
+LstmCellResult lstm_cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                         const at::Tensor& w_ih, const at::Tensor& w_hh,
+                         const std::optional<at::Tensor>& b_ih,
+                         const std::optional<at::Tensor>& b_hh) {
+  PYNOTES_CALL_OP("lstm_cell", lstm_cell, input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+}
+
+LstmCellGrads lstm_cell_backward(const std::optional<at::Tensor>& grad_hy,
+                                 const std::optional<at::Tensor>& grad_cy,
+                                 const at::Tensor& workspace, const at::Tensor& input,
+                                 const at::Tensor& hx, const at::Tensor& cx,
+                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                 std::array<bool, 4> output_mask) {
+  PYNOTES_CALL_OP("lstm_cell_backward", lstm_cell_backward, grad_hy, grad_cy, workspace, input,
+                  hx, cx, w_ih, w_hh, output_mask);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
+    const std::optional<at::Tensor>& batch_sizes, bool reverse) {
+  PYNOTES_CALL_OP("lstm_layer", lstm_layer, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                  batch_sizes, reverse);
+}
+
+LstmLayerTrainResult lstm_layer_train(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
+    const std::optional<at::Tensor>& batch_sizes, bool reverse) {
+  PYNOTES_CALL_OP("lstm_layer_train", lstm_layer_train, input, hx, cx, w_ih, w_hh, b_ih, b_hh,
+                  w_hr, batch_sizes, reverse);
+}
+
+LstmLayerGrads lstm_layer_backward(
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_hy,
+    const std::optional<at::Tensor>& grad_cy, const at::Tensor& input, const at::Tensor& hx,
+    const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+    const std::optional<at::Tensor>& batch_sizes, bool reverse, const at::Tensor& gates,
+    const at::Tensor& c_prev, const at::Tensor& h_prev, const at::Tensor& r,
+    std::array<bool, 3> output_mask) {
+  PYNOTES_CALL_OP("lstm_layer_backward", lstm_layer_backward, grad_output, grad_hy, grad_cy,
+                  input, hx, w_ih, w_hh, w_hr, batch_sizes, reverse, gates, c_prev, h_prev, r,
+                  output_mask);
 }
 
 }  // namespace pynotes

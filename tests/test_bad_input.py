@@ -79,3 +79,97 @@ def test_group_norm_backward_op_bad_input(device):
         op(torch.ones_like(x), x, mean[:1], rstd, 2, None, None, False)
     with pytest.raises(TypeError, match="rstd must have dtype Float"):
         op(torch.ones_like(x), x, mean, rstd.double(), 2, None, None, False)
+
+
+def lstm_args(device, batch=3, input_size=5, hidden=4, **replace):
+    """Valid lstm_cell / lstm_layer arguments (layer input (2, batch, input_size)), with some
+    replaced."""
+    args = dict(input=torch.randn(2, batch, input_size, device=device),
+                hx=torch.randn(batch, hidden, device=device),
+                cx=torch.randn(batch, hidden, device=device),
+                w_ih=torch.randn(4 * hidden, input_size, device=device),
+                w_hh=torch.randn(4 * hidden, hidden, device=device),
+                b_ih=torch.randn(4 * hidden, device=device))
+    args.update(replace)
+    return args
+
+
+def cell(device, **replace):
+    args = lstm_args(device, **replace)
+    if "input" not in replace:
+        args["input"] = args["input"][0]
+    return pynotes.ops.lstm_cell(**args)
+
+
+def layer(device, **replace):
+    return pynotes.ops.lstm_layer(**lstm_args(device, **replace))
+
+
+# (id, call, exception, message pattern)
+LSTM_CASES = [
+    ("cell_input_features", lambda d: cell(d, input=torch.randn(3, 6, device=d)), ValueError,
+     r"lstm_cell: input has 6 features but w_ih \(16, 5\) expects input_size = 5"),
+    ("layer_input_features", lambda d: layer(d, input=torch.randn(2, 3, 7, device=d)),
+     ValueError, r"lstm_layer: input has 7 features but w_ih \(16, 5\) expects input_size = 5"),
+    ("hx_shape", lambda d: layer(d, hx=torch.randn(3, 5, device=d)), ValueError,
+     r"hx must have shape \(batch, hidden_size\) = \(3, 4\), got \(3, 5\)"),
+    ("cx_shape", lambda d: cell(d, cx=torch.randn(2, 4, device=d)), ValueError,
+     r"cx must have shape \(batch, hidden_size\) = \(3, 4\), got \(2, 4\)"),
+    ("w_hh_shape", lambda d: layer(d, w_hh=torch.randn(16, 3, device=d)), ValueError,
+     r"w_hh must have shape \(4 \* hidden_size, hidden_size\) = \(16, 4\)"),
+    ("w_ih_not_4h", lambda d: cell(d, w_ih=torch.randn(15, 5, device=d)), ValueError,
+     r"w_ih must have shape \(4 \* hidden_size, input_size\), got \(15, 5\)"),
+    ("bias_shape", lambda d: cell(d, b_ih=torch.randn(12, device=d)), ValueError,
+     r"b_ih must have shape \(4 \* hidden_size\) = \(16,\), got \(12,\)"),
+    ("weight_dtype", lambda d: layer(d, w_ih=torch.randn(16, 5, dtype=torch.float64, device=d)),
+     TypeError, "w_ih must have the same dtype as input"),
+    ("hx_dtype", lambda d: cell(d, hx=torch.randn(3, 4, dtype=torch.float64, device=d)),
+     TypeError, "hx must have the same dtype as input"),
+    ("integer_input", lambda d: cell(d, input=torch.ones(3, 5, dtype=torch.int64, device=d)),
+     TypeError, "input must be a floating-point tensor"),
+    ("cell_rank", lambda d: cell(d, input=torch.randn(1, 3, 5, device=d)), ValueError,
+     r"lstm_cell: input must be 2-D \(batch, input_size\), got 3-D"),
+    ("layer_rank", lambda d: layer(d, input=torch.randn(3, 5, device=d)), ValueError,
+     r"lstm_layer: input must be 3-D \(seq_len, batch, input_size\)"),
+    ("batch_sizes_increasing", lambda d: layer(d, input=torch.randn(5, 5, device=d),
+                                               batch_sizes=torch.tensor([2, 3])),
+     ValueError, "batch_sizes must be positive and non-increasing"),
+    ("batch_sizes_sum", lambda d: layer(d, input=torch.randn(5, 5, device=d),
+                                        batch_sizes=torch.tensor([3, 3])),
+     ValueError, "packed input has 5 rows but batch_sizes sum to 6"),
+]
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["extension", "fallback"])
+@pytest.mark.parametrize("call,error,message", [c[1:] for c in LSTM_CASES],
+                         ids=[c[0] for c in LSTM_CASES])
+def test_lstm_bad_input(device, call, error, message, fallback):
+    with _ext.force_fallback(fallback), pytest.raises(error, match=message):
+        call(device)
+
+
+@pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="extension not built")
+def test_lstm_half_on_cpu_is_rejected():
+    with pytest.raises(TypeError, match="on CPU, input must be float32 or float64"):
+        layer("cpu", **{k: v.half() for k, v in lstm_args("cpu").items()})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+@pytest.mark.parametrize("fallback", [False, True], ids=["extension", "fallback"])
+def test_lstm_weight_on_another_device(fallback):
+    with _ext.force_fallback(fallback), \
+            pytest.raises(RuntimeError, match="w_hh must be on the same device as input"):
+        layer("cuda", w_hh=torch.randn(16, 4))
+
+
+def test_lstm_modules_reject_bad_input():
+    with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size"):
+        pynotes.nn.LSTM(5, 4)(torch.randn(2, 3, 6))
+    with pytest.raises(RuntimeError, match="Expected hidden\\[0\\] size"):
+        pynotes.nn.LSTM(5, 4)(torch.randn(2, 3, 5), (torch.zeros(1, 2, 4), torch.zeros(1, 3, 4)))
+    with pytest.raises(ValueError, match="LSTM: Expected input to be 2D or 3D, got 4D"):
+        pynotes.nn.LSTM(5, 4)(torch.randn(2, 3, 5, 1))
+    with pytest.raises(ValueError, match="LSTMCell: Expected input to be 1D or 2D, got 3D"):
+        pynotes.nn.LSTMCell(5, 4)(torch.randn(2, 3, 5))
+    with pytest.raises(ValueError, match="input has 6 features"):
+        pynotes.nn.LSTMCell(5, 4)(torch.randn(3, 6))

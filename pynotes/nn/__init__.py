@@ -1,4 +1,5 @@
 """torch.nn layers backed by pynotes kernels; each is a drop-in for its torch.nn namesake."""
 from pynotes.nn.group_norm import GroupNorm
+from pynotes.nn.lstm import LSTM, LSTMCell
 
-__all__ = ["GroupNorm"]
+__all__ = ["GroupNorm", "LSTM", "LSTMCell"]

@@ -4,5 +4,6 @@ They are the fallback when the compiled kernels cannot run, and the oracle the t
 the kernels against.
 """
 from pynotes.reference.group_norm import group_norm
+from pynotes.reference.lstm import lstm_cell, lstm_layer
 
-__all__ = ["group_norm"]
+__all__ = ["group_norm", "lstm_cell", "lstm_layer"]

@@ -1,0 +1,145 @@
+// LSTM step kernels on CPU, compiled once per instruction set (see common/cpu_dispatch.h):
+// everything here is defined in namespace pynotes::CPU_CAPABILITY. Rows are split over
+// threads; within a row the four gate blocks are read at the same offset, one SIMD vector of
+// hidden units at a time, so a step reads each gate once and writes it once.
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "lstm/lstm.h"
+#include "lstm/lstm_step.h"
+
+namespace pynotes {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+// Elements a task should cover at least: a step of batch 32 x hidden 256 still splits over
+// a few threads (the step is short, and every microsecond is paid once per time step).
+constexpr int64_t kMinTaskElements = 1 << 11;
+
+// Both activations from exp_u20 (ATen's polynomial exp, within 2 ulp), which costs half of
+// Sleef's 1-ulp exp and a third of its tanh. tanh(x) = 2 sigmoid(2x) - 1 is exact at +-inf
+// and within a few float ulp of 1 in absolute error near 0, where tanh is small.
+struct VecSigmoid {
+  template <typename V>
+  V operator()(const V& x) const {
+    return V(1) / (V(1) + x.neg().exp_u20());
+  }
+};
+
+struct VecTanh {
+  template <typename V>
+  V operator()(const V& x) const {
+    return V(2) / (V(1) + (x * V(-2)).exp_u20()) - V(1);
+  }
+};
+
+// The four gate blocks (i, f, g, o) of one row of a (rows, 4 * hidden) matrix. T may be const.
+template <typename T>
+struct GateRow {
+  using V = Vectorized<std::remove_const_t<T>>;
+  T* p;
+  int64_t hidden;
+  lstm::Gates<V> load(int64_t j, int64_t k) const {
+    return {V::loadu(p + j, k), V::loadu(p + hidden + j, k), V::loadu(p + 2 * hidden + j, k),
+            V::loadu(p + 3 * hidden + j, k)};
+  }
+  void store(const lstm::Gates<V>& g, int64_t j, int64_t k) const {
+    g.i.store(p + j, k);
+    g.f.store(p + hidden + j, k);
+    g.g.store(p + 2 * hidden + j, k);
+    g.o.store(p + 3 * hidden + j, k);
+  }
+};
+
+template <typename Fn>
+void for_each_row(int64_t rows, int64_t hidden, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(hidden, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) fn(r);
+  });
+}
+
+template <typename T>
+void step_forward(const LstmStepForward& a) {
+  using V = Vectorized<T>;
+  const int64_t H = a.hidden;
+  const T* bias = static_cast<const T*>(a.bias);
+  for_each_row(a.rows, H, [&](int64_t row) {
+    const GateRow<T> gates{static_cast<T*>(a.gates) + row * 4 * H, H};
+    const T* c = static_cast<const T*>(a.c) + row * H;
+    T* c_next = static_cast<T*>(a.c_next) + row * H;
+    T* c_saved = a.c_saved ? static_cast<T*>(a.c_saved) + row * H : nullptr;
+    T* h_next = static_cast<T*>(a.h_next) + row * H;
+    T* h_copy = a.h_next_copy ? static_cast<T*>(a.h_next_copy) + row * H : nullptr;
+    for (int64_t j = 0; j < H; j += V::size()) {
+      const int64_t k = std::min<int64_t>(V::size(), H - j);
+      lstm::Gates<V> z = gates.load(j, k);
+      if (bias) {
+        const lstm::Gates<V> bz = GateRow<const T>{bias, H}.load(j, k);
+        z = {z.i + bz.i, z.f + bz.f, z.g + bz.g, z.o + bz.o};
+      }
+      const lstm::Gates<V> act = lstm::activate(z, VecSigmoid{}, VecTanh{});
+      const V cv = V::loadu(c + j, k);
+      const V cn = lstm::next_cell(act, cv);
+      const V hn = lstm::next_hidden(act, cn, VecTanh{});
+      gates.store(act, j, k);
+      if (c_saved) cv.store(c_saved + j, k);
+      cn.store(c_next + j, k);
+      hn.store(h_next + j, k);
+      if (h_copy) hn.store(h_copy + j, k);
+    }
+  });
+}
+
+template <typename T>
+void step_backward(const LstmStepBackward& a) {
+  using V = Vectorized<T>;
+  const int64_t H = a.hidden;
+  for_each_row(a.rows, H, [&](int64_t row) {
+    const GateRow<const T> gates{static_cast<const T*>(a.gates) + row * 4 * H, H};
+    const GateRow<T> dgates{static_cast<T*>(a.dgates) + row * 4 * H, H};
+    const T* c = static_cast<const T*>(a.c) + row * H;
+    const T* dh = a.dh ? static_cast<const T*>(a.dh) + row * H : nullptr;
+    const T* dh_extra = a.dh_extra ? static_cast<const T*>(a.dh_extra) + row * H : nullptr;
+    const T* dc_next = a.dc_next ? static_cast<const T*>(a.dc_next) + row * H : nullptr;
+    T* dc = static_cast<T*>(a.dc) + row * H;
+    for (int64_t j = 0; j < H; j += V::size()) {
+      const int64_t k = std::min<int64_t>(V::size(), H - j);
+      V dhv = dh ? V::loadu(dh + j, k) : V(0);
+      if (dh_extra) dhv = dhv + V::loadu(dh_extra + j, k);
+      const V dcn = dc_next ? V::loadu(dc_next + j, k) : V(0);
+      lstm::Gates<V> dz;
+      const V dcv = lstm::cell_backward(gates.load(j, k), V::loadu(c + j, k), dhv, dcn,
+                                        VecTanh{}, dz);
+      dgates.store(dz, j, k);
+      dcv.store(dc + j, k);
+    }
+  });
+}
+
+}  // namespace
+
+// float or double (checked by the ops).
+void lstm_step_forward_cpu_kernel(const LstmStepForward& a) {
+  if (a.dtype == c10::ScalarType::Double) {
+    step_forward<double>(a);
+  } else {
+    step_forward<float>(a);
+  }
+}
+
+void lstm_step_backward_cpu_kernel(const LstmStepBackward& a) {
+  if (a.dtype == c10::ScalarType::Double) {
+    step_backward<double>(a);
+  } else {
+    step_backward<float>(a);
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace pynotes

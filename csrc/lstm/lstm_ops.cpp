@@ -1,0 +1,390 @@
+// Device-generic LSTM ops: checks, matrix products (common/matmul.h) and the time loop; the
+// pointwise step is the device's kernel (lstm_step.h).
+//
+// Layer layout: the input is (T, B, I) time-major, or packed (N, I) with CPU int64
+// batch_sizes (T) as in torch.nn.utils.rnn.PackedSequence: step t holds rows
+// [offset_t, offset_t + batch_sizes[t]) and its sequences are the first batch_sizes[t] of the
+// batch (lengths sorted, longest first). Running states h (B, P) and c (B, H) are updated in
+// their first batch_sizes[t] rows, so a sequence that has ended keeps its final state, and in
+// reverse a sequence that has not started yet still holds hx / cx.
+//
+// Forward: gates = X W_ih^T for all steps at once; per step gates_t += h W_hh^T, then the
+// fused step (biases, activations, c and h); with a projection (P < H) h = r W_hr^T after it.
+// Training also saves per step the h and c the step started from (h_prev, c_prev) and r.
+// Backward (haste's scheme): per step, in reverse, the fused step backward writes dgates_t
+// and the recurrent gradient dh = dgates_t W_hh; after the loop the input and weight
+// gradients are single large products over all steps: dX = dG W_ih, dW_ih = dG^T X,
+// dW_hh = dG^T h_prev, dW_hr = dH^T r, dbias = column sums of dG.
+#include "lstm/lstm_ops.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/DeviceGuard.h>
+
+#include <string>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/matmul.h"
+
+namespace pynotes {
+namespace {
+
+// "(3, 4)", "(16,)": shapes as Python prints them (the reference's messages match ours).
+std::string shape_str(c10::IntArrayRef sizes) {
+  std::string s = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+  return s + (sizes.size() == 1 ? ",)" : ")");
+}
+
+void check_shape(const at::Tensor& t, const char* op, const char* name,
+                 c10::IntArrayRef expected, const char* meaning) {
+  TORCH_CHECK_VALUE(t.sizes() == expected, op, ": ", name, " must have shape ", meaning, " = ",
+                    shape_str(expected), ", got ", shape_str(t.sizes()));
+}
+
+void check_dtype_and_device(const at::Tensor& t, const char* op, const char* name,
+                            const at::Tensor& input) {
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name,
+              " must be on the same device as input (", input.device(), "), got ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), op, ": ", name,
+                   " must have the same dtype as input (", input.scalar_type(), "), got ",
+                   t.scalar_type());
+}
+
+// Sizes fixed by the weights: I inputs, H hidden units, P outputs (P = H without projection).
+struct LstmSizes {
+  int64_t I, H, P;
+};
+
+LstmSizes check_weights(const char* op, const at::Tensor& input, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                        const OptTensor& w_hr) {
+  check_floating(input, "input");
+  TORCH_CHECK_TYPE(input.is_cuda() || input.scalar_type() == at::kFloat ||
+                       input.scalar_type() == at::kDouble,
+                   op, ": on CPU, input must be float32 or float64 (float16 and bfloat16 run on "
+                   "CUDA), got ", input.scalar_type());
+  check_dtype_and_device(w_ih, op, "w_ih", input);
+  check_dtype_and_device(w_hh, op, "w_hh", input);
+  TORCH_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) > 0 && w_ih.size(0) % 4 == 0, op,
+                    ": w_ih must have shape (4 * hidden_size, input_size), got ",
+                    shape_str(w_ih.sizes()));
+  const int64_t H = w_ih.size(0) / 4, I = w_ih.size(1);
+  TORCH_CHECK_VALUE(input.size(-1) == I, op, ": input has ", input.size(-1),
+                    " features but w_ih ", shape_str(w_ih.sizes()), " expects input_size = ", I);
+  int64_t P = H;
+  if (has_tensor(w_hr)) {
+    check_dtype_and_device(*w_hr, op, "w_hr", input);
+    TORCH_CHECK_VALUE(w_hr->dim() == 2 && w_hr->size(0) > 0 && w_hr->size(1) == H, op,
+                      ": w_hr must have shape (proj_size, hidden_size = ", H, "), got ",
+                      shape_str(w_hr->sizes()));
+    P = w_hr->size(0);
+  }
+  check_shape(w_hh, op, "w_hh", {4 * H, P},
+              has_tensor(w_hr) ? "(4 * hidden_size, proj_size)" : "(4 * hidden_size, hidden_size)");
+  for (const auto* b : {&b_ih, &b_hh}) {
+    if (!has_tensor(*b)) continue;
+    const char* name = b == &b_ih ? "b_ih" : "b_hh";
+    check_dtype_and_device(**b, op, name, input);
+    check_shape(**b, op, name, {4 * H}, "(4 * hidden_size)");
+  }
+  return {I, H, P};
+}
+
+void check_states(const char* op, const at::Tensor& input, const at::Tensor& hx,
+                  const at::Tensor& cx, int64_t B, const LstmSizes& s) {
+  check_dtype_and_device(hx, op, "hx", input);
+  check_dtype_and_device(cx, op, "cx", input);
+  check_shape(hx, op, "hx", {B, s.P}, s.P == s.H ? "(batch, hidden_size)" : "(batch, proj_size)");
+  check_shape(cx, op, "cx", {B, s.H}, "(batch, hidden_size)");
+}
+
+// b_ih + b_hh in the step kernels' accumulation type, or undefined without biases.
+at::Tensor combined_bias(const OptTensor& b_ih, const OptTensor& b_hh) {
+  at::Tensor bias;
+  for (const auto* b : {&b_ih, &b_hh}) {
+    if (!has_tensor(*b)) continue;
+    const at::Tensor t = (*b)->to(at::toOpMathType((*b)->scalar_type()));
+    bias = bias.defined() ? at::add(bias, t) : t.contiguous();
+  }
+  return bias;
+}
+
+// A copy of t in the accumulation type (cell states), contiguous, or zeros when absent.
+at::Tensor acc_copy(const OptTensor& t, c10::IntArrayRef sizes, const at::TensorOptions& opts) {
+  if (!has_tensor(t)) return at::zeros(sizes, opts);
+  return t->to(opts.dtype(), /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
+}
+
+// Like acc_copy in the tensor's own dtype.
+at::Tensor contiguous_copy(const OptTensor& t, c10::IntArrayRef sizes,
+                           const at::TensorOptions& opts) {
+  if (!has_tensor(t)) return at::zeros(sizes, opts);
+  return t->clone(at::MemoryFormat::Contiguous);
+}
+
+const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
+
+// The time steps of a layer input: rows and first row of each in the (N, *) layout.
+struct Steps {
+  int64_t batch = 0, total = 0;
+  std::vector<int64_t> rows, offset;
+};
+
+Steps steps_of(const char* op, const at::Tensor& input, const OptTensor& batch_sizes) {
+  Steps s;
+  if (!has_tensor(batch_sizes)) {
+    TORCH_CHECK_VALUE(input.dim() == 3, op, ": input must be 3-D (seq_len, batch, input_size), "
+                      "or 2-D packed data with batch_sizes, got ", input.dim(), "-D");
+    s.batch = input.size(1);
+    for (int64_t t = 0; t < input.size(0); ++t) {
+      s.rows.push_back(s.batch);
+      s.offset.push_back(t * s.batch);
+    }
+    s.total = input.size(0) * s.batch;
+    return s;
+  }
+  const at::Tensor& bs = *batch_sizes;
+  TORCH_CHECK_VALUE(input.dim() == 2, op, ": with batch_sizes, input must be 2-D packed data "
+                    "(sum(batch_sizes), input_size), got ", input.dim(), "-D");
+  TORCH_CHECK_VALUE(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.is_cpu(), op,
+                    ": batch_sizes must be a 1-D int64 CPU tensor, got ", bs.dim(), "-D ",
+                    bs.scalar_type(), " on ", bs.device());
+  const at::Tensor sizes = bs.contiguous();
+  const int64_t* b = sizes.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < sizes.numel(); ++t) {
+    TORCH_CHECK_VALUE(b[t] > 0 && (t == 0 || b[t] <= b[t - 1]), op,
+                      ": batch_sizes must be positive and non-increasing (sequences sorted "
+                      "longest first, as pack_padded_sequence makes them), got ", bs);
+    s.rows.push_back(b[t]);
+    s.offset.push_back(s.total);
+    s.total += b[t];
+  }
+  s.batch = s.rows.empty() ? 0 : s.rows[0];
+  TORCH_CHECK_VALUE(input.size(0) == s.total, op, ": packed input has ", input.size(0),
+                    " rows but batch_sizes sum to ", s.total);
+  return s;
+}
+
+// (N, width) as the caller's layout: (T, B, width) for time-major input, else packed.
+at::Tensor as_layer_layout(const at::Tensor& t, const at::Tensor& input) {
+  if (input.dim() == 3) return t.view({input.size(0), input.size(1), t.size(1)});
+  return t;
+}
+
+}  // namespace
+
+Tensor3 lstm_cell_impl(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                       const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+                       const OptTensor& b_hh, const LstmStepKernels& kernels) {
+  constexpr const char* op = "lstm_cell";
+  TORCH_CHECK_VALUE(input.dim() == 2, op, ": input must be 2-D (batch, input_size), got ",
+                    input.dim(), "-D");
+  const LstmSizes s = check_weights(op, input, w_ih, w_hh, b_ih, b_hh, std::nullopt);
+  const int64_t B = input.size(0), H = s.H;
+  check_states(op, input, hx, cx, B, s);
+  const c10::OptionalDeviceGuard device_guard(input.device());
+  const auto opts = input.options();
+  const auto acc_opts = opts.dtype(at::toOpMathType(input.scalar_type()));
+
+  at::Tensor gates = at::empty({B, 4 * H}, opts);
+  matmul_into(gates, input, w_ih.t(), false);
+  matmul_into(gates, hx, w_hh.t(), true);
+  const at::Tensor c = cx.to(acc_opts.dtype()).contiguous();
+  at::Tensor c_next = at::empty({B, H}, acc_opts);
+  at::Tensor hy = at::empty({B, H}, opts);
+  const at::Tensor bias = combined_bias(b_ih, b_hh);
+  if (B > 0) {
+    kernels.forward({input.scalar_type(), B, H, gates.mutable_data_ptr(), data_or_null(bias),
+                     c.const_data_ptr(), c_next.mutable_data_ptr(), nullptr,
+                     hy.mutable_data_ptr(), nullptr});
+  }
+  return {hy, c_next.to(input.scalar_type()), gates};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_cell_backward_impl(const OptTensor& grad_hy, const OptTensor& grad_cy,
+                        const at::Tensor& workspace, const at::Tensor& input,
+                        const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, std::array<bool, 4> output_mask,
+                        const LstmStepKernels& kernels) {
+  constexpr const char* op = "lstm_cell_backward";
+  const LstmSizes s = check_weights(op, input, w_ih, w_hh, std::nullopt, std::nullopt,
+                                    std::nullopt);
+  const int64_t B = input.size(0), H = s.H;
+  check_states(op, input, hx, cx, B, s);
+  check_dtype_and_device(workspace, op, "workspace", input);
+  check_shape(workspace, op, "workspace", {B, 4 * H}, "(batch, 4 * hidden_size)");
+  for (const auto* g : {&grad_hy, &grad_cy}) {
+    if (!has_tensor(*g)) continue;
+    const char* name = g == &grad_hy ? "grad_hy" : "grad_cy";
+    check_dtype_and_device(**g, op, name, input);
+    check_shape(**g, op, name, {B, H}, "(batch, hidden_size)");
+  }
+  const c10::OptionalDeviceGuard device_guard(input.device());
+  const auto opts = input.options();
+  const auto acc = at::toOpMathType(input.scalar_type());
+
+  const at::Tensor gates = workspace.contiguous();
+  const at::Tensor c = cx.to(acc).contiguous();
+  const at::Tensor dh = has_tensor(grad_hy) ? grad_hy->contiguous() : at::Tensor();
+  const at::Tensor dc_next = has_tensor(grad_cy) ? grad_cy->to(acc).contiguous() : at::Tensor();
+  at::Tensor dgates = at::empty({B, 4 * H}, opts);
+  at::Tensor dc = at::empty({B, H}, opts.dtype(acc));
+  if (B > 0) {
+    kernels.backward({input.scalar_type(), B, H, gates.const_data_ptr(), c.const_data_ptr(),
+                      data_or_null(dh), nullptr, data_or_null(dc_next), dc.mutable_data_ptr(),
+                      dgates.mutable_data_ptr()});
+  }
+  at::Tensor d_input, d_hx, d_w_ih, d_w_hh, d_bias;
+  if (output_mask[0]) d_input = matrix_product(dgates, w_ih);
+  if (output_mask[1]) d_hx = matrix_product(dgates, w_hh);
+  if (output_mask[2]) {
+    d_w_ih = matrix_product(dgates.t(), input);
+    d_w_hh = matrix_product(dgates.t(), hx);
+  }
+  if (output_mask[3]) d_bias = dgates.sum(0);
+  return {d_input, d_hx, dc.to(input.scalar_type()), d_w_ih, d_w_hh, d_bias};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_impl(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+                const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes,
+                bool reverse, bool train, const LstmStepKernels& kernels) {
+  constexpr const char* op = "lstm_layer";
+  const Steps steps = steps_of(op, input, batch_sizes);
+  const LstmSizes s = check_weights(op, input, w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_states(op, input, hx, cx, steps.batch, s);
+  const int64_t N = steps.total, B = steps.batch, H = s.H, P = s.P;
+  const bool project = has_tensor(w_hr);
+  const c10::OptionalDeviceGuard device_guard(input.device());
+  const auto opts = input.options();
+  const auto acc_opts = opts.dtype(at::toOpMathType(input.scalar_type()));
+
+  const at::Tensor x = input.reshape({N, s.I});
+  const at::Tensor w_hh_t = w_hh.t(), w_hr_t = project ? w_hr->t() : at::Tensor();
+  const at::Tensor bias = combined_bias(b_ih, b_hh);
+  at::Tensor gates = at::empty({N, 4 * H}, opts);
+  matmul_into(gates, x, w_ih.t(), false);
+  at::Tensor h = hx.clone(at::MemoryFormat::Contiguous);
+  at::Tensor c = cx.to(acc_opts.dtype(), false, true, at::MemoryFormat::Contiguous);
+  at::Tensor output = at::empty({N, P}, opts);
+  at::Tensor c_prev = at::empty({train ? N : 0, H}, acc_opts);
+  at::Tensor h_prev = at::empty({train ? N : 0, P}, opts);
+  // Projection inputs r = o * tanh(c): saved per step for training, else one step's worth.
+  at::Tensor r = at::empty({project ? (train ? N : B) : 0, H}, opts);
+
+  const int64_t T = static_cast<int64_t>(steps.rows.size());
+  for (int64_t k = 0; k < T; ++k) {
+    const int64_t t = reverse ? T - 1 - k : k, n = steps.rows[t], o = steps.offset[t];
+    if (n == 0) continue;
+    at::Tensor g = gates.narrow(0, o, n);
+    at::Tensor h_in = h.narrow(0, 0, n);
+    if (train) {
+      at::Tensor saved = h_prev.narrow(0, o, n);
+      saved.copy_(h_in);
+      h_in = saved;
+    }
+    matmul_into(g, h_in, w_hh_t, true);
+    at::Tensor h_out = project ? r.narrow(0, train ? o : 0, n) : output.narrow(0, o, n);
+    kernels.forward({input.scalar_type(), n, H, g.mutable_data_ptr(), data_or_null(bias),
+                     c.const_data_ptr(), c.mutable_data_ptr(),
+                     train ? c_prev.narrow(0, o, n).mutable_data_ptr() : nullptr,
+                     h_out.mutable_data_ptr(), project ? nullptr : h.mutable_data_ptr()});
+    if (project) {
+      at::Tensor out_t = output.narrow(0, o, n);
+      matmul_into(out_t, h_out, w_hr_t, false);
+      h.narrow(0, 0, n).copy_(out_t);
+    }
+  }
+  if (!train) gates = at::empty({0, 4 * H}, opts);
+  if (!train) r = at::empty({0, H}, opts);
+  return {as_layer_layout(output, input), h, c.to(input.scalar_type()), gates, c_prev, h_prev,
+          r};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
+                         const OptTensor& grad_cy, const at::Tensor& input,
+                         const at::Tensor& hx, const at::Tensor& w_ih,
+                         const at::Tensor& w_hh, const OptTensor& w_hr,
+                         const OptTensor& batch_sizes, bool reverse, const at::Tensor& gates,
+                         const at::Tensor& c_prev, const at::Tensor& h_prev,
+                         const at::Tensor& r, std::array<bool, 3> output_mask,
+                         const LstmStepKernels& kernels) {
+  constexpr const char* op = "lstm_layer_backward";
+  const Steps steps = steps_of(op, input, batch_sizes);
+  const LstmSizes s = check_weights(op, input, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
+  const int64_t N = steps.total, B = steps.batch, H = s.H, P = s.P;
+  const bool project = has_tensor(w_hr);
+  check_dtype_and_device(hx, op, "hx", input);
+  check_shape(hx, op, "hx", {B, P}, "(batch, hidden size of h)");
+  const c10::OptionalDeviceGuard device_guard(input.device());
+  const auto opts = input.options();
+  const auto acc_opts = opts.dtype(at::toOpMathType(input.scalar_type()));
+  check_shape(gates, op, "gates", {N, 4 * H}, "(rows, 4 * hidden_size)");
+  check_shape(c_prev, op, "c_prev", {N, H}, "(rows, hidden_size)");
+  check_shape(h_prev, op, "h_prev", {N, P}, "(rows, hidden size of h)");
+  check_shape(r, op, "r", {project ? N : 0, H}, "(rows or 0 without w_hr, hidden_size)");
+  TORCH_CHECK_VALUE(c_prev.scalar_type() == acc_opts.dtype(), op, ": c_prev must be ",
+                    acc_opts.dtype(), ", got ", c_prev.scalar_type());
+  for (const auto* t : {&gates, &h_prev, &r}) check_dtype_and_device(*t, op, "saved tensor", input);
+  if (has_tensor(grad_output)) {
+    check_dtype_and_device(*grad_output, op, "grad_output", input);
+    check_shape(grad_output->reshape({-1, P}), op, "grad_output (as rows)", {N, P},
+                "(rows, hidden size of h)");
+  }
+
+  const at::Tensor dout =
+      has_tensor(grad_output) ? grad_output->reshape({N, P}).contiguous() : at::Tensor();
+  at::Tensor dh = contiguous_copy(grad_hy, {B, P}, opts);    // the recurrent gradient
+  at::Tensor dc = acc_copy(grad_cy, {B, H}, acc_opts);        // gradient of the running c
+  check_shape(dh, op, "grad_hy", {B, P}, "(batch, hidden size of h)");
+  check_shape(dc, op, "grad_cy", {B, H}, "(batch, hidden_size)");
+  const at::Tensor g_saved = gates.contiguous(), c_saved = c_prev.contiguous();
+  at::Tensor dgates = at::empty({N, 4 * H}, opts);
+  at::Tensor dh_all = at::empty({project ? N : 0, P}, opts);  // total dL/dh per step
+  at::Tensor dr = at::empty({project ? B : 0, H}, opts);
+
+  const int64_t T = static_cast<int64_t>(steps.rows.size());
+  for (int64_t k = T - 1; k >= 0; --k) {
+    const int64_t t = reverse ? T - 1 - k : k, n = steps.rows[t], o = steps.offset[t];
+    if (n == 0) continue;
+    at::Tensor dh_n = dh.narrow(0, 0, n);
+    const void* step_dh = dout.defined() ? dout.narrow(0, o, n).const_data_ptr() : nullptr;
+    const void* step_dh_extra = dh_n.const_data_ptr();
+    if (project) {
+      at::Tensor dh_t = dh_all.narrow(0, o, n);
+      if (dout.defined()) {
+        at::add_out(dh_t, dout.narrow(0, o, n), dh_n);
+      } else {
+        dh_t.copy_(dh_n);
+      }
+      at::Tensor dr_n = dr.narrow(0, 0, n);
+      matmul_into(dr_n, dh_t, *w_hr, false);
+      step_dh = dr_n.const_data_ptr();
+      step_dh_extra = nullptr;
+    }
+    at::Tensor dg = dgates.narrow(0, o, n);
+    kernels.backward({input.scalar_type(), n, H, g_saved.narrow(0, o, n).const_data_ptr(),
+                      c_saved.narrow(0, o, n).const_data_ptr(), step_dh, step_dh_extra,
+                      dc.const_data_ptr(), dc.mutable_data_ptr(), dg.mutable_data_ptr()});
+    matmul_into(dh_n, dg, w_hh, false);
+  }
+
+  at::Tensor d_input, d_w_ih, d_w_hh, d_bias, d_w_hr;
+  if (output_mask[0]) d_input = as_layer_layout(matrix_product(dgates, w_ih), input);
+  if (output_mask[1]) {
+    d_w_ih = matrix_product(dgates.t(), input.reshape({N, s.I}));
+    d_w_hh = matrix_product(dgates.t(), h_prev);
+    if (project) d_w_hr = matrix_product(dh_all.t(), r);
+  }
+  if (output_mask[2]) d_bias = dgates.sum(0);
+  return {d_input, dh, dc.to(input.scalar_type()), d_w_ih, d_w_hh, d_bias, d_w_hr};
+}
+
+}  // namespace pynotes

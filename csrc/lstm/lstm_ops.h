@@ -1,0 +1,100 @@
+#pragma once
+// Device-generic LSTM ops (lstm_ops.cpp): argument checks, the matrix products in ATen's BLAS
+// and the loop over time steps. Each device registers them with its pointwise step kernels
+// through LstmOps<kernels> (lstm_cpu.cpp, lstm_cuda.cu). Schemas are in pynotes.cpp.
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "lstm/lstm_step.h"
+
+namespace pynotes {
+
+using OptTensor = std::optional<at::Tensor>;
+using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+Tensor3 lstm_cell_impl(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                       const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+                       const OptTensor& b_hh, const LstmStepKernels& kernels);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_cell_backward_impl(const OptTensor& grad_hy, const OptTensor& grad_cy,
+                        const at::Tensor& workspace, const at::Tensor& input,
+                        const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+                        const at::Tensor& w_hh, std::array<bool, 4> output_mask,
+                        const LstmStepKernels& kernels);
+
+// The layer's forward; with `train`, also what its backward needs (else those are empty).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_impl(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+                const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes,
+                bool reverse, bool train, const LstmStepKernels& kernels);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
+                         const OptTensor& grad_cy, const at::Tensor& input,
+                         const at::Tensor& hx, const at::Tensor& w_ih,
+                         const at::Tensor& w_hh, const OptTensor& w_hr,
+                         const OptTensor& batch_sizes, bool reverse, const at::Tensor& gates,
+                         const at::Tensor& c_prev, const at::Tensor& h_prev,
+                         const at::Tensor& r, std::array<bool, 3> output_mask,
+                         const LstmStepKernels& kernels);
+
+// The ops of one device, as plain functions for TORCH_LIBRARY_IMPL.
+template <const LstmStepKernels& (*kernels)()>
+struct LstmOps {
+  static Tensor3 cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                      const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+                      const OptTensor& b_hh) {
+    return lstm_cell_impl(input, hx, cx, w_ih, w_hh, b_ih, b_hh, kernels());
+  }
+  static auto cell_backward(const OptTensor& grad_hy, const OptTensor& grad_cy,
+                            const at::Tensor& workspace, const at::Tensor& input,
+                            const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+                            const at::Tensor& w_hh, std::array<bool, 4> output_mask) {
+    return lstm_cell_backward_impl(grad_hy, grad_cy, workspace, input, hx, cx, w_ih, w_hh,
+                                   output_mask, kernels());
+  }
+  static Tensor3 layer(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                       const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+                       const OptTensor& b_hh, const OptTensor& w_hr,
+                       const OptTensor& batch_sizes, bool reverse) {
+    auto out = lstm_layer_impl(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                               reverse, /*train=*/false, kernels());
+    return {std::get<0>(out), std::get<1>(out), std::get<2>(out)};
+  }
+  static auto layer_train(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                          const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+                          const OptTensor& b_hh, const OptTensor& w_hr,
+                          const OptTensor& batch_sizes, bool reverse) {
+    return lstm_layer_impl(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+                           /*train=*/true, kernels());
+  }
+  static auto layer_backward(const OptTensor& grad_output, const OptTensor& grad_hy,
+                             const OptTensor& grad_cy, const at::Tensor& input,
+                             const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                             const OptTensor& w_hr, const OptTensor& batch_sizes, bool reverse,
+                             const at::Tensor& gates, const at::Tensor& c_prev,
+                             const at::Tensor& h_prev, const at::Tensor& r,
+                             std::array<bool, 3> output_mask) {
+    return lstm_layer_backward_impl(grad_output, grad_hy, grad_cy, input, hx, w_ih, w_hh, w_hr,
+                                    batch_sizes, reverse, gates, c_prev, h_prev, r,
+                                    output_mask, kernels());
+  }
+};
+
+// Registers the five LSTM ops of a device (inside TORCH_LIBRARY_IMPL).
+template <const LstmStepKernels& (*kernels)(), typename Library>
+void register_lstm_ops(Library& m) {
+  using Ops = LstmOps<kernels>;
+  m.impl("lstm_cell", &Ops::cell);
+  m.impl("lstm_cell_backward", &Ops::cell_backward);
+  m.impl("lstm_layer", &Ops::layer);
+  m.impl("lstm_layer_train", &Ops::layer_train);
+  m.impl("lstm_layer_backward", &Ops::layer_backward);
+}
+
+}  // namespace pynotes

@@ -1,0 +1,329 @@
+"""pynotes LSTM cell and layer against torch.nn.LSTMCell / torch.nn.LSTM with copied weights."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import pynotes
+from pynotes import _ext
+from pynotes.reference import lstm as reference
+from conftest import tolerance
+
+# (batch, input_size, hidden_size): single elements, odd sizes, sizes that are not a multiple
+# of a SIMD width, and one wide enough to split rows over threads.
+CELL_SIZES = [(1, 1, 1), (5, 7, 13), (3, 16, 33), (64, 24, 160)]
+
+# nn.LSTM configurations: (num_layers, bidirectional, proj_size, batch_first, bias).
+LSTM_CONFIGS = [
+    (1, False, 0, False, True),
+    (2, True, 0, False, True),
+    (2, True, 5, True, True),
+    (1, False, 3, False, False),
+    (3, False, 0, True, True),
+]
+
+
+def copy_of(reference_module, module_type, *args, **kwargs):
+    module = module_type(*args, **kwargs).to(next(reference_module.parameters()))
+    module.load_state_dict(reference_module.state_dict())
+    return module
+
+
+def assert_close(actual, expected, dtype):
+    torch.testing.assert_close(actual, expected.to(actual.dtype), **tolerance(dtype))
+
+
+def grads_of(outputs, inputs):
+    """Gradients of a random projection of the outputs (every output element matters)."""
+    loss = sum((o * torch.randn_like(o)).sum() for o in outputs)
+    return torch.autograd.grad(loss, inputs)
+
+
+def seeded_grads(outputs, inputs, seed):
+    torch.manual_seed(seed)
+    return grads_of(outputs, inputs)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch,input_size,hidden", CELL_SIZES)
+def test_cell_matches_torch(device, batch, input_size, hidden, bias):
+    ref = torch.nn.LSTMCell(input_size, hidden, bias=bias).to(device, torch.float64)
+    cell = copy_of(ref, pynotes.nn.LSTMCell, input_size, hidden, bias=bias)
+    x = torch.randn(batch, input_size, dtype=torch.float64, device=device, requires_grad=True)
+    h = torch.randn(batch, hidden, dtype=torch.float64, device=device, requires_grad=True)
+    c = torch.randn(batch, hidden, dtype=torch.float64, device=device, requires_grad=True)
+    expected, actual = ref(x, (h, c)), cell(x, (h, c))
+    for a, e in zip(actual, expected):
+        assert_close(a, e, torch.float64)
+    inputs = [x, h, c]
+    for a, e in zip(seeded_grads(actual, inputs + list(cell.parameters()), 1),
+                    seeded_grads(expected, inputs + list(ref.parameters()), 1)):
+        assert_close(a, e, torch.float64)
+
+
+def test_cell_float32_and_unbatched(device):
+    ref = torch.nn.LSTMCell(10, 20).to(device)
+    cell = copy_of(ref, pynotes.nn.LSTMCell, 10, 20)
+    x = torch.randn(3, 10, device=device)
+    for a, e in zip(cell(x), ref(x)):  # default zero state
+        assert_close(a, e, torch.float32)
+    hx = (torch.randn(20, device=device), torch.randn(20, device=device))
+    for a, e in zip(cell(x[0], hx), ref(x[0], hx)):
+        assert a.shape == (20,)
+        assert_close(a, e, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cell_and_layer_half_on_cuda(device, dtype):
+    if device != "cuda":
+        pytest.skip("float16 / bfloat16 run on CUDA")
+    ref = torch.nn.LSTM(16, 24, bidirectional=True).to(device, torch.float64)
+    lstm = copy_of(ref, pynotes.nn.LSTM, 16, 24, bidirectional=True).to(dtype)
+    x = torch.randn(9, 4, 16, device=device, dtype=torch.float64)
+    out, (h, c) = lstm(x.to(dtype))
+    ref_out, (ref_h, ref_c) = ref(x)
+    tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else dict(atol=5e-3, rtol=5e-3)
+    for a, e in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        torch.testing.assert_close(a.double(), e, **tol)
+
+
+def test_cell_gradcheck(device):
+    args = [torch.randn(s, dtype=torch.float64, device=device, requires_grad=True)
+            for s in [(3, 5), (3, 6), (3, 6), (24, 5), (24, 6), (24,), (24,)]]
+    assert torch.autograd.gradcheck(lambda *a: pynotes.ops.lstm_cell(*a), args)
+    # Only hy used: the cell gradient enters through hy alone.
+    assert torch.autograd.gradcheck(lambda *a: pynotes.ops.lstm_cell(*a)[0], args)
+
+
+@pytest.mark.parametrize("packed,reverse,project", [(False, False, False), (False, True, True),
+                                                   (True, False, True), (True, True, False)])
+def test_layer_gradcheck(device, packed, reverse, project):
+    hidden, out_size, batch_sizes = 4, 3 if project else 4, None
+    if packed:
+        batch_sizes = torch.tensor([3, 3, 2, 1])
+        x = torch.randn(9, 2, dtype=torch.float64, device=device)
+        batch = 3
+    else:
+        x = torch.randn(4, 2, 2, dtype=torch.float64, device=device)
+        batch = 2
+    make = lambda *s: torch.randn(s, dtype=torch.float64, device=device, requires_grad=True)
+    args = [x.requires_grad_(), make(batch, out_size), make(batch, hidden),
+            make(4 * hidden, 2), make(4 * hidden, out_size), make(4 * hidden), make(4 * hidden),
+            make(out_size, hidden) if project else None]
+
+    def layer(*a):
+        return pynotes.ops.lstm_layer(*a, batch_sizes=batch_sizes, reverse=reverse)
+    assert torch.autograd.gradcheck(layer, args)
+
+
+@pytest.mark.parametrize("config", LSTM_CONFIGS)
+def test_lstm_matches_torch(device, config):
+    num_layers, bidirectional, proj_size, batch_first, bias = config
+    kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size,
+                  batch_first=batch_first, bias=bias)
+    ref = torch.nn.LSTM(6, 11, **kwargs).to(device, torch.float64)
+    lstm = copy_of(ref, pynotes.nn.LSTM, 6, 11, **kwargs)
+    seq, batch, directions = 5, 3, 2 if bidirectional else 1
+    shape = (batch, seq, 6) if batch_first else (seq, batch, 6)
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    h0 = torch.randn(num_layers * directions, batch, proj_size or 11, dtype=torch.float64,
+                     device=device, requires_grad=True)
+    c0 = torch.randn(num_layers * directions, batch, 11, dtype=torch.float64, device=device,
+                     requires_grad=True)
+    out, (h, c) = lstm(x, (h0, c0))
+    ref_out, (ref_h, ref_c) = ref(x, (h0, c0))
+    for a, e in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        assert a.shape == e.shape
+        assert_close(a, e, torch.float64)
+    inputs = [x, h0, c0]
+    for a, e in zip(seeded_grads([out, h, c], inputs + list(lstm.parameters()), 2),
+                    seeded_grads([ref_out, ref_h, ref_c], inputs + list(ref.parameters()), 2)):
+        assert_close(a, e, torch.float64)
+
+
+@pytest.mark.parametrize("seq,batch,hidden", [(1, 1, 1), (1, 4, 9), (7, 1, 33), (3, 2, 130)])
+def test_lstm_small_and_odd_sizes(device, seq, batch, hidden):
+    ref = torch.nn.LSTM(5, hidden).to(device, torch.float64)
+    lstm = copy_of(ref, pynotes.nn.LSTM, 5, hidden)
+    x = torch.randn(seq, batch, 5, dtype=torch.float64, device=device, requires_grad=True)
+    out, (h, c) = lstm(x)  # default zero state
+    ref_out, (ref_h, ref_c) = ref(x)
+    for a, e in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        assert_close(a, e, torch.float64)
+    for a, e in zip(seeded_grads([out, c], [x, *lstm.parameters()], 3),
+                    seeded_grads([ref_out, ref_c], [x, *ref.parameters()], 3)):
+        assert_close(a, e, torch.float64)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_lstm_float32_train_and_eval_with_dropout(device, train):
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(32, 48, num_layers=2, dropout=0.5).to(device)
+    lstm = copy_of(ref, pynotes.nn.LSTM, 32, 48, num_layers=2, dropout=0.5)
+    x = torch.randn(20, 8, 32, device=device)
+    if train:  # dropout draws differ between implementations: compare without it
+        ref.dropout = lstm.dropout = 0.0
+    ref.train(train)
+    lstm.train(train)
+    out, (h, c) = lstm(x)
+    ref_out, (ref_h, ref_c) = ref(x)
+    tol = dict(atol=1e-5, rtol=1e-4)
+    for a, e in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        torch.testing.assert_close(a, e, **tol)
+    if train:
+        for a, e in zip(seeded_grads([out], list(lstm.parameters()), 4),
+                        seeded_grads([ref_out], list(ref.parameters()), 4)):
+            torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+
+
+def test_lstm_dropout_in_training_drops_between_layers(device):
+    lstm = pynotes.nn.LSTM(4, 8, num_layers=2, dropout=0.5).to(device)
+    x = torch.randn(5, 3, 4, device=device)
+    torch.manual_seed(0)
+    a = lstm(x)[0]
+    torch.manual_seed(1)
+    b = lstm(x)[0]
+    assert not torch.equal(a, b)
+    lstm.eval()
+    assert torch.equal(lstm(x)[0], lstm(x)[0])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_packed_unsorted_lengths(device, bidirectional):
+    kwargs = dict(num_layers=2, bidirectional=bidirectional, proj_size=4)
+    ref = torch.nn.LSTM(5, 9, **kwargs).to(device, torch.float64)
+    lstm = copy_of(ref, pynotes.nn.LSTM, 5, 9, **kwargs)
+    x = torch.randn(6, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    lengths = torch.tensor([3, 6, 1, 4])
+    directions = 2 if bidirectional else 1
+    h0 = torch.randn(2 * directions, 4, 4, dtype=torch.float64, device=device)
+    c0 = torch.randn(2 * directions, 4, 9, dtype=torch.float64, device=device)
+    results = []
+    for module in (lstm, ref):
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, (h, c) = module(packed, (h0, c0))
+        assert torch.equal(out.batch_sizes, packed.batch_sizes)
+        padded, out_lengths = pad_packed_sequence(out)
+        assert torch.equal(out_lengths, lengths)
+        results.append((padded, h, c, seeded_grads([out.data, h, c],
+                                                   [x, *module.parameters()], 5)))
+    for a, e in zip(results[0][:3], results[1][:3]):
+        assert_close(a, e, torch.float64)
+    for a, e in zip(results[0][3], results[1][3]):
+        assert_close(a, e, torch.float64)
+
+
+def test_lstm_unbatched_input(device):
+    ref = torch.nn.LSTM(3, 5, num_layers=2).to(device, torch.float64)
+    lstm = copy_of(ref, pynotes.nn.LSTM, 3, 5, num_layers=2)
+    x = torch.randn(4, 3, dtype=torch.float64, device=device)
+    hx = (torch.randn(2, 5, dtype=torch.float64, device=device),
+          torch.randn(2, 5, dtype=torch.float64, device=device))
+    out, (h, c) = lstm(x, hx)
+    ref_out, (ref_h, ref_c) = ref(x, hx)
+    assert out.shape == (4, 5) and h.shape == (2, 5)
+    for a, e in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        assert_close(a, e, torch.float64)
+
+
+def test_state_dict_loads_both_ways():
+    ref = torch.nn.LSTM(3, 6, num_layers=2, bidirectional=True, proj_size=2)
+    lstm = pynotes.nn.LSTM(3, 6, num_layers=2, bidirectional=True, proj_size=2)
+    assert list(dict(lstm.named_parameters())) == list(dict(ref.named_parameters()))
+    lstm.load_state_dict(ref.state_dict())
+    ref.load_state_dict(lstm.state_dict())
+    cell = pynotes.nn.LSTMCell(3, 6, bias=False)
+    torch.nn.LSTMCell(3, 6, bias=False).load_state_dict(cell.state_dict())
+    assert cell.bias_ih is None
+
+
+def test_layer_op_noncontiguous_inputs(device):
+    x = torch.randn(3, 5, 4, dtype=torch.float64, device=device).transpose(0, 1)
+    hx, cx = (torch.randn(3, 3, dtype=torch.float64, device=device).t() for _ in range(2))
+    w_ih = torch.randn(4, 12, dtype=torch.float64, device=device).t()
+    w_hh = torch.randn(3, 12, dtype=torch.float64, device=device).t()
+    b = torch.randn(24, dtype=torch.float64, device=device)[::2]
+    actual = pynotes.ops.lstm_layer(x, hx, cx, w_ih, w_hh, b, b)
+    expected = reference.lstm_layer(x, hx, cx, w_ih, w_hh, b, b)
+    for a, e in zip(actual, expected):
+        assert_close(a, e, torch.float64)
+
+
+@pytest.mark.parametrize("seq,batch", [(0, 3), (4, 0), (0, 0)])
+def test_layer_op_zero_size(device, seq, batch):
+    make = lambda *s: torch.randn(s, device=device, requires_grad=True)
+    x, hx, cx = make(seq, batch, 3), make(batch, 5), make(batch, 5)
+    w_ih, w_hh = make(20, 3), make(20, 5)
+    out, h, c = pynotes.ops.lstm_layer(x, hx, cx, w_ih, w_hh)
+    assert out.shape == (seq, batch, 5)
+    assert torch.equal(h, hx) and torch.equal(c, cx)
+    gx, gh, gw = torch.autograd.grad(out.sum() + h.sum() + c.sum(), [x, hx, w_ih])
+    assert gx.shape == x.shape and torch.equal(gh, torch.ones_like(hx))
+    assert torch.equal(gw, torch.zeros_like(w_ih))
+
+
+def test_fallback_matches_extension(device):
+    lstm = pynotes.nn.LSTM(6, 10, num_layers=2, bidirectional=True, proj_size=3).to(device)
+    x = torch.randn(7, 2, 6, device=device, requires_grad=True)
+    results = []
+    for fallback in (False, True):
+        with _ext.force_fallback(fallback):
+            out, (h, c) = lstm(x)
+            results.append((out, h, c, seeded_grads([out, h, c], [x, *lstm.parameters()], 6)))
+    for a, e in zip(results[0][:3], results[1][:3]):
+        assert_close(a, e, torch.float32)
+    for a, e in zip(results[0][3], results[1][3]):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+
+
+def test_repeated_backward_with_retain_graph(device):
+    lstm = pynotes.nn.LSTM(3, 4).to(device, torch.float64)
+    out, _ = lstm(torch.randn(5, 2, 3, dtype=torch.float64, device=device))
+    first = torch.autograd.grad(out.sum(), list(lstm.parameters()), retain_graph=True)
+    second = torch.autograd.grad(out.sum(), list(lstm.parameters()))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_opcheck(device):
+    if not _ext.extension_loaded():
+        pytest.skip("needs the compiled extension")
+    make = lambda *s, g=False: torch.randn(s, device=device, requires_grad=g)
+    for g in (False, True):
+        cell_args = (make(3, 5, g=g), make(3, 4, g=g), make(3, 4), make(16, 5, g=g),
+                     make(16, 4, g=g), make(16, g=g), make(16))
+        torch.library.opcheck(torch.ops.pynotes.lstm_cell.default, cell_args)
+        layer_args = (make(4, 3, 5, g=g), make(3, 2, g=g), make(3, 4), make(16, 5, g=g),
+                      make(16, 2, g=g), make(16, g=g), make(16), make(2, 4, g=g))
+        torch.library.opcheck(torch.ops.pynotes.lstm_layer.default, layer_args,
+                              {"reverse": True})
+        packed_args = (make(6, 5, g=g), make(3, 4), make(3, 4), make(16, 5, g=g),
+                       make(16, 4, g=g), None, None, None, torch.tensor([3, 2, 1]))
+        torch.library.opcheck(torch.ops.pynotes.lstm_layer.default, packed_args)
+    hy, cy, workspace = torch.ops.pynotes.lstm_cell(*[a.detach() for a in cell_args[:5]])
+    torch.library.opcheck(torch.ops.pynotes.lstm_cell_backward.default,
+                          (hy, None, workspace, *[a.detach() for a in cell_args[:5]],
+                           [True, False, True, True]))
+    train = torch.ops.pynotes.lstm_layer_train(*[a.detach() if a is not None else None
+                                                 for a in layer_args])
+    torch.library.opcheck(torch.ops.pynotes.lstm_layer_train.default,
+                          tuple(a.detach() for a in layer_args))
+    torch.library.opcheck(
+        torch.ops.pynotes.lstm_layer_backward.default,
+        (train[0], None, train[2], layer_args[0].detach(), layer_args[1].detach(),
+         layer_args[3].detach(), layer_args[4].detach(), layer_args[7].detach(), None, False,
+         *train[3:], [True, True, False]))
+
+
+def test_compile_fullgraph_forward_and_backward(device):
+    lstm = pynotes.nn.LSTM(4, 6, bidirectional=True).to(device)
+    x = torch.randn(5, 3, 4, device=device, requires_grad=True)
+    compiled = torch.compile(lstm, backend="aot_eager", fullgraph=True)
+    # Dynamo refuses every torch.nn.RNNBase subclass unless asked, torch.nn.LSTM included.
+    with torch._dynamo.config.patch(allow_rnn=True):
+        out, (h, c) = compiled(x)
+    expected, (eh, ec) = lstm(x)
+    for a, e in ((out, expected), (h, eh), (c, ec)):
+        assert_close(a, e, torch.float32)
+    for a, e in zip(seeded_grads([out], [x, *lstm.parameters()], 7),
+                    seeded_grads([expected], [x, *lstm.parameters()], 7)):
+        assert_close(a, e, torch.float32)
