@@ -1,6 +1,8 @@
 import torch
 import torch.nn.functional as F
 
+from pynotes.reference._checks import check_like
+
 ACTIVATIONS = (None, "silu")
 
 
@@ -28,12 +30,7 @@ def check_group_norm_args(input, num_groups, weight, bias, eps):
     for name, t in (("weight", weight), ("bias", bias)):
         if t is None:
             continue
-        if t.device != input.device:
-            raise RuntimeError(f"group_norm: {name} must be on the same device as input "
-                               f"({input.device}), got {t.device}")
-        if t.dtype != input.dtype:
-            raise TypeError(f"group_norm: {name} must have the same dtype as input "
-                            f"({input.dtype}), got {t.dtype}")
+        check_like("group_norm", name, t, input)
         if t.shape != (channels,):
             raise ValueError(f"group_norm: {name} must have shape ({channels},), got "
                              f"{tuple(t.shape)}")

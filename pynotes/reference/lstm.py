@@ -7,14 +7,7 @@ w_hr (P, H) for a projection (P = H without one).
 import torch
 import torch.nn.functional as F
 
-
-def _check_like(op, name, t, input):
-    if t.device != input.device:
-        raise RuntimeError(f"{op}: {name} must be on the same device as input ({input.device}), "
-                           f"got {t.device}")
-    if t.dtype != input.dtype:
-        raise TypeError(f"{op}: {name} must have the same dtype as input ({input.dtype}), "
-                        f"got {t.dtype}")
+from pynotes.reference._checks import check_like
 
 
 def _check_shape(op, name, t, expected, meaning):
@@ -27,8 +20,8 @@ def check_lstm_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch):
     """Checks an LSTM op's arguments; returns (input_size, hidden_size, size of h)."""
     if not input.is_floating_point():
         raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
-    _check_like(op, "w_ih", w_ih, input)
-    _check_like(op, "w_hh", w_hh, input)
+    check_like(op, "w_ih", w_ih, input)
+    check_like(op, "w_hh", w_hh, input)
     if w_ih.dim() != 2 or w_ih.shape[0] == 0 or w_ih.shape[0] % 4:
         raise ValueError(f"{op}: w_ih must have shape (4 * hidden_size, input_size), got "
                          f"{tuple(w_ih.shape)}")
@@ -38,7 +31,7 @@ def check_lstm_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch):
                          f"{tuple(w_ih.shape)} expects input_size = {input_size}")
     out = hidden
     if w_hr is not None:
-        _check_like(op, "w_hr", w_hr, input)
+        check_like(op, "w_hr", w_hr, input)
         if w_hr.dim() != 2 or w_hr.shape[0] == 0 or w_hr.shape[1] != hidden:
             raise ValueError(f"{op}: w_hr must have shape (proj_size, hidden_size = {hidden}), "
                              f"got {tuple(w_hr.shape)}")
@@ -47,10 +40,10 @@ def check_lstm_args(op, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch):
     _check_shape(op, "w_hh", w_hh, (4 * hidden, out), f"(4 * hidden_size, {h_meaning})")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
-            _check_like(op, name, b, input)
+            check_like(op, name, b, input)
             _check_shape(op, name, b, (4 * hidden,), "(4 * hidden_size)")
-    _check_like(op, "hx", hx, input)
-    _check_like(op, "cx", cx, input)
+    check_like(op, "hx", hx, input)
+    check_like(op, "cx", cx, input)
     _check_shape(op, "hx", hx, (batch, out), f"(batch, {h_meaning})")
     _check_shape(op, "cx", cx, (batch, hidden), "(batch, hidden_size)")
     return input_size, hidden, out
