@@ -45,15 +45,6 @@ void check_shape(const at::Tensor& t, const char* op, const char* name,
                     shape_str(expected), ", got ", shape_str(t.sizes()));
 }
 
-void check_dtype_and_device(const at::Tensor& t, const char* op, const char* name,
-                            const at::Tensor& input) {
-  TORCH_CHECK(t.device() == input.device(), op, ": ", name,
-              " must be on the same device as input (", input.device(), "), got ", t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), op, ": ", name,
-                   " must have the same dtype as input (", input.scalar_type(), "), got ",
-                   t.scalar_type());
-}
-
 // Sizes fixed by the weights: I inputs, H hidden units, P outputs (P = H without projection).
 struct LstmSizes {
   int64_t I, H, P;
@@ -67,8 +58,8 @@ LstmSizes check_weights(const char* op, const at::Tensor& input, const at::Tenso
                        input.scalar_type() == at::kDouble,
                    op, ": on CPU, input must be float32 or float64 (float16 and bfloat16 run on "
                    "CUDA), got ", input.scalar_type());
-  check_dtype_and_device(w_ih, op, "w_ih", input);
-  check_dtype_and_device(w_hh, op, "w_hh", input);
+  check_like(w_ih, "w_ih", input, "input");
+  check_like(w_hh, "w_hh", input, "input");
   TORCH_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) > 0 && w_ih.size(0) % 4 == 0, op,
                     ": w_ih must have shape (4 * hidden_size, input_size), got ",
                     shape_str(w_ih.sizes()));
@@ -77,7 +68,7 @@ LstmSizes check_weights(const char* op, const at::Tensor& input, const at::Tenso
                     " features but w_ih ", shape_str(w_ih.sizes()), " expects input_size = ", I);
   int64_t P = H;
   if (has_tensor(w_hr)) {
-    check_dtype_and_device(*w_hr, op, "w_hr", input);
+    check_like(*w_hr, "w_hr", input, "input");
     TORCH_CHECK_VALUE(w_hr->dim() == 2 && w_hr->size(0) > 0 && w_hr->size(1) == H, op,
                       ": w_hr must have shape (proj_size, hidden_size = ", H, "), got ",
                       shape_str(w_hr->sizes()));
@@ -88,7 +79,7 @@ LstmSizes check_weights(const char* op, const at::Tensor& input, const at::Tenso
   for (const auto* b : {&b_ih, &b_hh}) {
     if (!has_tensor(*b)) continue;
     const char* name = b == &b_ih ? "b_ih" : "b_hh";
-    check_dtype_and_device(**b, op, name, input);
+    check_like(**b, name, input, "input");
     check_shape(**b, op, name, {4 * H}, "(4 * hidden_size)");
   }
   return {I, H, P};
@@ -96,8 +87,8 @@ LstmSizes check_weights(const char* op, const at::Tensor& input, const at::Tenso
 
 void check_states(const char* op, const at::Tensor& input, const at::Tensor& hx,
                   const at::Tensor& cx, int64_t B, const LstmSizes& s) {
-  check_dtype_and_device(hx, op, "hx", input);
-  check_dtype_and_device(cx, op, "cx", input);
+  check_like(hx, "hx", input, "input");
+  check_like(cx, "cx", input, "input");
   check_shape(hx, op, "hx", {B, s.P}, s.P == s.H ? "(batch, hidden_size)" : "(batch, proj_size)");
   check_shape(cx, op, "cx", {B, s.H}, "(batch, hidden_size)");
 }
@@ -113,17 +104,10 @@ at::Tensor combined_bias(const OptTensor& b_ih, const OptTensor& b_hh) {
   return bias;
 }
 
-// A copy of t in the accumulation type (cell states), contiguous, or zeros when absent.
-at::Tensor acc_copy(const OptTensor& t, c10::IntArrayRef sizes, const at::TensorOptions& opts) {
+// A contiguous copy of an optional state gradient in opts' dtype, or zeros when absent.
+at::Tensor state_copy(const OptTensor& t, c10::IntArrayRef sizes, const at::TensorOptions& opts) {
   if (!has_tensor(t)) return at::zeros(sizes, opts);
   return t->to(opts.dtype(), /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
-}
-
-// Like acc_copy in the tensor's own dtype.
-at::Tensor contiguous_copy(const OptTensor& t, c10::IntArrayRef sizes,
-                           const at::TensorOptions& opts) {
-  if (!has_tensor(t)) return at::zeros(sizes, opts);
-  return t->clone(at::MemoryFormat::Contiguous);
 }
 
 const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
@@ -216,12 +200,12 @@ lstm_cell_backward_impl(const OptTensor& grad_hy, const OptTensor& grad_cy,
                                     std::nullopt);
   const int64_t B = input.size(0), H = s.H;
   check_states(op, input, hx, cx, B, s);
-  check_dtype_and_device(workspace, op, "workspace", input);
+  check_like(workspace, "workspace", input, "input");
   check_shape(workspace, op, "workspace", {B, 4 * H}, "(batch, 4 * hidden_size)");
   for (const auto* g : {&grad_hy, &grad_cy}) {
     if (!has_tensor(*g)) continue;
     const char* name = g == &grad_hy ? "grad_hy" : "grad_cy";
-    check_dtype_and_device(**g, op, name, input);
+    check_like(**g, name, input, "input");
     check_shape(**g, op, name, {B, H}, "(batch, hidden_size)");
   }
   const c10::OptionalDeviceGuard device_guard(input.device());
@@ -321,7 +305,7 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
   const LstmSizes s = check_weights(op, input, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
   const int64_t N = steps.total, B = steps.batch, H = s.H, P = s.P;
   const bool project = has_tensor(w_hr);
-  check_dtype_and_device(hx, op, "hx", input);
+  check_like(hx, "hx", input, "input");
   check_shape(hx, op, "hx", {B, P}, "(batch, hidden size of h)");
   const c10::OptionalDeviceGuard device_guard(input.device());
   const auto opts = input.options();
@@ -332,17 +316,17 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
   check_shape(r, op, "r", {project ? N : 0, H}, "(rows or 0 without w_hr, hidden_size)");
   TORCH_CHECK_VALUE(c_prev.scalar_type() == acc_opts.dtype(), op, ": c_prev must be ",
                     acc_opts.dtype(), ", got ", c_prev.scalar_type());
-  for (const auto* t : {&gates, &h_prev, &r}) check_dtype_and_device(*t, op, "saved tensor", input);
+  for (const auto* t : {&gates, &h_prev, &r}) check_like(*t, "saved tensor", input, "input");
   if (has_tensor(grad_output)) {
-    check_dtype_and_device(*grad_output, op, "grad_output", input);
+    check_like(*grad_output, "grad_output", input, "input");
     check_shape(grad_output->reshape({-1, P}), op, "grad_output (as rows)", {N, P},
                 "(rows, hidden size of h)");
   }
 
   const at::Tensor dout =
       has_tensor(grad_output) ? grad_output->reshape({N, P}).contiguous() : at::Tensor();
-  at::Tensor dh = contiguous_copy(grad_hy, {B, P}, opts);    // the recurrent gradient
-  at::Tensor dc = acc_copy(grad_cy, {B, H}, acc_opts);        // gradient of the running c
+  at::Tensor dh = state_copy(grad_hy, {B, P}, opts);    // the recurrent gradient
+  at::Tensor dc = state_copy(grad_cy, {B, H}, acc_opts);        // gradient of the running c
   check_shape(dh, op, "grad_hy", {B, P}, "(batch, hidden size of h)");
   check_shape(dc, op, "grad_cy", {B, H}, "(batch, hidden_size)");
   const at::Tensor g_saved = gates.contiguous(), c_saved = c_prev.contiguous();
