@@ -33,6 +33,8 @@ $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch numpy pytest ninja pybind11 setuptools wheel
+	# Optional peers the tests compare against (skipped when missing).
+	$(PY) -m pip install -q torch-geometric || echo "torch-geometric not installed: PyG tests skip"
 	touch $@
 
 $(VENV)/.bench-deps: $(VENV)/.deps

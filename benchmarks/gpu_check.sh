@@ -35,6 +35,7 @@ step tests_cuda "$py" -m pytest -q -rs tests -k cuda
 short="cuda and (test_forward_matches_torch or test_backward_matches_torch or test_channels_last_keeps_layout) and not shape3 and not shape7"
 step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$py" -m pytest -q -x tests/test_group_norm.py -k "$short"
 step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$py" -m pytest -q -x tests/test_group_norm.py -k "$short and float32"
+step memcheck_gcn compute-sanitizer --tool memcheck --error-exitcode 1 "$py" -m pytest -q -x tests/test_gcn.py -k "cuda and (matches_dense or half or gradients or degenerate)"
 step bench "$py" -m benchmarks --device cuda --full --out "$out"
 tail -30 "$out/bench.log"
 exit $status

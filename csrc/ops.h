@@ -79,4 +79,22 @@ LstmLayerGrads lstm_layer_backward(
     const at::Tensor& c_prev, const at::Tensor& h_prev, const at::Tensor& r,
     std::array<bool, 3> output_mask);
 
+// GCN propagation out = A x (rows of x are nodes): A is CSR by target node (rowptr (N + 1)
+// int64, col int32/int64 source nodes) with entry values scale[i] * weight[e] * scale[col[e]]
+// (absent weight or scale count as 1; both in x's accumulation dtype). rowptr_t, col_t are the
+// transposed CSR and perm_t maps its entries to the CSR's; the backward runs on them.
+// Differentiable in x and weight. pynotes.graph.gcn_norm (Python) builds all of these.
+at::Tensor gcn_propagate(const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor& col,
+                         const std::optional<at::Tensor>& weight,
+                         const std::optional<at::Tensor>& scale, const at::Tensor& rowptr_t,
+                         const at::Tensor& col_t, const at::Tensor& perm_t);
+
+// (grad_x, grad_weight) of gcn_propagate; output_mask says which to compute (x is needed
+// only for grad_weight, which has x's accumulation dtype).
+std::tuple<at::Tensor, at::Tensor> gcn_propagate_backward(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& x, const at::Tensor& rowptr,
+    const at::Tensor& col, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& scale, const at::Tensor& rowptr_t, const at::Tensor& col_t,
+    const at::Tensor& perm_t, std::array<bool, 2> output_mask);
+
 }  // namespace pynotes

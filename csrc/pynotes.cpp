@@ -54,6 +54,19 @@ TORCH_LIBRARY(pynotes, m) {
       "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
       "grad_bias, Tensor grad_w_hr)",
       tags);
+  // GCN propagation: out = A x with A in CSR by target node (rowptr, col), entry values
+  // scale[i] * weight[e] * scale[col[e]] (absent weight or scale: 1), and the transposed CSR
+  // (rowptr_t, col_t, perm_t: its entry k is entry perm_t[k]) that the backward runs on.
+  m.def(
+      "gcn_propagate(Tensor x, Tensor rowptr, Tensor col, Tensor? weight, Tensor? scale, "
+      "Tensor rowptr_t, Tensor col_t, Tensor perm_t) -> Tensor",
+      tags);
+  // output_mask: (x, weight); x is needed only for the weight gradient.
+  m.def(
+      "gcn_propagate_backward(Tensor grad_output, Tensor? x, Tensor rowptr, Tensor col, "
+      "Tensor? weight, Tensor? scale, Tensor rowptr_t, Tensor col_t, Tensor perm_t, "
+      "bool[2] output_mask) -> (Tensor grad_x, Tensor grad_weight)",
+      tags);
 }
 
 namespace pynotes {
@@ -125,6 +138,23 @@ LstmLayerGrads lstm_layer_backward(
   PYNOTES_CALL_OP("lstm_layer_backward", lstm_layer_backward, grad_output, grad_hy, grad_cy,
                   input, hx, w_ih, w_hh, w_hr, batch_sizes, reverse, gates, c_prev, h_prev, r,
                   output_mask);
+}
+
+at::Tensor gcn_propagate(const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor& col,
+                         const std::optional<at::Tensor>& weight,
+                         const std::optional<at::Tensor>& scale, const at::Tensor& rowptr_t,
+                         const at::Tensor& col_t, const at::Tensor& perm_t) {
+  PYNOTES_CALL_OP("gcn_propagate", gcn_propagate, x, rowptr, col, weight, scale, rowptr_t, col_t,
+                  perm_t);
+}
+
+std::tuple<at::Tensor, at::Tensor> gcn_propagate_backward(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& x, const at::Tensor& rowptr,
+    const at::Tensor& col, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& scale, const at::Tensor& rowptr_t, const at::Tensor& col_t,
+    const at::Tensor& perm_t, std::array<bool, 2> output_mask) {
+  PYNOTES_CALL_OP("gcn_propagate_backward", gcn_propagate_backward, grad_output, x, rowptr, col,
+                  weight, scale, rowptr_t, col_t, perm_t, output_mask);
 }
 
 }  // namespace pynotes

@@ -10,7 +10,7 @@ when the compiled extension is missing, for CUDA tensors in a CPU-only build, an
 when PYNOTES_FORCE_FALLBACK=1.
 """
 from pynotes._ext import backend_info
-from pynotes import nn, ops, reference
+from pynotes import graph, nn, ops, reference
 
 __version__ = "0.1.0"
-__all__ = ["backend_info", "nn", "ops", "reference", "__version__"]
+__all__ = ["backend_info", "graph", "nn", "ops", "reference", "__version__"]

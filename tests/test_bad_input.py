@@ -173,3 +173,119 @@ def test_lstm_modules_reject_bad_input():
         pynotes.nn.LSTMCell(5, 4)(torch.randn(2, 3, 5))
     with pytest.raises(ValueError, match="input has 6 features"):
         pynotes.nn.LSTMCell(5, 4)(torch.randn(3, 6))
+
+
+def edges(device, rows=((0, 1, 2), (1, 2, 3))):
+    return torch.tensor(rows, device=device)
+
+
+def norm(device, num_nodes=4, edge_index=None, **kwargs):
+    return pynotes.graph.gcn_norm(edges(device) if edge_index is None else edge_index,
+                                  num_nodes, **kwargs)
+
+
+# (id, call, exception, message pattern): graph building and propagation.
+GCN_CASES = [
+    ("index_too_large", lambda d: norm(d, 3), ValueError,
+     r"edge_index must hold node indices in \[0, num_nodes = 3\), got 3"),
+    ("index_negative", lambda d: norm(d, edge_index=edges(d, ((0, -1), (1, 2)))), ValueError,
+     r"edge_index must hold node indices in \[0, num_nodes = 4\), got -1"),
+    ("edge_index_shape", lambda d: norm(d, edge_index=edges(d, ((0, 1), (1, 2), (2, 0)))),
+     ValueError, r"edge_index must have shape \(2, num_edges\), got \(3, 2\)"),
+    ("edge_index_dtype", lambda d: norm(d, edge_index=edges(d).float()), TypeError,
+     "edge_index must be an int64 tensor, got torch.float32"),
+    ("num_nodes_negative", lambda d: norm(d, -1), ValueError,
+     "num_nodes must be a non-negative int, got -1"),
+    ("edge_weight_shape", lambda d: norm(d, edge_weight=torch.ones(2, device=d)), ValueError,
+     r"edge_weight must have shape \(num_edges,\) = \(3,\), got \(2,\)"),
+    ("edge_weight_integer", lambda d: norm(d, edge_weight=torch.ones(3, dtype=torch.long,
+                                                                     device=d)),
+     TypeError, "edge_weight must be a floating-point tensor"),
+    ("edge_weight_nan", lambda d: norm(d, edge_weight=torch.tensor([1.0, float("nan"), 1.0],
+                                                                   device=d)),
+     ValueError, "edge_weight must be finite"),
+    ("negative_degree", lambda d: norm(d, edge_weight=torch.tensor([1.0, -3.0, 1.0], device=d)),
+     ValueError, "edge_weight gives node 2 a negative degree"),
+    ("cheb_negative_degree", lambda d: pynotes.graph.cheb_norm(
+        edges(d), 4, torch.tensor([1.0, -3.0, 1.0], device=d)),
+     ValueError, "cheb_norm: edge_weight gives node 1 a negative degree"),
+    ("x_rows", lambda d: pynotes.ops.gcn_propagate(torch.randn(5, 2, device=d), norm(d)),
+     ValueError, r"x must have shape \(num_nodes, \*\) with num_nodes = 4, got \(5, 2\)"),
+    ("x_integer", lambda d: pynotes.ops.gcn_propagate(torch.ones(4, 2, dtype=torch.long,
+                                                                 device=d), norm(d)),
+     TypeError, "x must be a floating-point tensor"),
+    ("adj_type", lambda d: pynotes.ops.gcn_propagate(torch.randn(4, 2, device=d), edges(d)),
+     TypeError, "adj must be a pynotes.graph.Adjacency"),
+]
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["extension", "fallback"])
+@pytest.mark.parametrize("call,error,message", [c[1:] for c in GCN_CASES],
+                         ids=[c[0] for c in GCN_CASES])
+def test_gcn_bad_input(device, call, error, message, fallback):
+    with _ext.force_fallback(fallback), pytest.raises(error, match=message):
+        call(device)
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["extension", "fallback"])
+def test_gcn_half_on_cpu_is_rejected(fallback):
+    with _ext.force_fallback(fallback), \
+            pytest.raises(TypeError, match="on CPU, x must be float32 or float64"):
+        pynotes.ops.gcn_propagate(torch.randn(4, 2).half(), norm("cpu"))
+
+
+@pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="extension not built")
+def test_gcn_propagate_op_bad_input(device):
+    """The raw op checks what it can without reading the graph on the GPU."""
+    adj = pynotes.graph.gcn_norm(edges(device), 4, torch.rand(3, device=device))
+    x = torch.randn(4, 3, device=device)
+    op = torch.ops.pynotes.gcn_propagate
+
+    def call(**replace):
+        args = dict(x=x, rowptr=adj.rowptr, col=adj.col, weight=adj.weight, scale=None,
+                    rowptr_t=adj.rowptr_t, col_t=adj.col_t, perm_t=adj.perm_t)
+        args.update(replace)
+        return op(*args.values())
+    with pytest.raises(ValueError, match=r"x must have shape \(num_nodes, features\) with "
+                                         r"num_nodes = rowptr.size\(0\) - 1 = 4"):
+        call(x=torch.randn(4, 3, 1, device=device))
+    with pytest.raises(TypeError, match="col must be a 1-D int32 or int64 tensor"):
+        call(col=adj.col.float())
+    with pytest.raises(TypeError, match="col_t must have the dtype of col"):
+        call(col_t=adj.col_t.long())
+    with pytest.raises(TypeError, match="weight must have dtype Double"):
+        call(x=x.double())
+    with pytest.raises(ValueError, match=r"weight must have col.size\(0\) = 7 elements, got 6"):
+        call(weight=adj.weight[:-1])
+    with pytest.raises(ValueError, match=r"scale must have num_nodes = 4 elements, got 3"):
+        call(scale=torch.ones(3, device=device))
+    with pytest.raises(ValueError, match=r"perm_t must have col.size\(0\) = 7 elements"):
+        call(perm_t=adj.perm_t[:-1])
+    with pytest.raises(ValueError, match="scale must not require grad"):
+        call(scale=torch.ones(4, device=device, requires_grad=True))
+    strided = torch.stack([adj.rowptr, adj.rowptr], 1)[:, 0]  # a view is read, not misread
+    assert torch.equal(call(rowptr=strided), call())
+    if device == "cpu":
+        bad_rowptr = adj.rowptr.clone()
+        bad_rowptr[-1] += 1
+        with pytest.raises(ValueError, match="rowptr must start at 0 and end at the number of "
+                                             r"entries \(7\), got 0 and 8"):
+            call(rowptr=bad_rowptr)
+
+
+def test_gcn_layers_reject_bad_input():
+    x, edge_index = torch.randn(4, 3), edges("cpu")
+    with pytest.raises(ValueError, match=r"GCNConv: x must have shape \(num_nodes, "
+                                         r"in_channels = 2\), got \(4, 3\)"):
+        pynotes.nn.GCNConv(2, 5)(x, edge_index)
+    with pytest.raises(ValueError, match="add_self_loops=True needs normalize=True"):
+        pynotes.nn.GCNConv(3, 5, add_self_loops=True, normalize=False)
+    with pytest.raises(ValueError, match="normalization must be 'sym'"):
+        pynotes.nn.ChebConv(3, 5, K=2, normalization="rw")
+    with pytest.raises(ValueError, match="K must be a positive int, got 0"):
+        pynotes.nn.ChebConv(3, 5, K=0)
+    with pytest.raises(ValueError, match="edge_weight must be None when edge_index is an "
+                                         "Adjacency"):
+        pynotes.nn.GCNConv(3, 5)(x, norm("cpu"), torch.ones(3))
+    with pytest.raises(ValueError, match=r"x must have num_nodes = 4 rows"):
+        pynotes.nn.ChebConv(3, 5, K=2)(torch.randn(6, 3), pynotes.graph.cheb_norm(edge_index, 4))

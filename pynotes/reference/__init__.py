@@ -3,7 +3,8 @@
 They are the fallback when the compiled kernels cannot run, and the oracle the tests compare
 the kernels against.
 """
+from pynotes.reference.gcn import gcn_propagate
 from pynotes.reference.group_norm import group_norm
 from pynotes.reference.lstm import lstm_cell, lstm_layer
 
-__all__ = ["group_norm", "lstm_cell", "lstm_layer"]
+__all__ = ["gcn_propagate", "group_norm", "lstm_cell", "lstm_layer"]
