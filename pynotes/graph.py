@@ -94,7 +94,8 @@ class Adjacency:
                                 accumulate=True)
 
     def __repr__(self):
-        kind = "stored values" if self.scale is None else "D^-1/2 on the fly"
+        kind = ("D^-1/2 on the fly" if self.scale is not None else
+                "stored values" if self.weight is not None else "all values 1")
         return (f"Adjacency(num_nodes={self.num_nodes}, nnz={self.nnz}, {kind}, "
                 f"dtype={self.dtype}, device={self.device})")
 
@@ -105,9 +106,8 @@ def gcn_norm(edge_index, num_nodes=None, edge_weight=None, add_self_loops=True,
 
     edge_index: int64 (2, E), row 0 source nodes, row 1 targets. num_nodes: defaults to the
     largest index + 1. edge_weight: (E,) floating, or None for all ones. add_self_loops:
-    replace the self loops already present by one loop per node, whose weight is the last
-    existing loop's weight where there is one (1 without edge_weight) and 1 otherwise (2 with
-    `improved`).
+    replace the self loops already present by one loop per node; a node that had loops keeps
+    the weight of its last one (1 without edge_weight), the others get 1 (2 with `improved`).
     Degrees are in-degrees, summed over each node's incoming entries. dtype: of the values
     when there are no edge weights (default float32; the layers pass x's dtype).
 
@@ -256,7 +256,7 @@ def _build(op, edge_index, num_nodes, edge_weight, degree_of, dtype):
         scale = torch.where(positive, torch.where(positive, degree, 1.0).rsqrt(), 0.0)
         if weight is None:  # exact counts: the root in float64, rounded once
             scale = scale.to(dtype)
-        if weight is not None:
+        else:
             # Store the normalized values (differentiable in edge_weight): as many bytes as
             # the weights, and no scale to gather.
             weight = scale[row] * weight * scale[col]

@@ -33,4 +33,13 @@ inline void check_optional_vector(const std::optional<at::Tensor>& t, const char
 
 inline bool has_tensor(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
+inline bool requires_grad(const std::optional<at::Tensor>& t) {
+  return has_tensor(t) && t->requires_grad();
+}
+
+// An undefined tensor (e.g. a gradient autograd did not compute) as an absent optional.
+inline std::optional<at::Tensor> optional_tensor(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
 }  // namespace pynotes

@@ -16,9 +16,6 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using OptTensor = std::optional<at::Tensor>;
 
-bool requires_grad(const OptTensor& t) { return has_tensor(t) && t->requires_grad(); }
-OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
-
 class GcnPropagateFunction : public torch::autograd::Function<GcnPropagateFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& rowptr,
@@ -43,7 +40,7 @@ class GcnPropagateFunction : public torch::autograd::Function<GcnPropagateFuncti
     const bool grad_x = ctx->saved_data["grad_x"].toBool();
     const bool grad_weight = ctx->saved_data["grad_weight"].toBool();
     auto [dx, dweight] = pynotes::gcn_propagate_backward(
-        grads[0], optional(s[0]), s[1], s[2], optional(s[3]), optional(s[4]), s[5], s[6], s[7],
+        grads[0], optional_tensor(s[0]), s[1], s[2], optional_tensor(s[3]), optional_tensor(s[4]), s[5], s[6], s[7],
         {grad_x, grad_weight});
     return {dx, at::Tensor(), at::Tensor(), dweight, at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};

@@ -7,7 +7,6 @@
 // stream past; the source rows x[col[e]] are random reads, so they are prefetched a few
 // entries ahead.
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
@@ -141,7 +140,12 @@ T dot(const T* a, const T* b, int64_t n) {
     const int64_t m = std::min<int64_t>(V::size(), n - k);
     acc0 = at::vec::fmadd(V::loadu(a + k, m), V::loadu(b + k, m), acc0);
   }
-  return at::vec::vec_reduce_all<T>([](V& p, V& q) { return p + q; }, acc0 + acc1);
+  // Summed lane by lane (vec_reduce_all trips GCC's -Wuninitialized in its AVX512 header).
+  T lanes[V::size()];
+  (acc0 + acc1).store(lanes);
+  T sum = T(0);
+  for (int64_t l = 0; l < V::size(); ++l) sum += lanes[l];
+  return sum;
 }
 
 template <typename T, typename I>
