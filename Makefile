@@ -33,12 +33,14 @@ $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch numpy pytest ninja pybind11 setuptools wheel
-	# Optional peers the tests compare against (skipped when missing).
-	$(PY) -m pip install -q torch-geometric || echo "torch-geometric not installed: PyG tests skip"
+	# Optional: pynotes.gbdt's scikit-learn, and peers the tests compare against (skipped when
+	# missing).
+	for p in "scikit-learn>=1.6" torch-geometric xgboost; do \
+	  $(PY) -m pip install -q "$$p" || echo "$$p not installed: its tests skip"; done
 	touch $@
 
 $(VENV)/.bench-deps: $(VENV)/.deps
-	$(PY) -m pip install -q matplotlib
+	$(PY) -m pip install -q matplotlib "scikit-learn>=1.6" torch-geometric xgboost lightgbm
 	touch $@
 
 # The same csrc/ as a C++ library against libtorch (CMakeLists.txt), and the example program

@@ -35,6 +35,7 @@ class Result:
     anchor_ms: float
     pynotes_ms: float
     min_bytes: int = 0  # bytes an ideal kernel moves (0: not memory-bound)
+    note: str = ""      # e.g. the quality of both results (test AUC)
 
     @property
     def speedup(self):
@@ -140,13 +141,14 @@ def machine_info(device):
 
 
 def format_table(results, copy_gbps):
-    lines = ["| op | case | variant | anchor | anchor ms | pynotes ms | speedup | % of copy BW |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| op | case | variant | anchor | anchor ms | pynotes ms | speedup | % of copy BW "
+             "| note |",
+             "|---|---|---|---|---:|---:|---:|---:|---|"]
     for r in results:
         frac = r.bandwidth_fraction(copy_gbps)
         lines.append(f"| {r.op} | {r.case} | {r.variant} | {r.anchor} | {r.anchor_ms:.3f} | "
                      f"{r.pynotes_ms:.3f} | {r.speedup:.2f}x | "
-                     f"{'' if frac is None else f'{100 * frac:.0f}%'} |")
+                     f"{'' if frac is None else f'{100 * frac:.0f}%'} | {r.note} |")
     return "\n".join(lines)
 
 

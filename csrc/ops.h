@@ -97,4 +97,33 @@ std::tuple<at::Tensor, at::Tensor> gcn_propagate_backward(
     const std::optional<at::Tensor>& scale, const at::Tensor& rowptr_t, const at::Tensor& col_t,
     const at::Tensor& perm_t, std::array<bool, 2> output_mask);
 
+// Histogram gradient boosting (conventions in gbdt/gbdt_kernels.h; the trainer is Python's
+// pynotes.gbdt). gbdt_bin: uint8 bins of x (rows, features) given per-feature cut points
+// (features, max_cuts) padded with +inf; NaN goes to missing_bin.
+at::Tensor gbdt_bin(const at::Tensor& x, const at::Tensor& cuts, int64_t missing_bin);
+
+// float64 (num_slots, features, num_bins, 2) sums of (grad, hess) of the rows whose node has a
+// slot (slot_of_node[node[r]] >= 0).
+at::Tensor gbdt_histogram(const at::Tensor& bins, const at::Tensor& grad, const at::Tensor& hess,
+                          const at::Tensor& node, const at::Tensor& slot_of_node,
+                          int64_t num_slots, int64_t num_bins);
+
+// Per slot the best split: (gain, feature, bin, default_left, left_sum, right_sum).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gbdt_best_splits(const at::Tensor& hist, const std::optional<at::Tensor>& feature_mask,
+                 double reg_lambda, double gamma, double min_child_weight);
+
+// One level of descent of every row: (new node, rows per node).
+std::tuple<at::Tensor, at::Tensor> gbdt_advance(const at::Tensor& bins, const at::Tensor& node,
+                                                const at::Tensor& split_feature,
+                                                const at::Tensor& split_bin,
+                                                const at::Tensor& default_left,
+                                                int64_t missing_bin);
+
+// float64 (rows, groups) margins: base plus every tree's leaf value in its group's column.
+at::Tensor gbdt_predict(const at::Tensor& x, const at::Tensor& feature,
+                        const at::Tensor& threshold, const at::Tensor& default_left,
+                        const at::Tensor& value, const at::Tensor& group, const at::Tensor& base,
+                        int64_t missing_bin);
+
 }  // namespace pynotes

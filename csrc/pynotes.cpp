@@ -67,6 +67,27 @@ TORCH_LIBRARY(pynotes, m) {
       "Tensor? weight, Tensor? scale, Tensor rowptr_t, Tensor col_t, Tensor perm_t, "
       "bool[2] output_mask) -> (Tensor grad_x, Tensor grad_weight)",
       tags);
+  // Histogram gradient boosting (conventions in gbdt/gbdt_kernels.h): binning, the
+  // gradient/hessian histograms of one tree level, split finding, the level step of the rows,
+  // and ensemble prediction. Not differentiable.
+  m.def("gbdt_bin(Tensor x, Tensor cuts, int missing_bin) -> Tensor", tags);
+  m.def(
+      "gbdt_histogram(Tensor bins, Tensor grad, Tensor hess, Tensor node, Tensor slot_of_node, "
+      "int num_slots, int num_bins) -> Tensor",
+      tags);
+  m.def(
+      "gbdt_best_splits(Tensor hist, Tensor? feature_mask, float reg_lambda, float gamma, "
+      "float min_child_weight) -> (Tensor gain, Tensor feature, Tensor bin, Tensor "
+      "default_left, Tensor left_sum, Tensor right_sum)",
+      tags);
+  m.def(
+      "gbdt_advance(Tensor bins, Tensor node, Tensor split_feature, Tensor split_bin, "
+      "Tensor default_left, int missing_bin) -> (Tensor node, Tensor count)",
+      tags);
+  m.def(
+      "gbdt_predict(Tensor x, Tensor feature, Tensor threshold, Tensor default_left, "
+      "Tensor value, Tensor group, Tensor base, int missing_bin) -> Tensor",
+      tags);
 }
 
 namespace pynotes {
@@ -155,6 +176,41 @@ std::tuple<at::Tensor, at::Tensor> gcn_propagate_backward(
     const at::Tensor& perm_t, std::array<bool, 2> output_mask) {
   PYNOTES_CALL_OP("gcn_propagate_backward", gcn_propagate_backward, grad_output, x, rowptr, col,
                   weight, scale, rowptr_t, col_t, perm_t, output_mask);
+}
+
+at::Tensor gbdt_bin(const at::Tensor& x, const at::Tensor& cuts, int64_t missing_bin) {
+  PYNOTES_CALL_OP("gbdt_bin", gbdt_bin, x, cuts, missing_bin);
+}
+
+at::Tensor gbdt_histogram(const at::Tensor& bins, const at::Tensor& grad, const at::Tensor& hess,
+                          const at::Tensor& node, const at::Tensor& slot_of_node,
+                          int64_t num_slots, int64_t num_bins) {
+  PYNOTES_CALL_OP("gbdt_histogram", gbdt_histogram, bins, grad, hess, node, slot_of_node,
+                  num_slots, num_bins);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gbdt_best_splits(const at::Tensor& hist, const std::optional<at::Tensor>& feature_mask,
+                 double reg_lambda, double gamma, double min_child_weight) {
+  PYNOTES_CALL_OP("gbdt_best_splits", gbdt_best_splits, hist, feature_mask, reg_lambda, gamma,
+                  min_child_weight);
+}
+
+std::tuple<at::Tensor, at::Tensor> gbdt_advance(const at::Tensor& bins, const at::Tensor& node,
+                                                const at::Tensor& split_feature,
+                                                const at::Tensor& split_bin,
+                                                const at::Tensor& default_left,
+                                                int64_t missing_bin) {
+  PYNOTES_CALL_OP("gbdt_advance", gbdt_advance, bins, node, split_feature, split_bin,
+                  default_left, missing_bin);
+}
+
+at::Tensor gbdt_predict(const at::Tensor& x, const at::Tensor& feature,
+                        const at::Tensor& threshold, const at::Tensor& default_left,
+                        const at::Tensor& value, const at::Tensor& group, const at::Tensor& base,
+                        int64_t missing_bin) {
+  PYNOTES_CALL_OP("gbdt_predict", gbdt_predict, x, feature, threshold, default_left, value,
+                  group, base, missing_bin);
 }
 
 }  // namespace pynotes

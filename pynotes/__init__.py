@@ -13,4 +13,11 @@ from pynotes._ext import backend_info
 from pynotes import graph, nn, ops, reference
 
 __version__ = "0.1.0"
-__all__ = ["backend_info", "graph", "nn", "ops", "reference", "__version__"]
+__all__ = ["backend_info", "gbdt", "graph", "nn", "ops", "reference", "__version__"]
+
+
+def __getattr__(name):
+    if name == "gbdt":  # the estimators need scikit-learn: imported on first use
+        import importlib
+        return importlib.import_module("pynotes.gbdt")
+    raise AttributeError(f"module 'pynotes' has no attribute {name!r}")

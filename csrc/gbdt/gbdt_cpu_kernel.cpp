@@ -1,0 +1,241 @@
+// Gradient-boosting kernels on CPU, compiled once per instruction set (common/cpu_dispatch.h):
+// everything here is in namespace pynotes::CPU_CAPABILITY. The formulas are in gbdt.h.
+//
+// The histogram is built in parallel over features: each thread owns a range of features and
+// reads every active row (its slot's rows together, in row order), so every histogram cell is
+// summed by one thread in row order. No atomics and no per-thread copies to reduce, and the
+// result does not depend on the number of threads.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "gbdt/gbdt.h"
+#include "gbdt/gbdt_kernels.h"
+
+namespace pynotes {
+namespace CPU_CAPABILITY {
+namespace {
+
+constexpr int64_t kRowGrain = 2048;
+constexpr int64_t kPrefetchAhead = 16;  // rows
+
+template <typename T>
+void bin(const GbdtBin& a) {
+  const T* x = static_cast<const T*>(a.x);
+  const T* cuts = static_cast<const T*>(a.cuts);
+  at::parallel_for(0, a.rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t f = 0; f < a.features; ++f) {
+        a.out[r * a.features + f] = gbdt::bin_of(x[r * a.features + f], cuts + f * a.max_cuts,
+                                                 a.max_cuts, a.missing_bin);
+      }
+    }
+  });
+}
+
+// hist[f, row[f]] += (g, h) for f in [f_begin, f_end): one 16-byte add per cell.
+inline void add_row(double* hist, const uint8_t* row, int64_t f_begin, int64_t f_end,
+                    int64_t B, double g, double h) {
+#if defined(__SSE2__)
+  const __m128d gh = _mm_set_pd(h, g);
+  for (int64_t f = f_begin; f < f_end; ++f) {
+    double* cell = hist + (f * B + row[f]) * 2;
+    _mm_storeu_pd(cell, _mm_add_pd(_mm_loadu_pd(cell), gh));
+  }
+#else
+  for (int64_t f = f_begin; f < f_end; ++f) {
+    double* cell = hist + (f * B + row[f]) * 2;
+    cell[0] += g;
+    cell[1] += h;
+  }
+#endif
+}
+
+// The active rows grouped by slot, each group in row order (a counting sort over row blocks):
+// offsets (num_slots + 1) into rows.
+void group_rows_by_slot(const GbdtHistogram& a, std::vector<int64_t>& offsets,
+                        std::vector<int32_t>& rows) {
+  const int64_t S = a.num_slots;
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                a.rows / kRowGrain));
+  std::vector<int64_t> counts(blocks * (S + 1), 0);  // per block: rows per slot, then offsets
+  const auto block_rows = [&](int64_t b) {
+    return std::pair<int64_t, int64_t>{a.rows * b / blocks, a.rows * (b + 1) / blocks};
+  };
+  at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      auto [begin, end] = block_rows(b);
+      int64_t* count = counts.data() + b * (S + 1);
+      for (int64_t r = begin; r < end; ++r) {
+        const int32_t s = a.slot_of_node[a.node[r]];
+        if (s >= 0) ++count[s];
+      }
+    }
+  });
+  offsets.assign(S + 1, 0);
+  for (int64_t s = 0; s < S; ++s) {  // slot-major, block-minor: row order within a slot
+    int64_t next = offsets[s];
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t n = counts[b * (S + 1) + s];
+      counts[b * (S + 1) + s] = next;
+      next += n;
+    }
+    offsets[s + 1] = next;
+  }
+  rows.resize(offsets[S]);
+  at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      auto [begin, end] = block_rows(b);
+      int64_t* cursor = counts.data() + b * (S + 1);
+      for (int64_t r = begin; r < end; ++r) {
+        const int32_t s = a.slot_of_node[a.node[r]];
+        if (s >= 0) rows[cursor[s]++] = static_cast<int32_t>(r);
+      }
+    }
+  });
+}
+
+template <typename T>
+void histogram(const GbdtHistogram& a) {
+  const T* grad = static_cast<const T*>(a.grad);
+  const T* hess = static_cast<const T*>(a.hess);
+  const int64_t F = a.features, B = a.num_bins, S = a.num_slots;
+  // Rows grouped by slot, so that each slot's histogram stays in cache while its rows stream
+  // past; with one slot the rows are read in place.
+  std::vector<int64_t> offsets;
+  std::vector<int32_t> order;
+  const bool grouped = S > 1;
+  if (grouped) group_rows_by_slot(a, offsets, order);
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), F);
+  // Small problems on one thread: a parallel region costs more than it saves.
+  const int64_t tasks = a.rows * F < (int64_t(1) << 16) ? 1 : threads;
+  const auto run = [&](int64_t f_begin, int64_t f_end) {
+    for (int64_t s = 0; s < S; ++s) {
+      std::memset(a.hist + (s * F + f_begin) * B * 2, 0, (f_end - f_begin) * B * 2 * sizeof(double));
+    }
+    if (!grouped) {
+      for (int64_t r = 0; r < a.rows; ++r) {
+        if (a.slot_of_node[a.node[r]] < 0) continue;
+        add_row(a.hist, a.bins + r * F, f_begin, f_end, B, grad[r], hess[r]);
+      }
+      return;
+    }
+    for (int64_t s = 0; s < S; ++s) {
+      double* hist = a.hist + s * F * B * 2;
+      const int64_t end = offsets[s + 1];
+      for (int64_t i = offsets[s]; i < end; ++i) {
+        const int64_t r = order[i];
+        if (i + kPrefetchAhead < end) {
+          const int64_t ahead = order[i + kPrefetchAhead];
+          __builtin_prefetch(a.bins + ahead * F + f_begin);
+          __builtin_prefetch(grad + ahead);
+          __builtin_prefetch(hess + ahead);
+        }
+        add_row(hist, a.bins + r * F, f_begin, f_end, B, grad[r], hess[r]);
+      }
+    }
+  };
+  if (tasks == 1) return run(0, F);
+  at::parallel_for(0, tasks, 1, [&](int64_t t_begin, int64_t t_end) {
+    for (int64_t t = t_begin; t < t_end; ++t) run(F * t / tasks, F * (t + 1) / tasks);
+  });
+}
+
+void best_splits(const GbdtBestSplits& a) {
+  const int64_t F = a.features, B = a.num_bins;
+  // Every (slot, feature) on its own, then each slot's features in order: deterministic.
+  std::vector<gbdt::Split> per_feature(a.num_slots * F);
+  at::parallel_for(0, a.num_slots * F, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t f = i % F;
+      if (a.feature_mask && !a.feature_mask[f]) {
+        per_feature[i] = gbdt::no_split();
+        continue;
+      }
+      per_feature[i] = gbdt::best_split_of_feature(a.hist + i * B * 2, B, a.reg_lambda, a.gamma,
+                                                   a.min_child_weight);
+    }
+  });
+  for (int64_t s = 0; s < a.num_slots; ++s) gbdt::write_best_split(a, per_feature.data(), s);
+}
+
+void advance(const GbdtAdvance& a) {
+  // Row blocks with their own counts, summed after (integers: any order gives the same).
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                a.rows / kRowGrain));
+  std::vector<int64_t> counts(blocks * a.nodes, 0);
+  at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      int64_t* count = counts.data() + b * a.nodes;
+      for (int64_t r = a.rows * b / blocks; r < a.rows * (b + 1) / blocks; ++r) {
+        int32_t n = a.node[r];
+        const int32_t f = a.split_feature[n];
+        if (f >= 0) {
+          const bool left = gbdt::goes_left(a.bins[r * a.features + f], a.missing_bin,
+                                            a.split_bin[n], a.default_left[n]);
+          n = 2 * n + (left ? 1 : 2);
+          a.node[r] = n;
+        }
+        ++count[n];
+      }
+    }
+  });
+  for (int64_t n = 0; n < a.nodes; ++n) {
+    int64_t total = 0;
+    for (int64_t b = 0; b < blocks; ++b) total += counts[b * a.nodes + n];
+    a.count[n] = total;
+  }
+}
+
+template <typename X, typename Th>
+void predict(const GbdtPredict& a) {
+  const X* x = static_cast<const X*>(a.x);
+  const Th* threshold = static_cast<const Th*>(a.threshold);
+  // Blocks of rows walk one tree after another, so a tree stays in L1 for the whole block;
+  // each row still adds its trees' values in tree order.
+  constexpr int64_t kBlock = 64;
+  at::parallel_for(0, a.rows, 4 * kBlock, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t b_end = std::min(end, b + kBlock);
+      for (int64_t t = 0; t < a.trees; ++t) {
+        const int64_t base = t * a.nodes;
+        for (int64_t r = b; r < b_end; ++r) {
+          const int64_t leaf = gbdt::leaf_of(x + r * a.features, a.feature + base,
+                                             threshold + base, a.default_left + base, a.nodes,
+                                             a.missing_bin);
+          a.out[r * a.num_groups + a.group[t]] += a.value[base + leaf];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void gbdt_bin_cpu_kernel(const GbdtBin& a) {
+  if (a.dtype == at::kDouble) bin<double>(a); else bin<float>(a);
+}
+
+void gbdt_histogram_cpu_kernel(const GbdtHistogram& a) {
+  if (a.dtype == at::kDouble) histogram<double>(a); else histogram<float>(a);
+}
+
+void gbdt_best_splits_cpu_kernel(const GbdtBestSplits& a) { best_splits(a); }
+
+void gbdt_advance_cpu_kernel(const GbdtAdvance& a) { advance(a); }
+
+void gbdt_predict_cpu_kernel(const GbdtPredict& a) {
+  if (a.dtype == at::kByte) predict<uint8_t, int32_t>(a);
+  else if (a.dtype == at::kDouble) predict<double, double>(a);
+  else predict<float, float>(a);
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace pynotes

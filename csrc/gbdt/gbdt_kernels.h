@@ -1,0 +1,97 @@
+#pragma once
+// The kernels of histogram gradient boosting, on raw pointers; the CPU (per-ISA,
+// gbdt_cpu_kernel.cpp) and CUDA (gbdt_cuda.cu) kernels implement them and gbdt_ops.cpp calls
+// them. Conventions:
+// - Binned features are uint8, row-major (rows, features). A feature's values fall in bins
+//   0 .. num_bins - 2 (bin b = how many of the feature's cut points are < x, so "bin <= b" is
+//   "x <= cut[b]"); NaN falls in the missing bin num_bins - 1.
+// - Histograms are float64 (slots, features, num_bins, 2): the sums of gradient and hessian.
+// - Trees are complete binary trees in heap order (node n has children 2n + 1 and 2n + 2) of
+//   `nodes` = 2^(depth + 1) - 1 entries; a node with feature < 0 is a leaf.
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "common/cpu_dispatch.h"
+
+namespace pynotes {
+
+// out[r, f] = the bin of x[r, f] given the feature's cut points (cuts is (features, max_cuts),
+// padded with +inf; x and cuts have the same floating dtype).
+struct GbdtBin {
+  c10::ScalarType dtype;
+  int64_t rows, features, max_cuts, missing_bin;
+  const void* x;
+  const void* cuts;
+  uint8_t* out;
+};
+
+// hist[s, f, bins[r, f]] += (grad[r], hess[r]) for every row whose node has a slot
+// s = slot_of_node[node[r]] >= 0 (the nodes of one tree level whose histograms are built).
+struct GbdtHistogram {
+  c10::ScalarType dtype;  // of grad and hess
+  int64_t rows, features, num_bins, num_slots;
+  const uint8_t* bins;
+  const void* grad;
+  const void* hess;
+  const int32_t* node;          // (rows)
+  const int32_t* slot_of_node;  // (nodes)
+  double* hist;  // zeroed by the kernel
+};
+
+// Per slot, the split of largest gain over every feature (with feature_mask[f] != 0, or all)
+// and threshold bin, the missing bin going right or left; see gbdt.h for the formulas.
+struct GbdtBestSplits {
+  int64_t num_slots, features, num_bins;
+  double reg_lambda, gamma, min_child_weight;
+  const double* hist;
+  const bool* feature_mask;  // or nullptr
+  double* gain;              // -inf where no split is allowed
+  int64_t* feature;          // -1 where none
+  int64_t* bin;
+  bool* default_left;
+  double* left_sum;          // (num_slots, 2): G, H of the left child
+  double* right_sum;
+};
+
+// node[r] moves to the child of its node's split (rows in leaves stay): the tree level step;
+// count[n] = the number of rows in node n afterwards.
+struct GbdtAdvance {
+  int64_t rows, features, missing_bin, nodes;
+  const uint8_t* bins;
+  const int32_t* split_feature;  // per node, -1 for a leaf
+  const int32_t* split_bin;
+  const bool* default_left;
+  int32_t* node;   // in place
+  int64_t* count;  // (nodes)
+};
+
+// out[r, group[t]] += value[t, leaf reached by row r in tree t], for raw (floating x, floating
+// thresholds) or binned (uint8 x, int32 threshold bins) features.
+struct GbdtPredict {
+  c10::ScalarType dtype;  // of x: floating, or Byte for bins
+  int64_t rows, features, trees, nodes, num_groups, missing_bin;
+  const void* x;
+  const int32_t* feature;    // (trees, nodes)
+  const void* threshold;     // (trees, nodes): x's dtype, or int32 bins
+  const bool* default_left;  // (trees, nodes)
+  const float* value;        // (trees, nodes)
+  const int64_t* group;      // (trees): the output column of each tree
+  double* out;               // (rows, num_groups), accumulated into
+};
+
+struct GbdtKernels {
+  void (*bin)(const GbdtBin&);
+  void (*histogram)(const GbdtHistogram&);
+  void (*best_splits)(const GbdtBestSplits&);
+  void (*advance)(const GbdtAdvance&);
+  void (*predict)(const GbdtPredict&);
+};
+
+PYNOTES_DECLARE_CPU_KERNEL(void gbdt_bin_cpu_kernel(const GbdtBin&))
+PYNOTES_DECLARE_CPU_KERNEL(void gbdt_histogram_cpu_kernel(const GbdtHistogram&))
+PYNOTES_DECLARE_CPU_KERNEL(void gbdt_best_splits_cpu_kernel(const GbdtBestSplits&))
+PYNOTES_DECLARE_CPU_KERNEL(void gbdt_advance_cpu_kernel(const GbdtAdvance&))
+PYNOTES_DECLARE_CPU_KERNEL(void gbdt_predict_cpu_kernel(const GbdtPredict&))
+
+}  // namespace pynotes

@@ -1,0 +1,243 @@
+// Device-generic gradient-boosting ops: checks at the boundary (shapes, dtypes, devices, and
+// every index a kernel will follow), then the device's kernels (gbdt_kernels.h).
+#include "gbdt/gbdt_ops.h"
+
+#include <ATen/ops/aminmax.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/DeviceGuard.h>
+
+#include <limits>
+
+#include "common/checks.h"
+
+namespace pynotes {
+namespace {
+
+void check_device(const at::Tensor& t, const char* op, const char* name, const at::Tensor& ref,
+                  const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the same device as ",
+              ref_name, " (", ref.device(), "), got ", t.device());
+}
+
+void check_tensor(const at::Tensor& t, const char* op, const char* name, at::ScalarType dtype,
+                  int64_t dim) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must have dtype ", dtype,
+                   ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got shape ",
+                    t.sizes());
+}
+
+void check_size(const at::Tensor& t, const char* op, const char* name, int64_t dim,
+                int64_t size, const char* meaning) {
+  TORCH_CHECK_VALUE(t.size(dim) == size, op, ": ", name, ".size(", dim, ") must be ", meaning,
+                    " = ", size, ", got ", t.size(dim));
+}
+
+// Every element of an integer tensor in [low, high).
+void check_range(const at::Tensor& t, const char* op, const char* name, int64_t low,
+                 int64_t high) {
+  if (t.numel() == 0) return;
+  auto [min, max] = at::aminmax(t);
+  const int64_t lo = min.item<int64_t>(), hi = max.item<int64_t>();
+  TORCH_CHECK_VALUE(lo >= low && hi < high, op, ": ", name, " must hold values in [", low, ", ",
+                    high, "), got ", lo < low ? lo : hi);
+}
+
+void check_bins(const at::Tensor& bins, const char* op, int64_t num_bins) {
+  check_tensor(bins, op, "bins", at::kByte, 2);
+  TORCH_CHECK_VALUE(num_bins >= 2 && num_bins <= 256, op,
+                    ": num_bins must be in [2, 256], got ", num_bins);
+  if (num_bins < 256) check_range(bins, op, "bins", 0, num_bins);
+}
+
+// Split tables of a tree level step or an ensemble: children of every split inside the table.
+void check_splits(const at::Tensor& feature, const char* op, int64_t features) {
+  check_range(feature, op, "feature", -1, features);
+  const int64_t nodes = feature.size(-1);
+  if (nodes == 0) return;
+  const at::Tensor is_split = feature.reshape({-1, nodes}).ge(0).any(0);
+  const at::Tensor index = is_split.nonzero();
+  if (index.numel() == 0) return;
+  const int64_t last = index.max().item<int64_t>();
+  TORCH_CHECK_VALUE(2 * last + 2 < nodes, op, ": node ", last, " is a split but its children (",
+                    2 * last + 1, ", ", 2 * last + 2, ") are outside the ", nodes,
+                    " nodes of a tree");
+}
+
+bool is_real(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble;
+}
+
+}  // namespace
+
+at::Tensor gbdt_bin_impl(const at::Tensor& x, const at::Tensor& cuts, int64_t missing_bin,
+                         const GbdtKernels& kernels) {
+  constexpr const char* op = "gbdt_bin";
+  TORCH_CHECK_TYPE(is_real(x), op, ": x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must have shape (rows, features), got ", x.sizes());
+  check_tensor(cuts, op, "cuts", x.scalar_type(), 2);
+  check_device(cuts, op, "cuts", x, "x");
+  check_size(cuts, op, "cuts", 0, x.size(1), "x.size(1)");
+  TORCH_CHECK_VALUE(cuts.size(1) < missing_bin && missing_bin <= 255, op,
+                    ": missing_bin must be in (cuts.size(1), 255] = (", cuts.size(1),
+                    ", 255], got ", missing_bin);
+  c10::OptionalDeviceGuard guard(x.device());
+  const at::Tensor xc = x.contiguous(), cc = cuts.contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kByte));
+  if (out.numel() > 0) {
+    kernels.bin({x.scalar_type(), x.size(0), x.size(1), cuts.size(1), missing_bin,
+                 xc.const_data_ptr(), cc.const_data_ptr(), out.mutable_data_ptr<uint8_t>()});
+  }
+  return out;
+}
+
+at::Tensor gbdt_histogram_impl(const at::Tensor& bins, const at::Tensor& grad,
+                               const at::Tensor& hess, const at::Tensor& node,
+                               const at::Tensor& slot_of_node, int64_t num_slots,
+                               int64_t num_bins, const GbdtKernels& kernels) {
+  constexpr const char* op = "gbdt_histogram";
+  check_bins(bins, op, num_bins);
+  const int64_t rows = bins.size(0);
+  TORCH_CHECK_TYPE(is_real(grad), op, ": grad must be float32 or float64, got ",
+                   grad.scalar_type());
+  check_tensor(grad, op, "grad", grad.scalar_type(), 1);
+  check_tensor(hess, op, "hess", grad.scalar_type(), 1);
+  check_tensor(node, op, "node", at::kInt, 1);
+  check_tensor(slot_of_node, op, "slot_of_node", at::kInt, 1);
+  check_device(slot_of_node, op, "slot_of_node", bins, "bins");
+  for (const auto& [t, name] : {std::pair{&grad, "grad"}, {&hess, "hess"}, {&node, "node"}}) {
+    check_device(*t, op, name, bins, "bins");
+    check_size(*t, op, name, 0, rows, "bins.size(0)");
+  }
+  TORCH_CHECK_VALUE(num_slots >= 0, op, ": num_slots must be non-negative, got ", num_slots);
+  check_range(node, op, "node", 0, slot_of_node.size(0));
+  check_range(slot_of_node, op, "slot_of_node", -1, num_slots);
+  c10::OptionalDeviceGuard guard(bins.device());
+  at::Tensor hist = at::empty({num_slots, bins.size(1), num_bins, 2},
+                              bins.options().dtype(at::kDouble));
+  if (hist.numel() == 0) return hist;
+  const at::Tensor b = bins.contiguous(), g = grad.contiguous(), h = hess.contiguous(),
+                   n = node.contiguous(), s = slot_of_node.contiguous();
+  kernels.histogram({grad.scalar_type(), rows, bins.size(1), num_bins, num_slots,
+                     b.const_data_ptr<uint8_t>(), g.const_data_ptr(), h.const_data_ptr(),
+                     n.const_data_ptr<int32_t>(), s.const_data_ptr<int32_t>(),
+                     hist.mutable_data_ptr<double>()});
+  return hist;
+}
+
+GbdtSplits gbdt_best_splits_impl(const at::Tensor& hist,
+                                 const std::optional<at::Tensor>& feature_mask,
+                                 double reg_lambda, double gamma, double min_child_weight,
+                                 const GbdtKernels& kernels) {
+  constexpr const char* op = "gbdt_best_splits";
+  check_tensor(hist, op, "hist", at::kDouble, 4);
+  TORCH_CHECK_VALUE(hist.size(3) == 2 && hist.size(2) >= 2, op,
+                    ": hist must have shape (slots, features, num_bins >= 2, 2), got ",
+                    hist.sizes());
+  TORCH_CHECK_VALUE(reg_lambda >= 0 && min_child_weight >= 0 && gamma >= 0, op,
+                    ": reg_lambda, gamma and min_child_weight must be non-negative, got ",
+                    reg_lambda, ", ", gamma, ", ", min_child_weight);
+  const int64_t slots = hist.size(0), features = hist.size(1);
+  if (has_tensor(feature_mask)) {
+    check_tensor(*feature_mask, op, "feature_mask", at::kBool, 1);
+    check_device(*feature_mask, op, "feature_mask", hist, "hist");
+    check_size(*feature_mask, op, "feature_mask", 0, features, "hist.size(1)");
+  }
+  c10::OptionalDeviceGuard guard(hist.device());
+  const auto opts = hist.options();
+  at::Tensor gain = at::empty({slots}, opts), feature = at::empty({slots}, opts.dtype(at::kLong)),
+             bin = at::empty({slots}, opts.dtype(at::kLong)),
+             default_left = at::empty({slots}, opts.dtype(at::kBool)),
+             left = at::empty({slots, 2}, opts), right = at::empty({slots, 2}, opts);
+  if (slots > 0) {
+    const at::Tensor h = hist.contiguous();
+    const at::Tensor mask = has_tensor(feature_mask) ? feature_mask->contiguous() : at::Tensor();
+    kernels.best_splits({slots, features, hist.size(2), reg_lambda, gamma, min_child_weight,
+                         h.const_data_ptr<double>(),
+                         mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
+                         gain.mutable_data_ptr<double>(), feature.mutable_data_ptr<int64_t>(),
+                         bin.mutable_data_ptr<int64_t>(), default_left.mutable_data_ptr<bool>(),
+                         left.mutable_data_ptr<double>(), right.mutable_data_ptr<double>()});
+  }
+  return {gain, feature, bin, default_left, left, right};
+}
+
+std::tuple<at::Tensor, at::Tensor> gbdt_advance_impl(const at::Tensor& bins, const at::Tensor& node,
+                             const at::Tensor& split_feature, const at::Tensor& split_bin,
+                             const at::Tensor& default_left, int64_t missing_bin,
+                             const GbdtKernels& kernels) {
+  constexpr const char* op = "gbdt_advance";
+  check_bins(bins, op, missing_bin + 1);
+  check_tensor(node, op, "node", at::kInt, 1);
+  check_tensor(split_feature, op, "split_feature", at::kInt, 1);
+  check_tensor(split_bin, op, "split_bin", at::kInt, 1);
+  check_tensor(default_left, op, "default_left", at::kBool, 1);
+  const int64_t nodes = split_feature.size(0);
+  for (const auto& [t, name] : {std::pair{&node, "node"}, {&split_feature, "split_feature"},
+                                {&split_bin, "split_bin"}, {&default_left, "default_left"}}) {
+    check_device(*t, op, name, bins, "bins");
+  }
+  check_size(node, op, "node", 0, bins.size(0), "bins.size(0)");
+  check_size(split_bin, op, "split_bin", 0, nodes, "split_feature.size(0)");
+  check_size(default_left, op, "default_left", 0, nodes, "split_feature.size(0)");
+  check_range(node, op, "node", 0, nodes);
+  check_splits(split_feature, op, bins.size(1));
+  c10::OptionalDeviceGuard guard(bins.device());
+  at::Tensor out = node.clone(at::MemoryFormat::Contiguous);
+  at::Tensor count = at::zeros({nodes}, node.options().dtype(at::kLong));
+  if (out.numel() == 0) return {out, count};
+  const at::Tensor b = bins.contiguous(), f = split_feature.contiguous(),
+                   s = split_bin.contiguous(), d = default_left.contiguous();
+  kernels.advance({bins.size(0), bins.size(1), missing_bin, nodes, b.const_data_ptr<uint8_t>(),
+                   f.const_data_ptr<int32_t>(), s.const_data_ptr<int32_t>(),
+                   d.const_data_ptr<bool>(), out.mutable_data_ptr<int32_t>(),
+                   count.mutable_data_ptr<int64_t>()});
+  return {out, count};
+}
+
+at::Tensor gbdt_predict_impl(const at::Tensor& x, const at::Tensor& feature,
+                             const at::Tensor& threshold, const at::Tensor& default_left,
+                             const at::Tensor& value, const at::Tensor& group,
+                             const at::Tensor& base, int64_t missing_bin,
+                             const GbdtKernels& kernels) {
+  constexpr const char* op = "gbdt_predict";
+  const bool binned = x.scalar_type() == at::kByte;
+  TORCH_CHECK_TYPE(binned || is_real(x), op, ": x must be float32, float64 or uint8 bins, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must have shape (rows, features), got ", x.sizes());
+  check_tensor(feature, op, "feature", at::kInt, 2);
+  check_tensor(threshold, op, "threshold", binned ? at::kInt : x.scalar_type(), 2);
+  check_tensor(default_left, op, "default_left", at::kBool, 2);
+  check_tensor(value, op, "value", at::kFloat, 2);
+  check_tensor(group, op, "group", at::kLong, 1);
+  check_tensor(base, op, "base", at::kDouble, 1);
+  for (const auto& [t, name] :
+       {std::pair{&feature, "feature"}, {&threshold, "threshold"},
+        {&default_left, "default_left"}, {&value, "value"}, {&group, "group"}, {&base, "base"}}) {
+    check_device(*t, op, name, x, "x");
+  }
+  for (const auto& [t, name] : {std::pair{&threshold, "threshold"},
+                                {&default_left, "default_left"}, {&value, "value"}}) {
+    TORCH_CHECK_VALUE(t->sizes() == feature.sizes(), op, ": ", name,
+                      " must have the shape of feature ", feature.sizes(), ", got ",
+                      t->sizes());
+  }
+  check_size(group, op, "group", 0, feature.size(0), "feature.size(0)");
+  check_range(group, op, "group", 0, base.size(0));
+  check_splits(feature, op, x.size(1));
+  c10::OptionalDeviceGuard guard(x.device());
+  // A fresh buffer: expanding base to (1, groups) would be "contiguous" and alias it.
+  at::Tensor out = at::empty({x.size(0), base.size(0)}, base.options());
+  out.copy_(base.expand({x.size(0), base.size(0)}));
+  if (out.numel() == 0 || feature.size(0) == 0 || feature.size(1) == 0) return out;
+  const at::Tensor xc = x.contiguous(), f = feature.contiguous(), t = threshold.contiguous(),
+                   d = default_left.contiguous(), v = value.contiguous(), g = group.contiguous();
+  kernels.predict({x.scalar_type(), x.size(0), x.size(1), feature.size(0), feature.size(1),
+                   base.size(0), missing_bin, xc.const_data_ptr(), f.const_data_ptr<int32_t>(),
+                   t.const_data_ptr(), d.const_data_ptr<bool>(), v.const_data_ptr<float>(),
+                   g.const_data_ptr<int64_t>(), out.mutable_data_ptr<double>()});
+  return out;
+}
+
+}  // namespace pynotes
