@@ -290,9 +290,9 @@ class _GBDTBase(BaseEstimator):
 
     # -- training -----------------------------------------------------------------------------
 
-    def _fit(self, X, y, sample_weight, eval_set, objective, groups, labels):
-        """labels: y as numbers (class indices for classifiers), numpy."""
-        x = X
+    def _fit(self, x, sample_weight, eval_set, objective, groups, labels):
+        """x: the validated features (tensor); labels: y as numbers (class indices for
+        classifiers), numpy."""
         self._objective = objective
         weight = _check_sample_weight(sample_weight, x.cpu().numpy(), dtype=np.float64)
         if not np.all(np.isfinite(weight)) or np.any(weight < 0) or weight.sum() <= 0:
@@ -311,7 +311,7 @@ class _GBDTBase(BaseEstimator):
         eval_margins = [base.to(dev).expand(e[0].shape[0], groups).clone() for e in evals]
         self.evals_result_ = {f"validation_{i}": {objective.metric: []} for i in range(len(evals))}
         generator = torch.Generator().manual_seed(self.random_state)
-        gains = torch.zeros(features, dtype=torch.float64)
+        round_gains = []  # per round, the total split gain of each feature
         best_score, best_round, self.best_iteration_ = math.inf, 0, None
         for round_ in range(self.n_estimators):
             # Rows left out by subsampling weigh nothing in this round's trees.
@@ -320,6 +320,7 @@ class _GBDTBase(BaseEstimator):
                 keep = torch.rand(rows, generator=generator) < self.subsample
                 round_weight = w * keep.to(dev)
             grad, hess = objective.gradients(margin, yt, round_weight)
+            gains = torch.zeros(features, dtype=torch.float64)
             for group in range(groups):
                 feature_mask = None
                 if self.colsample_bytree < 1:
@@ -334,6 +335,7 @@ class _GBDTBase(BaseEstimator):
                 margin[:, group] += v.to(dev)[leaf.long()].double()
                 split = f.cpu() >= 0
                 gains.index_add_(0, f.cpu()[split].long(), g[split])
+            round_gains.append(gains)
             for i, ((x_e, y_e, w_e), m_e) in enumerate(zip(evals, eval_margins)):
                 m_e += self._ensemble.margins(x_e, dev, first=len(self._ensemble.feature) - groups,
                                               base=torch.zeros(groups, dtype=torch.float64))
@@ -353,6 +355,8 @@ class _GBDTBase(BaseEstimator):
         if evals and self.early_stopping_rounds:
             self.best_iteration_ = best_round
             self._ensemble.truncate((best_round + 1) * groups)
+            round_gains = round_gains[:best_round + 1]
+        gains = torch.stack(round_gains).sum(0)  # of the trees kept
         total = gains.sum()
         self.feature_importances_ = (gains / total if total > 0 else gains).numpy()
         return self
@@ -424,7 +428,7 @@ class GBDTRegressor(RegressorMixin, _GBDTBase):
         self._check_params()
         with _ThreadCount(self.n_jobs):
             x, y = self._features(X, reset=True, y=y)
-            return self._fit(x, y, sample_weight, eval_set, _Objective("squared_error"), 1,
+            return self._fit(x, sample_weight, eval_set, _Objective("squared_error"), 1,
                              self._labels(y))
 
     def predict(self, X):
@@ -459,7 +463,7 @@ class GBDTClassifier(ClassifierMixin, _GBDTBase):
                                  f"{self.classes_.tolist()}")
             binary = len(self.classes_) == 2
             objective = _Objective("logistic" if binary else "softmax")
-            return self._fit(x, y, sample_weight, eval_set, objective,
+            return self._fit(x, sample_weight, eval_set, objective,
                              1 if binary else len(self.classes_), self._labels(y))
 
     def predict_proba(self, X):

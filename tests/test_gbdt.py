@@ -482,3 +482,16 @@ def test_predict_one_row_leaves_base_alone():
             "(test_sample_weight_equals_repeated_rows)"})
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_empty_inputs(device):
+    bins = torch.zeros(0, 3, dtype=torch.uint8, device=device)
+    empty = torch.zeros(0, device=device)
+    node = torch.zeros(0, dtype=torch.int32, device=device)
+    hist = ops.build_histogram(bins, empty, empty, node,
+                               torch.zeros(1, dtype=torch.int32, device=device), 1, 16)
+    assert hist.shape == (1, 3, 16, 2) and not hist.any()
+    splits = ops.find_best_splits(torch.zeros(2, 0, 16, 2, dtype=torch.float64, device=device))
+    assert (splits.feature == -1).all() and not splits.left_sum.any()
+    x = torch.zeros(0, 3, device=device)
+    assert ops.quantize(x, 16)[0].shape == (0, 3)

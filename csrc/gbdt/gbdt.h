@@ -77,6 +77,14 @@ C10_HOST_DEVICE inline Split best_split_of_feature(const double* hist, int64_t n
   return best;
 }
 
+// The best split of item i = slot * features + feature of a split search (none for a
+// feature left out by the mask).
+C10_HOST_DEVICE inline Split best_split_of_item(const GbdtBestSplits& a, int64_t i) {
+  if (a.feature_mask && !a.feature_mask[i % a.features]) return no_split();
+  return best_split_of_feature(a.hist + i * a.num_bins * 2, a.num_bins, a.reg_lambda, a.gamma,
+                               a.min_child_weight);
+}
+
 // Slot s's best split among its features' best (per_feature[s * features + f]), the first of
 // equal gains in feature order, written to the outputs of `a`. Without a split the left sums
 // hold the node's totals and the right sums are zero.
@@ -89,7 +97,7 @@ C10_HOST_DEVICE inline void write_best_split(const GbdtBestSplits& a, const Spli
     if (c.bin >= 0 && (best_f < 0 || c.gain > per_feature[s * F + best_f].gain)) best_f = f;
   }
   double g_total = 0, h_total = 0;  // the node's totals, from feature 0's histogram
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = 0; F > 0 && b < B; ++b) {
     g_total += a.hist[s * F * B * 2 + 2 * b];
     h_total += a.hist[s * F * B * 2 + 2 * b + 1];
   }
@@ -108,6 +116,19 @@ C10_HOST_DEVICE inline void write_best_split(const GbdtBestSplits& a, const Spli
 C10_HOST_DEVICE inline bool goes_left(int64_t bin, int64_t missing_bin, int64_t split_bin,
                                       bool default_left) {
   return bin == missing_bin ? default_left : bin <= split_bin;
+}
+
+// Moves row r one level down (rows in leaves stay) and returns its node.
+C10_HOST_DEVICE inline int32_t advance_row(const GbdtAdvance& a, int64_t r) {
+  int32_t n = a.node[r];
+  const int32_t f = a.split_feature[n];
+  if (f >= 0) {
+    const bool left = goes_left(a.bins[r * a.features + f], a.missing_bin, a.split_bin[n],
+                                a.default_left[n]);
+    n = 2 * n + (left ? 1 : 2);
+    a.node[r] = n;
+  }
+  return n;
 }
 
 // The leaf a row reaches in one tree of `nodes` entries: raw features (NaN is missing) or

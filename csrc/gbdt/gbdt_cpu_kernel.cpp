@@ -149,19 +149,11 @@ void histogram(const GbdtHistogram& a) {
 }
 
 void best_splits(const GbdtBestSplits& a) {
-  const int64_t F = a.features, B = a.num_bins;
   // Every (slot, feature) on its own, then each slot's features in order: deterministic.
-  std::vector<gbdt::Split> per_feature(a.num_slots * F);
-  at::parallel_for(0, a.num_slots * F, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t f = i % F;
-      if (a.feature_mask && !a.feature_mask[f]) {
-        per_feature[i] = gbdt::no_split();
-        continue;
-      }
-      per_feature[i] = gbdt::best_split_of_feature(a.hist + i * B * 2, B, a.reg_lambda, a.gamma,
-                                                   a.min_child_weight);
-    }
+  const int64_t items = a.num_slots * a.features;
+  std::vector<gbdt::Split> per_feature(items);
+  at::parallel_for(0, items, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) per_feature[i] = gbdt::best_split_of_item(a, i);
   });
   for (int64_t s = 0; s < a.num_slots; ++s) gbdt::write_best_split(a, per_feature.data(), s);
 }
@@ -175,15 +167,7 @@ void advance(const GbdtAdvance& a) {
     for (int64_t b = b_begin; b < b_end; ++b) {
       int64_t* count = counts.data() + b * a.nodes;
       for (int64_t r = a.rows * b / blocks; r < a.rows * (b + 1) / blocks; ++r) {
-        int32_t n = a.node[r];
-        const int32_t f = a.split_feature[n];
-        if (f >= 0) {
-          const bool left = gbdt::goes_left(a.bins[r * a.features + f], a.missing_bin,
-                                            a.split_bin[n], a.default_left[n]);
-          n = 2 * n + (left ? 1 : 2);
-          a.node[r] = n;
-        }
-        ++count[n];
+        ++count[gbdt::advance_row(a, r)];
       }
     }
   });

@@ -133,13 +133,16 @@ void histogram_typed(const GbdtHistogram& a) {
   // Fixed point: every partial sum stays below 2^62 in magnitude.
   const at::Tensor g = at::from_blob(const_cast<void*>(a.grad), {a.rows}, opts.dtype(c10::CppTypeToScalarType<T>::value));
   const at::Tensor h = at::from_blob(const_cast<void*>(a.hess), {a.rows}, opts.dtype(c10::CppTypeToScalarType<T>::value));
-  const double largest = a.rows == 0 ? 0.0 : std::max(at::abs(g).max().item<double>(),
-                                                      at::abs(h).max().item<double>());
-  TORCH_CHECK_VALUE(std::isfinite(largest), "gbdt_histogram: grad and hess must be finite");
-  const double total = std::max(largest * double(std::max<int64_t>(active, 1)), 1e-300);
-  const double scale = std::ldexp(1.0, 62 - static_cast<int>(std::ceil(std::log2(total))));
+  const double largest = std::max(at::abs(g).max().item<double>(),
+                                  at::abs(h).max().item<double>());
+  const double total = largest * double(std::max<int64_t>(active, 1));
+  TORCH_CHECK_VALUE(std::isfinite(total), "gbdt_histogram: grad and hess must be finite");
+  const int exponent = total > 0 ? 62 - static_cast<int>(std::ceil(std::log2(total))) : 0;
+  const double scale = std::ldexp(1.0, std::clamp(exponent, -1000, 1000));
   at::Tensor fixed = at::zeros({S * F * B * 2}, opts.dtype(at::kLong));
   if (active > 0) {
+    TORCH_CHECK(cuda::ceil_div(F, kChunk) <= 65535, "gbdt_histogram: CUDA supports up to ",
+                65535 * kChunk, " features");
     const int64_t parts = std::clamp<int64_t>(cuda::ceil_div(active, S * kRowsPerPart), 1, 1024);
     const dim3 grid(static_cast<unsigned>(parts), static_cast<unsigned>(cuda::ceil_div(F, kChunk)),
                     static_cast<unsigned>(S));
@@ -162,15 +165,7 @@ void histogram_cuda(const GbdtHistogram& a) {
 
 // Per (slot, feature) the best split; then per slot the best feature, in feature order.
 __global__ void split_per_feature_kernel(GbdtBestSplits a, gbdt::Split* per_feature) {
-  GRID_STRIDE(i, a.num_slots * a.features) {
-    const int64_t f = i % a.features;
-    if (a.feature_mask && !a.feature_mask[f]) {
-      per_feature[i] = gbdt::no_split();
-    } else {
-      per_feature[i] = gbdt::best_split_of_feature(a.hist + i * a.num_bins * 2, a.num_bins,
-                                                   a.reg_lambda, a.gamma, a.min_child_weight);
-    }
-  }
+  GRID_STRIDE(i, a.num_slots * a.features) { per_feature[i] = gbdt::best_split_of_item(a, i); }
 }
 
 __global__ void split_per_slot_kernel(GbdtBestSplits a, const gbdt::Split* per_feature) {
@@ -194,14 +189,7 @@ void best_splits_cuda(const GbdtBestSplits& a) {
 
 __global__ void advance_kernel(GbdtAdvance a) {
   GRID_STRIDE(r, a.rows) {
-    int32_t n = a.node[r];
-    const int32_t f = a.split_feature[n];
-    if (f >= 0) {
-      const bool left = gbdt::goes_left(a.bins[r * a.features + f], a.missing_bin,
-                                        a.split_bin[n], a.default_left[n]);
-      n = 2 * n + (left ? 1 : 2);
-      a.node[r] = n;
-    }
+    const int32_t n = gbdt::advance_row(a, r);
     atomicAdd(reinterpret_cast<unsigned long long*>(a.count + n), 1ull);
   }
 }

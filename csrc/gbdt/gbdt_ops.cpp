@@ -113,7 +113,12 @@ at::Tensor gbdt_histogram_impl(const at::Tensor& bins, const at::Tensor& grad,
   TORCH_CHECK_VALUE(num_slots >= 0, op, ": num_slots must be non-negative, got ", num_slots);
   check_range(node, op, "node", 0, slot_of_node.size(0));
   check_range(slot_of_node, op, "slot_of_node", -1, num_slots);
+  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), op,
+                    ": at most 2^31 - 1 rows are supported, got ", rows);
   c10::OptionalDeviceGuard guard(bins.device());
+  if (rows == 0) {
+    return at::zeros({num_slots, bins.size(1), num_bins, 2}, bins.options().dtype(at::kDouble));
+  }
   at::Tensor hist = at::empty({num_slots, bins.size(1), num_bins, 2},
                               bins.options().dtype(at::kDouble));
   if (hist.numel() == 0) return hist;
