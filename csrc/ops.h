@@ -126,4 +126,15 @@ at::Tensor gbdt_predict(const at::Tensor& x, const at::Tensor& feature,
                         const at::Tensor& value, const at::Tensor& group, const at::Tensor& base,
                         int64_t missing_bin);
 
+// Log-sum-exp importance weighting over `dim` (K samples): the IWAE bound
+// logsumexp(log_w, dim) - log K (one pass; differentiable, its gradient the normalized weights
+// times grad), its backward, and (bound, normalized weights, effective sample size
+// 1 / sum w~^2) in one op (the weights and ess carry no gradient). -inf is a zero weight; an
+// all -inf slice gives a -inf bound, zero weights and gradient, and ess 0.
+at::Tensor iwae_bound(const at::Tensor& log_w, int64_t dim = 0, bool keepdim = false);
+at::Tensor iwae_bound_backward(const at::Tensor& grad, const at::Tensor& log_w,
+                               const at::Tensor& bound, int64_t dim, bool keepdim);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> importance_weights(const at::Tensor& log_w,
+                                                                  int64_t dim = 0);
+
 }  // namespace pynotes

@@ -88,6 +88,18 @@ TORCH_LIBRARY(pynotes, m) {
       "gbdt_predict(Tensor x, Tensor feature, Tensor threshold, Tensor default_left, "
       "Tensor value, Tensor group, Tensor base, int missing_bin) -> Tensor",
       tags);
+  // Log-sum-exp importance weighting over `dim` (IWAE, Burda et al.): the bound
+  // logsumexp(log_w) - log K, its backward (the normalized weights times grad), and the bound
+  // with the normalized weights and the effective sample size 1 / sum w~^2.
+  m.def("iwae_bound(Tensor log_w, int dim=0, bool keepdim=False) -> Tensor", tags);
+  m.def(
+      "iwae_bound_backward(Tensor grad, Tensor log_w, Tensor bound, int dim, bool keepdim) "
+      "-> Tensor",
+      tags);
+  m.def(
+      "importance_weights(Tensor log_w, int dim=0) -> (Tensor bound, Tensor weights, "
+      "Tensor ess)",
+      tags);
 }
 
 namespace pynotes {
@@ -211,6 +223,20 @@ at::Tensor gbdt_predict(const at::Tensor& x, const at::Tensor& feature,
                         int64_t missing_bin) {
   PYNOTES_CALL_OP("gbdt_predict", gbdt_predict, x, feature, threshold, default_left, value,
                   group, base, missing_bin);
+}
+
+at::Tensor iwae_bound(const at::Tensor& log_w, int64_t dim, bool keepdim) {
+  PYNOTES_CALL_OP("iwae_bound", iwae_bound, log_w, dim, keepdim);
+}
+
+at::Tensor iwae_bound_backward(const at::Tensor& grad, const at::Tensor& log_w,
+                               const at::Tensor& bound, int64_t dim, bool keepdim) {
+  PYNOTES_CALL_OP("iwae_bound_backward", iwae_bound_backward, grad, log_w, bound, dim, keepdim);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> importance_weights(const at::Tensor& log_w,
+                                                                  int64_t dim) {
+  PYNOTES_CALL_OP("importance_weights", importance_weights, log_w, dim);
 }
 
 }  // namespace pynotes

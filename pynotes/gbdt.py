@@ -111,8 +111,10 @@ class _Ensemble:
             setattr(self, name, getattr(self, name)[:trees])
 
     def tensors(self, device, first=0):
-        stack = lambda items, dtype: (torch.stack(items[first:]) if len(items) > first else  # noqa: E731
-                                      torch.zeros(0, self.nodes, dtype=dtype)).to(device)
+        def stack(items, dtype):
+            kept = items[first:]
+            return (torch.stack(kept) if kept else
+                    torch.zeros(0, self.nodes, dtype=dtype)).to(device)
         return (stack(self.feature, torch.int32), stack(self.threshold, torch.float32),
                 stack(self.default_left, torch.bool), stack(self.value, torch.float32),
                 torch.tensor(self.group[first:], dtype=torch.long, device=device))

@@ -118,7 +118,8 @@ void histogram(const GbdtHistogram& a) {
   const int64_t tasks = a.rows * F < (int64_t(1) << 16) ? 1 : threads;
   const auto run = [&](int64_t f_begin, int64_t f_end) {
     for (int64_t s = 0; s < S; ++s) {
-      std::memset(a.hist + (s * F + f_begin) * B * 2, 0, (f_end - f_begin) * B * 2 * sizeof(double));
+      std::memset(a.hist + (s * F + f_begin) * B * 2, 0,
+                  (f_end - f_begin) * B * 2 * sizeof(double));
     }
     if (!grouped) {
       for (int64_t r = 0; r < a.rows; ++r) {

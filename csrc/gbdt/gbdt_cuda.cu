@@ -131,8 +131,9 @@ void histogram_typed(const GbdtHistogram& a) {
       order.mutable_data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // Fixed point: every partial sum stays below 2^62 in magnitude.
-  const at::Tensor g = at::from_blob(const_cast<void*>(a.grad), {a.rows}, opts.dtype(c10::CppTypeToScalarType<T>::value));
-  const at::Tensor h = at::from_blob(const_cast<void*>(a.hess), {a.rows}, opts.dtype(c10::CppTypeToScalarType<T>::value));
+  const auto dtype = opts.dtype(c10::CppTypeToScalarType<T>::value);
+  const at::Tensor g = at::from_blob(const_cast<void*>(a.grad), {a.rows}, dtype);
+  const at::Tensor h = at::from_blob(const_cast<void*>(a.hess), {a.rows}, dtype);
   const double largest = std::max(at::abs(g).max().item<double>(),
                                   at::abs(h).max().item<double>());
   const double total = largest * double(std::max<int64_t>(active, 1));

@@ -40,7 +40,8 @@ class GcnPropagateFunction : public torch::autograd::Function<GcnPropagateFuncti
     const bool grad_x = ctx->saved_data["grad_x"].toBool();
     const bool grad_weight = ctx->saved_data["grad_weight"].toBool();
     auto [dx, dweight] = pynotes::gcn_propagate_backward(
-        grads[0], optional_tensor(s[0]), s[1], s[2], optional_tensor(s[3]), optional_tensor(s[4]), s[5], s[6], s[7],
+        grads[0], optional_tensor(s[0]), s[1], s[2], optional_tensor(s[3]),
+        optional_tensor(s[4]), s[5], s[6], s[7],
         {grad_x, grad_weight});
     return {dx, at::Tensor(), at::Tensor(), dweight, at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};

@@ -41,8 +41,8 @@ class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
                                       ctx->needs_input_grad(3) || ctx->needs_input_grad(4),
                                       grad_b_ih || grad_b_hh};
     auto [d_input, d_hx, d_cx, d_w_ih, d_w_hh, d_bias] = pynotes::lstm_cell_backward(
-        optional_tensor(grads[0]), optional_tensor(grads[1]), saved[5], saved[0], saved[1], saved[2],
-        saved[3], saved[4], mask);
+        optional_tensor(grads[0]), optional_tensor(grads[1]), saved[5], saved[0], saved[1],
+        saved[2], saved[3], saved[4], mask);
     return {d_input, d_hx, if_needed(ctx->needs_input_grad(2), d_cx),
             if_needed(ctx->needs_input_grad(3), d_w_ih),
             if_needed(ctx->needs_input_grad(4), d_w_hh), if_needed(grad_b_ih, d_bias),
@@ -82,8 +82,9 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
         flag("grad_input"), flag("grad_w_ih") || flag("grad_w_hh") || flag("grad_w_hr"),
         flag("grad_b_ih") || flag("grad_b_hh")};
     auto [d_input, d_hx, d_cx, d_w_ih, d_w_hh, d_bias, d_w_hr] = pynotes::lstm_layer_backward(
-        optional_tensor(grads[0]), optional_tensor(grads[1]), optional_tensor(grads[2]), saved[0], saved[1],
-        saved[2], saved[3], optional_tensor(saved[4]), optional_tensor(saved[5]), flag("reverse"), saved[6],
+        optional_tensor(grads[0]), optional_tensor(grads[1]), optional_tensor(grads[2]), saved[0],
+        saved[1], saved[2], saved[3], optional_tensor(saved[4]), optional_tensor(saved[5]),
+        flag("reverse"), saved[6],
         saved[7], saved[8], saved[9], mask);
     return {if_needed(flag("grad_input"), d_input), if_needed(flag("grad_hx"), d_hx),
             if_needed(flag("grad_cx"), d_cx), if_needed(flag("grad_w_ih"), d_w_ih),
