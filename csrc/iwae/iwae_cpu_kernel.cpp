@@ -106,6 +106,7 @@ void forward_inner(const IwaeForward& a) {
         lse[v] = run[v].lse();
         squares[v] = V<T>(T(0));
         (lse[v] - V<T>(log_k)).store(static_cast<T*>(a.bound) + o * a.inner + j0 + v * L, n);
+        if (a.lse) lse[v].store(static_cast<T*>(a.lse) + o * a.inner + j0 + v * L, n);
       }
       if (!a.weights) continue;
       T* w = static_cast<T*>(a.weights) + o * a.K * a.inner + j0;
@@ -157,6 +158,7 @@ void forward_last(const IwaeForward& a) {
       for (int64_t l = 0; l < L; ++l) s += lane_sum[l] * std::exp(lane_max[l] - shift);
       const T lse = std::isnan(m) ? m : iwae::finish(m, s);
       static_cast<T*>(a.bound)[o] = lse - log_k;
+      if (a.lse) static_cast<T*>(a.lse)[o] = lse;
       if (!a.weights) continue;
       T* w = static_cast<T*>(a.weights) + o * a.K;
       V<T> squares(T(0));
@@ -183,10 +185,11 @@ template <typename T>
 void backward(const IwaeBackward& a) {
   constexpr int64_t L = V<T>::size();
   const T* x = static_cast<const T*>(a.log_w);
-  const T* bound = static_cast<const T*>(a.bound);
+  // lse per slice: given, or the bound + log K.
+  const T* bound = static_cast<const T*>(a.lse ? a.lse : a.bound);
   const T* g = static_cast<const T*>(a.grad_bound);
   T* out = static_cast<T*>(a.grad_log_w);
-  const T log_k = std::log(T(a.K));
+  const T log_k = a.lse ? T(0) : std::log(T(a.K));
   // Row (o, k) of `inner` values: grad = exp(x - lse) * g, lse and g broadcast over K.
   const int64_t row_len = a.inner == 1 ? a.K : a.inner;
   const int64_t rows = a.inner == 1 ? a.outer : a.outer * a.K;

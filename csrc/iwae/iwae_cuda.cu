@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
@@ -63,7 +64,10 @@ __device__ void write_outputs(const IwaeForward& a, int64_t slice, int64_t o, in
                               at::opmath_type<T> lse, int lane, int lanes) {
   using A = at::opmath_type<T>;
   const T* x = static_cast<const T*>(a.log_w) + o * a.K * a.inner + i;
-  if (lane == 0) static_cast<T*>(a.bound)[slice] = T(lse - std::log(A(a.K)));
+  if (lane == 0) {
+    if (a.bound) static_cast<T*>(a.bound)[slice] = T(lse - std::log(A(a.K)));
+    if (a.lse) static_cast<A*>(a.lse)[slice] = lse;
+  }
   if (!a.weights) return;
   T* w = static_cast<T*>(a.weights) + o * a.K * a.inner + i;
   A squares = 0;
@@ -105,7 +109,9 @@ __global__ void forward_last_kernel(IwaeForward a) {
       merge(__shfl_xor_sync(0xffffffffu, max, offset), __shfl_xor_sync(0xffffffffu, sum, offset),
             max, sum);
     }
-    write_outputs<T>(a, o, o, 0, lse_of(max, sum), lane, cuda::kWarpSize);
+    // Every lane uses lane 0's value (the merges may round differently per lane).
+    const A lse = __shfl_sync(0xffffffffu, lse_of(max, sum), 0);
+    write_outputs<T>(a, o, o, 0, lse, lane, cuda::kWarpSize);
   }
 }
 
@@ -117,7 +123,8 @@ __global__ void backward_kernel(IwaeBackward a) {
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = idx % a.inner, o = idx / (a.K * a.inner);
     const int64_t slice = o * a.inner + i;
-    const A lse = A(static_cast<const T*>(a.bound)[slice]) + std::log(A(a.K));
+    const A lse = a.lse ? static_cast<const A*>(a.lse)[slice]
+                        : A(static_cast<const T*>(a.bound)[slice]) + std::log(A(a.K));
     const A w = iwae::weight(A(static_cast<const T*>(a.log_w)[idx]), lse);
     static_cast<T*>(a.grad_log_w)[idx] =
         T(w == A(0) ? A(0) : w * A(static_cast<const T*>(a.grad_bound)[slice]));
@@ -137,10 +144,23 @@ void forward_cuda(const IwaeForward& a) {
   });
 }
 
+// For float16/bfloat16 the bound is rounded to 8-11 bits, too coarse to recover lse from it
+// (bfloat16 near |bound| = 100 is off by up to 0.25, every weight by up to 28 %): lse is
+// recomputed in float from log_w first.
 void backward_cuda(const IwaeBackward& a) {
+  IwaeBackward args = a;
+  at::Tensor lse;
+  if (a.dtype == at::kHalf || a.dtype == at::kBFloat16) {
+    lse = at::empty({a.outer * a.inner}, at::TensorOptions()
+                                             .device(at::kCUDA, c10::cuda::current_device())
+                                             .dtype(at::kFloat));
+    forward_cuda({a.dtype, a.outer, a.K, a.inner, a.log_w, nullptr, nullptr, nullptr,
+                  lse.mutable_data_ptr<float>()});
+    args.lse = lse.const_data_ptr<float>();
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "iwae_backward", [&] {
     backward_kernel<scalar_t><<<blocks_for(a.outer * a.K * a.inner), kThreads, 0,
-                                at::cuda::getCurrentCUDAStream()>>>(a);
+                                at::cuda::getCurrentCUDAStream()>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -21,14 +21,16 @@ struct IwaeForward {
   void* bound;    // (outer, inner)
   void* weights;  // (outer, K, inner), or nullptr
   void* ess;      // (outer, inner), or nullptr (only with weights)
+  void* lse;      // (outer, inner) in at::opmath_type, or nullptr
 };
 
-// grad_log_w[k] = w~[k] * grad_bound, with lse = bound + log K; 0 where lse is -inf.
+// grad_log_w[k] = w~[k] * grad_bound; 0 where lse is -inf.
 struct IwaeBackward {
   c10::ScalarType dtype;
   int64_t outer, K, inner;
   const void* log_w;
-  const void* bound;       // (outer, inner)
+  const void* bound;       // (outer, inner); lse = bound + log K
+  const void* lse;         // or this lse in at::opmath_type (outer, inner), if not nullptr
   const void* grad_bound;  // (outer, inner)
   void* grad_log_w;        // (outer, K, inner)
 };

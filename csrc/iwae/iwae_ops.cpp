@@ -48,7 +48,7 @@ at::Tensor iwae_bound_impl(const at::Tensor& log_w, int64_t dim, bool keepdim,
   if (bound.numel() == 0) return bound;
   const at::Tensor x = log_w.contiguous();
   kernels.forward({log_w.scalar_type(), l.outer, l.K, l.inner, x.const_data_ptr(),
-                   bound.mutable_data_ptr(), nullptr, nullptr});
+                   bound.mutable_data_ptr(), nullptr, nullptr, nullptr});
   return bound;
 }
 
@@ -63,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> importance_weights_impl(
   const at::Tensor x = log_w.contiguous();
   kernels.forward({log_w.scalar_type(), l.outer, l.K, l.inner, x.const_data_ptr(),
                    bound.mutable_data_ptr(), weights.mutable_data_ptr(),
-                   ess.mutable_data_ptr()});
+                   ess.mutable_data_ptr(), nullptr});
   return {bound, weights, ess};
 }
 
@@ -83,7 +83,7 @@ at::Tensor iwae_bound_backward_impl(const at::Tensor& grad, const at::Tensor& lo
   if (out.numel() == 0) return out;
   const at::Tensor x = log_w.contiguous(), b = bound.contiguous(), g = grad.contiguous();
   kernels.backward({log_w.scalar_type(), l.outer, l.K, l.inner, x.const_data_ptr(),
-                    b.const_data_ptr(), g.const_data_ptr(), out.mutable_data_ptr()});
+                    b.const_data_ptr(), nullptr, g.const_data_ptr(), out.mutable_data_ptr()});
   return out;
 }
 
