@@ -156,5 +156,8 @@ def test_bad_input(device, fallback):
             pynotes.ops.jvi_bound(x, 0)
         with pytest.raises(ValueError, match=r"order must be an int in \[1, K - 1\] = \[1, 3\]"):
             pynotes.ops.jvi_bound(x, 4)
+    with _ext.force_fallback(fallback), \
+            pytest.raises(TypeError, match="on CPU, log_w must be float32 or float64"):
+        pynotes.ops.iwae_bound(torch.randn(4, 3).half())
     with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none'"):
         pynotes.nn.IWAELoss(reduction="max")
