@@ -35,7 +35,13 @@ step tests_cuda "$py" -m pytest -q -rs tests -k cuda
 short="cuda and (test_forward_matches_torch or test_backward_matches_torch or test_channels_last_keeps_layout) and not shape3 and not shape7"
 step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$py" -m pytest -q -x tests/test_group_norm.py -k "$short"
 step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$py" -m pytest -q -x tests/test_group_norm.py -k "$short and float32"
-step memcheck_gcn compute-sanitizer --tool memcheck --error-exitcode 1 "$py" -m pytest -q -x tests/test_gcn.py -k "cuda and (matches_dense or half or gradients or degenerate)"
+# GCN, GBDT and IWAE kernels: short CUDA subsets under memcheck; the GBDT histogram's shared
+# memory under racecheck.
+step memcheck_ops compute-sanitizer --tool memcheck --error-exitcode 1 "$py" -m pytest -q -x \
+  tests/test_gcn.py tests/test_gbdt.py tests/test_iwae.py \
+  -k "cuda and (propagate_matches_dense or half_on_cuda or histogram_matches or best_splits_match or python_walk or minus_inf or low_precision)"
+step racecheck_gbdt compute-sanitizer --tool racecheck --error-exitcode 1 "$py" -m pytest -q -x \
+  tests/test_gbdt.py -k "cuda and histogram_matches"
 step bench "$py" -m benchmarks --device cuda --full --out "$out"
 tail -30 "$out/bench.log"
 exit $status
