@@ -13,11 +13,17 @@ inline void check_floating(const at::Tensor& t, const char* name) {
                    "bfloat16), got ", t.scalar_type());
 }
 
+// `t` must sit on the same device as `ref`.
+inline void check_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                         const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), name, " must be on the same device as ", ref_name,
+              " (", ref.device(), "), got ", t.device());
+}
+
 // `t` must sit on the same device and have the same dtype as `ref`.
 inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& ref,
                        const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), name, " must be on the same device as ", ref_name,
-              " (", ref.device(), "), got ", t.device());
+  check_device(t, name, ref, ref_name);
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " must have the same dtype as ",
                    ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
 }

@@ -11,6 +11,18 @@ constexpr int kWarpSize = 32;
 
 C10_HOST_DEVICE inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Blocks of `threads` for a grid-stride loop over n items: one per `threads` items, capped at
+// 2^16 (the loop covers the rest). 0 for n = 0: launch nothing then.
+inline unsigned grid_blocks(int64_t n, int threads) {
+  const int64_t blocks = ceil_div(n, threads);
+  return static_cast<unsigned>(blocks < (int64_t(1) << 16) ? blocks : int64_t(1) << 16);
+}
+
+// for (i = this thread's first item; i < n; i += all threads in the grid), 64-bit.
+#define PYNOTES_GRID_STRIDE_LOOP(i, n)                                         \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); \
+       i += int64_t(gridDim.x) * blockDim.x)
+
 // Reduces `v` over the whole (1-, 2- or 3-D) block with op(a, b) and shfl_down(v, delta); the
 // result is valid in thread 0. Uses static shared memory: call it once per kernel.
 template <typename V, typename Op, typename Shfl>

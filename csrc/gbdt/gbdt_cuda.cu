@@ -32,19 +32,13 @@ constexpr int kThreads = 256;
 constexpr int kChunk = 8;            // features per histogram block (32 KB of shared memory)
 constexpr int64_t kRowsPerPart = 4096;
 
-unsigned blocks_for(int64_t n) {
-  return static_cast<unsigned>(std::min<int64_t>(cuda::ceil_div(n, kThreads), 1 << 16));
-}
-
-#define GRID_STRIDE(i, n)                                                          \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n);       \
-       i += int64_t(gridDim.x) * blockDim.x)
+unsigned blocks_for(int64_t n) { return cuda::grid_blocks(n, kThreads); }
 
 template <typename T>
 __global__ void bin_kernel(GbdtBin a) {
   const T* x = static_cast<const T*>(a.x);
   const T* cuts = static_cast<const T*>(a.cuts);
-  GRID_STRIDE(i, a.rows * a.features) {
+  PYNOTES_GRID_STRIDE_LOOP(i, a.rows * a.features) {
     const int64_t f = i % a.features;
     a.out[i] = gbdt::bin_of(x[i], cuts + f * a.max_cuts, a.max_cuts, a.missing_bin);
   }
@@ -52,7 +46,7 @@ __global__ void bin_kernel(GbdtBin a) {
 
 // slot[r] = slot_of_node[node[r]]; count[s] = rows in slot s.
 __global__ void slot_kernel(GbdtHistogram a, int32_t* slot, int32_t* count) {
-  GRID_STRIDE(r, a.rows) {
+  PYNOTES_GRID_STRIDE_LOOP(r, a.rows) {
     const int32_t s = a.slot_of_node[a.node[r]];
     slot[r] = s;
     if (s >= 0) atomicAdd(count + s, 1);
@@ -62,7 +56,7 @@ __global__ void slot_kernel(GbdtHistogram a, int32_t* slot, int32_t* count) {
 // Rows grouped by slot (any order within a slot: the integer sums do not depend on it).
 __global__ void group_kernel(int64_t rows, const int32_t* slot, int64_t* cursor,
                              int32_t* order) {
-  GRID_STRIDE(r, rows) {
+  PYNOTES_GRID_STRIDE_LOOP(r, rows) {
     const int32_t s = slot[r];
     if (s >= 0) {
       const auto at = atomicAdd(reinterpret_cast<unsigned long long*>(cursor + s), 1ull);
@@ -107,7 +101,7 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void fixed_to_double_kernel(int64_t n, const long long* fixed, double inverse_scale,
                                        double* out) {
-  GRID_STRIDE(i, n) { out[i] = double(fixed[i]) * inverse_scale; }
+  PYNOTES_GRID_STRIDE_LOOP(i, n) { out[i] = double(fixed[i]) * inverse_scale; }
 }
 
 template <typename T>
@@ -166,11 +160,13 @@ void histogram_cuda(const GbdtHistogram& a) {
 
 // Per (slot, feature) the best split; then per slot the best feature, in feature order.
 __global__ void split_per_feature_kernel(GbdtBestSplits a, gbdt::Split* per_feature) {
-  GRID_STRIDE(i, a.num_slots * a.features) { per_feature[i] = gbdt::best_split_of_item(a, i); }
+  PYNOTES_GRID_STRIDE_LOOP(i, a.num_slots * a.features) {
+    per_feature[i] = gbdt::best_split_of_item(a, i);
+  }
 }
 
 __global__ void split_per_slot_kernel(GbdtBestSplits a, const gbdt::Split* per_feature) {
-  GRID_STRIDE(s, a.num_slots) { gbdt::write_best_split(a, per_feature, s); }
+  PYNOTES_GRID_STRIDE_LOOP(s, a.num_slots) { gbdt::write_best_split(a, per_feature, s); }
 }
 
 void best_splits_cuda(const GbdtBestSplits& a) {
@@ -189,7 +185,7 @@ void best_splits_cuda(const GbdtBestSplits& a) {
 }
 
 __global__ void advance_kernel(GbdtAdvance a) {
-  GRID_STRIDE(r, a.rows) {
+  PYNOTES_GRID_STRIDE_LOOP(r, a.rows) {
     const int32_t n = gbdt::advance_row(a, r);
     atomicAdd(reinterpret_cast<unsigned long long*>(a.count + n), 1ull);
   }
@@ -204,7 +200,7 @@ template <typename X, typename Th>
 __global__ void predict_kernel(GbdtPredict a) {
   const X* x = static_cast<const X*>(a.x);
   const Th* threshold = static_cast<const Th*>(a.threshold);
-  GRID_STRIDE(r, a.rows) {
+  PYNOTES_GRID_STRIDE_LOOP(r, a.rows) {
     const X* row = x + r * a.features;
     double* out = a.out + r * a.num_groups;
     for (int64_t t = 0; t < a.trees; ++t) {

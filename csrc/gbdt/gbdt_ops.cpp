@@ -14,12 +14,6 @@
 namespace pynotes {
 namespace {
 
-void check_device(const at::Tensor& t, const char* op, const char* name, const at::Tensor& ref,
-                  const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the same device as ",
-              ref_name, " (", ref.device(), "), got ", t.device());
-}
-
 void check_tensor(const at::Tensor& t, const char* op, const char* name, at::ScalarType dtype,
                   int64_t dim) {
   TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must have dtype ", dtype,
@@ -77,7 +71,7 @@ at::Tensor gbdt_bin_impl(const at::Tensor& x, const at::Tensor& cuts, int64_t mi
   TORCH_CHECK_TYPE(is_real(x), op, ": x must be float32 or float64, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must have shape (rows, features), got ", x.sizes());
   check_tensor(cuts, op, "cuts", x.scalar_type(), 2);
-  check_device(cuts, op, "cuts", x, "x");
+  check_device(cuts, "cuts", x, "x");
   check_size(cuts, op, "cuts", 0, x.size(1), "x.size(1)");
   TORCH_CHECK_VALUE(cuts.size(1) < missing_bin && missing_bin <= 255, op,
                     ": missing_bin must be in (cuts.size(1), 255] = (", cuts.size(1),
@@ -105,9 +99,9 @@ at::Tensor gbdt_histogram_impl(const at::Tensor& bins, const at::Tensor& grad,
   check_tensor(hess, op, "hess", grad.scalar_type(), 1);
   check_tensor(node, op, "node", at::kInt, 1);
   check_tensor(slot_of_node, op, "slot_of_node", at::kInt, 1);
-  check_device(slot_of_node, op, "slot_of_node", bins, "bins");
+  check_device(slot_of_node, "slot_of_node", bins, "bins");
   for (const auto& [t, name] : {std::pair{&grad, "grad"}, {&hess, "hess"}, {&node, "node"}}) {
-    check_device(*t, op, name, bins, "bins");
+    check_device(*t, name, bins, "bins");
     check_size(*t, op, name, 0, rows, "bins.size(0)");
   }
   TORCH_CHECK_VALUE(num_slots >= 0, op, ": num_slots must be non-negative, got ", num_slots);
@@ -146,7 +140,7 @@ GbdtSplits gbdt_best_splits_impl(const at::Tensor& hist,
   const int64_t slots = hist.size(0), features = hist.size(1);
   if (has_tensor(feature_mask)) {
     check_tensor(*feature_mask, op, "feature_mask", at::kBool, 1);
-    check_device(*feature_mask, op, "feature_mask", hist, "hist");
+    check_device(*feature_mask, "feature_mask", hist, "hist");
     check_size(*feature_mask, op, "feature_mask", 0, features, "hist.size(1)");
   }
   c10::OptionalDeviceGuard guard(hist.device());
@@ -181,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> gbdt_advance_impl(const at::Tensor& bins, con
   const int64_t nodes = split_feature.size(0);
   for (const auto& [t, name] : {std::pair{&node, "node"}, {&split_feature, "split_feature"},
                                 {&split_bin, "split_bin"}, {&default_left, "default_left"}}) {
-    check_device(*t, op, name, bins, "bins");
+    check_device(*t, name, bins, "bins");
   }
   check_size(node, op, "node", 0, bins.size(0), "bins.size(0)");
   check_size(split_bin, op, "split_bin", 0, nodes, "split_feature.size(0)");
@@ -220,7 +214,7 @@ at::Tensor gbdt_predict_impl(const at::Tensor& x, const at::Tensor& feature,
   for (const auto& [t, name] :
        {std::pair{&feature, "feature"}, {&threshold, "threshold"},
         {&default_left, "default_left"}, {&value, "value"}, {&group, "group"}, {&base, "base"}}) {
-    check_device(*t, op, name, x, "x");
+    check_device(*t, name, x, "x");
   }
   for (const auto& [t, name] : {std::pair{&threshold, "threshold"},
                                 {&default_left, "default_left"}, {&value, "value"}}) {

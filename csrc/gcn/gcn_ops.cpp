@@ -20,8 +20,7 @@ namespace {
 constexpr const char* kOp = "gcn_propagate";
 
 void check_index(const at::Tensor& t, const char* name, const at::Tensor& x, bool allow_int32) {
-  TORCH_CHECK(t.device() == x.device(), kOp, ": ", name, " must be on the same device as x (",
-              x.device(), "), got ", t.device());
+  check_device(t, name, x, "x");
   const bool ok_dtype = t.scalar_type() == at::kLong ||
                         (allow_int32 && t.scalar_type() == at::kInt);
   TORCH_CHECK_TYPE(ok_dtype && t.dim() == 1, kOp, ": ", name, " must be a 1-D ",
@@ -39,8 +38,7 @@ void check_values(const std::optional<at::Tensor>& t, const char* name, const at
                   int64_t size, const char* meaning) {
   if (!has_tensor(t)) return;
   const auto dtype = at::toOpMathType(x.scalar_type());
-  TORCH_CHECK(t->device() == x.device(), kOp, ": ", name, " must be on the same device as x (",
-              x.device(), "), got ", t->device());
+  check_device(*t, name, x, "x");
   TORCH_CHECK_TYPE(t->scalar_type() == dtype, kOp, ": ", name, " must have dtype ", dtype,
                    " (the accumulation type of x's ", x.scalar_type(), "), got ",
                    t->scalar_type());

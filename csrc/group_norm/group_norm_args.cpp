@@ -52,8 +52,7 @@ GroupNormProblem check_problem(const at::Tensor& input, int64_t num_groups,
 }
 
 void check_stats(const at::Tensor& t, const char* name, const GroupNormProblem& p) {
-  TORCH_CHECK(t.device() == p.x.device(), "group_norm_backward: ", name,
-              " must be on the same device as input (", p.x.device(), "), got ", t.device());
+  check_device(t, name, p.x, "input");
   TORCH_CHECK_TYPE(t.scalar_type() == stats_dtype(p.x.scalar_type()), "group_norm_backward: ",
                    name, " must have dtype ", stats_dtype(p.x.scalar_type()), ", got ",
                    t.scalar_type());

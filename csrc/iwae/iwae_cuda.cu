@@ -21,9 +21,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-unsigned blocks_for(int64_t n) {
-  return static_cast<unsigned>(std::min<int64_t>(cuda::ceil_div(n, kThreads), 1 << 16));
-}
+unsigned blocks_for(int64_t n) { return cuda::grid_blocks(n, kThreads); }
 
 // Folds x into the running pair: one exp per value.
 template <typename A>
@@ -85,8 +83,7 @@ __device__ void write_outputs(const IwaeForward& a, int64_t slice, int64_t o, in
 template <typename T>
 __global__ void forward_inner_kernel(IwaeForward a) {
   using A = at::opmath_type<T>;
-  for (int64_t slice = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; slice < a.outer * a.inner;
-       slice += int64_t(gridDim.x) * blockDim.x) {
+  PYNOTES_GRID_STRIDE_LOOP(slice, a.outer * a.inner) {
     const int64_t o = slice / a.inner, i = slice % a.inner;
     const T* x = static_cast<const T*>(a.log_w) + o * a.K * a.inner + i;
     A max = -std::numeric_limits<A>::infinity(), sum = 0;
@@ -119,8 +116,7 @@ template <typename T>
 __global__ void backward_kernel(IwaeBackward a) {
   using A = at::opmath_type<T>;
   const int64_t n = a.outer * a.K * a.inner;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x) {
+  PYNOTES_GRID_STRIDE_LOOP(idx, n) {
     const int64_t i = idx % a.inner, o = idx / (a.K * a.inner);
     const int64_t slice = o * a.inner + i;
     const A lse = a.lse ? static_cast<const A*>(a.lse)[slice]

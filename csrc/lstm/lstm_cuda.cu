@@ -45,16 +45,13 @@ __device__ void store_gates(T* p, int64_t hidden, const lstm::Gates<A>& g) {
   p[3 * hidden] = T(g.o);
 }
 
-int blocks_for(int64_t n) {
-  return static_cast<int>(std::min<int64_t>(cuda::ceil_div(n, kThreads), int64_t(1) << 16));
-}
+unsigned blocks_for(int64_t n) { return cuda::grid_blocks(n, kThreads); }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) step_forward_kernel(LstmStepForward a) {
   using A = at::opmath_type<T>;
   const int64_t H = a.hidden, total = a.rows * H;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
+  PYNOTES_GRID_STRIDE_LOOP(idx, total) {
     const int64_t row = idx / H, j = idx - row * H;
     T* z = static_cast<T*>(a.gates) + row * 4 * H + j;
     lstm::Gates<A> pre = load_gates<T, A>(z, H);
@@ -78,8 +75,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) step_backward_kernel(LstmStepBackward a) {
   using A = at::opmath_type<T>;
   const int64_t H = a.hidden, total = a.rows * H;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
+  PYNOTES_GRID_STRIDE_LOOP(idx, total) {
     const int64_t row = idx / H, j = idx - row * H;
     A dh = a.dh ? A(static_cast<const T*>(a.dh)[idx]) : A(0);
     if (a.dh_extra) dh += A(static_cast<const T*>(a.dh_extra)[idx]);
