@@ -51,8 +51,9 @@ cpp: $(VENV)/.deps
 	cmake --build build-cmake -j $(JOBS)
 	./build-cmake/group_norm_example
 
-# On a machine with a GPU and its own torch: build in place, CUDA tests, compute-sanitizer,
-# GPU benchmarks; logs and results go to OUT.
+# On a machine with a GPU and its own torch, in under 9 minutes: build in place for that GPU,
+# CUDA tests, compute-sanitizer, quick GPU benchmarks; at most 5 files go to OUT
+# (benchmarks/gpu_check.sh says which).
 gpu-check:
 	bash benchmarks/gpu_check.sh $(or $(OUT),gpu-check-results)
 

@@ -133,7 +133,7 @@ def machine_info(device):
         "pynotes": pynotes.backend_info(),
         "malloc_keeps_freed_memory": keep_freed_memory() if device == "cpu" else None,
     }
-    if device == "cuda":
+    if device == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info["gpu"] = props.name
         info["gpu_memory_gib"] = round(props.total_memory / 1024**3, 1)
@@ -155,27 +155,37 @@ def format_table(results, copy_gbps):
 def describe_machine(machine, copy_gbps):
     be = machine["pynotes"]
     where = machine.get("gpu", machine["cpu"])
+    bandwidth = "not measured" if copy_gbps is None else f"{copy_gbps:.1f} GB/s"
     return (f"{machine['date']}; {where}; CPU {machine['cpu']} ({machine['cpu_cores']} cores, "
             f"{machine['torch_threads']} torch threads); torch {machine['torch']}; pynotes CPU "
             f"kernels {be['cpu_capability']}, CUDA kernels {'yes' if be['with_cuda'] else 'no'}; "
-            f"copy bandwidth {copy_gbps:.1f} GB/s")
+            f"copy bandwidth {bandwidth}")
 
 
-def write_reports(results, machine, copy_gbps, out_dir, name):
-    """benchmarks/results/<name>.json, .md and (with matplotlib) .png."""
+def write_reports(results, machine, copy_gbps, out_dir, name, cases=None):
+    """benchmarks/results/<name>.json, .md and (with matplotlib) .png. With `cases` (a listing,
+    python -m benchmarks --list), the cases a run would time instead, and no chart."""
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, name)
     rows = [{**dataclasses.asdict(r), "speedup": r.speedup,
              "bandwidth_fraction": r.bandwidth_fraction(copy_gbps)} for r in results]
-    with open(base + ".json", "w") as f:
-        json.dump({"machine": machine, "copy_bandwidth_gbps": copy_gbps, "results": rows}, f,
-                  indent=1)
-    with open(base + ".md", "w") as f:
-        f.write(f"# pynotes benchmarks ({name})\n\n{describe_machine(machine, copy_gbps)}\n\n"
-                f"Speedup = anchor time / pynotes time (median of alternating rounds after "
+    report = {"machine": machine, "copy_bandwidth_gbps": copy_gbps, "results": rows}
+    if cases is not None:
+        report["cases"] = cases
+        body = "Cases a run would time (listed, not run):\n\n" + "".join(
+            f"- {case}\n" for case in cases)
+    else:
+        body = (f"Speedup = anchor time / pynotes time (median of alternating rounds after "
                 f"warm-up). % of copy BW = minimal bytes moved / time / copy bandwidth.\n\n"
                 f"{format_table(results, copy_gbps)}\n")
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(f"# pynotes benchmarks ({name})\n\n{describe_machine(machine, copy_gbps)}\n\n"
+                f"{body}")
     written = [base + ".json", base + ".md"]
+    if cases is not None:
+        return written
     try:
         import matplotlib
         matplotlib.use("Agg")

@@ -8,7 +8,12 @@ Rows: training time and prediction time of the test rows against each library, w
 test AUCs in the note; and the histogram kernel alone (one level over all training rows)
 against the pure-PyTorch reference (index_add), with its bandwidth on the bytes it must read.
 Training runs once per round of timing (quick: one round, full: three).
+
+On a GPU the anchors are XGBoost device="cuda" when it is installed and, always, pynotes' own
+CPU path on every core of the machine (the GPU machine we use has no XGBoost or LightGBM).
 """
+import os
+
 import numpy as np
 import torch
 
@@ -18,28 +23,40 @@ CASE = "500k x 50, 100 rounds, depth 6"
 
 
 def peers(device, threads):
-    """(name, constructor) of the libraries installed here."""
+    """(name, constructor, threads) of the anchors installed here."""
     found = []
     try:
         import xgboost
         found.append(("XGBoost hist", lambda: xgboost.XGBClassifier(
             n_estimators=100, max_depth=6, learning_rate=0.1, max_bin=256, tree_method="hist",
-            n_jobs=threads, device=device)))
+            n_jobs=threads, device=device), threads))
     except ImportError:
-        pass
+        print(f"gbdt: XGBoost is not installed: no XGBoost anchor on {device}")
+    if device == "cuda":
+        from pynotes.gbdt import GBDTClassifier
+        cores = os.cpu_count()
+        found.append((f"pynotes CPU, {cores} threads", lambda: GBDTClassifier(
+            n_estimators=100, max_depth=6, learning_rate=0.1, max_bins=256, n_jobs=cores,
+            device="cpu"), cores))
     if device == "cpu":
         try:
             import lightgbm
             found.append(("LightGBM", lambda: lightgbm.LGBMClassifier(
                 n_estimators=100, num_leaves=63, max_depth=6, learning_rate=0.1, max_bin=255,
-                n_jobs=threads, verbose=-1)))
+                n_jobs=threads, verbose=-1), threads))
         except ImportError:
-            pass
+            print("gbdt: LightGBM is not installed: no LightGBM anchor")
         from sklearn.ensemble import HistGradientBoostingClassifier
         found.append(("sklearn HistGradientBoosting", lambda: HistGradientBoostingClassifier(
             max_iter=100, max_depth=6, max_leaf_nodes=63, learning_rate=0.1, max_bins=255,
-            early_stopping=False)))
+            early_stopping=False), threads))
     return found
+
+
+def cases(device, quick=True):
+    names = [name for name, _, _ in peers(device, torch.get_num_threads())]
+    return [f"gbdt {CASE}: train, predict 100k rows, vs {', '.join(names)}",
+            "gbdt_histogram 400k x 50, one node, vs the PyTorch reference"]
 
 
 def run(device, quick=True):
@@ -59,13 +76,13 @@ def run(device, quick=True):
     rounds = 1 if quick else 3
     models = {}
 
-    def fit(name, make):
+    def fit(name, make, threads=threads):
         def go():
             with threadpool_limits(threads):
                 models[name] = make().fit(X_train, y_train)
         return go
 
-    def predict(name):
+    def predict(name, threads=threads):
         def go():
             with threadpool_limits(threads):
                 return models[name].predict_proba(X_test)[:, 1]
@@ -74,12 +91,14 @@ def run(device, quick=True):
     ours = lambda: GBDTClassifier(n_estimators=100, max_depth=6, learning_rate=0.1,  # noqa
                                   max_bins=256, n_jobs=threads, device=device)
     results = []
-    for name, make in peers(device, threads):
-        ms = time_pair(fit(name, make), fit("pynotes", ours), device, warmup=0, rounds=rounds)
+    for name, make, anchor_threads in peers(device, threads):
+        ms = time_pair(fit(name, make, anchor_threads), fit("pynotes", ours), device, warmup=0,
+                       rounds=rounds)
         auc = {n: roc_auc_score(y_test, predict(n)()) for n in (name, "pynotes")}
         note = f"AUC {auc[name]:.4f} vs pynotes {auc['pynotes']:.4f}"
         results.append(Result("gbdt", CASE, "train", name, *ms, note=note))
-        ms = time_pair(predict(name), predict("pynotes"), device, warmup=1, rounds=5)
+        ms = time_pair(predict(name, anchor_threads), predict("pynotes"), device, warmup=1,
+                       rounds=5)
         results.append(Result("gbdt", CASE, "predict 100k rows", name, *ms))
 
     # The histogram kernel alone: the root level, every training row in one slot.

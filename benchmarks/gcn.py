@@ -50,6 +50,17 @@ def product_bytes(adj, features):
     return 8 * (n + 1) + adj.col.element_size() * adj.nnz + 4 * n + 2 * 4 * n * features
 
 
+def widths(device, quick):
+    return [16, 64] if quick and device == "cpu" else [16, 64, 256]
+
+
+def cases(device, quick=True):
+    num_nodes, num_edges = sizes(device)
+    return [f"gcn_propagate N={num_nodes // 1000}k, {num_edges} sampled edges, F={f}, forward and "
+            "forward+backward, vs PyG propagate, torch.sparse.mm and stored values; GCNConv "
+            "forward+backward vs PyG GCNConv" for f in widths(device, quick)]
+
+
 def run(device, quick=True):
     num_nodes, num_edges = sizes(device)
     edge_index = power_law_graph(num_nodes, num_edges).to(device)
@@ -59,11 +70,10 @@ def run(device, quick=True):
     csr = adj.to_sparse_csr()
     norm_index, norm_weight = pyg_gcn_norm(edge_index, None, num_nodes) if pyg_nn else (None,
                                                                                          None)
-    widths = [16, 64] if quick and device == "cpu" else [16, 64, 256]
     rounds = 11 if device == "cpu" else 51
     graph_name = f"N={num_nodes // 1000}k nnz={adj.nnz / 1e6:.1f}M"
     results = []
-    for features in widths:
+    for features in widths(device, quick):
         case = f"{graph_name} F={features}"
         x = torch.randn(num_nodes, features, device=device, requires_grad=True)
         grad = torch.randn(num_nodes, features, device=device)

@@ -10,8 +10,25 @@ from benchmarks.common import Result, time_pair
 QUICK_SHAPES = [(8, 256, (32, 32), 32)]
 FULL_SHAPES = QUICK_SHAPES + [(4, 512, (64, 64), 32), (1, 128, (128, 128), 32),
                               (16, 384, (1024,), 32)]
-# On a GPU, tensors past its caches too (the bandwidth target is for tensors over 64 MB).
+# On a GPU, tensors past its caches too (the bandwidth target is for tensors over 64 MB): the
+# quick run adds one of 128 MB (float32).
+CUDA_QUICK_SHAPES = QUICK_SHAPES + [(16, 512, (64, 64), 32)]
 CUDA_SHAPES = FULL_SHAPES + [(16, 512, (64, 64), 32), (2, 256, (256, 256), 32)]
+
+
+def shapes_and_dtypes(device, quick, dtypes=(torch.float32,)):
+    if device == "cuda":
+        if quick:
+            return CUDA_QUICK_SHAPES, tuple(dtypes)
+        return CUDA_SHAPES, tuple(dtypes) + (torch.bfloat16,)
+    return (QUICK_SHAPES if quick else FULL_SHAPES), tuple(dtypes)
+
+
+def cases(device, quick=True):
+    shapes, dtypes = shapes_and_dtypes(device, quick)
+    return [f"group_norm(+silu) {n}x{c}x{'x'.join(map(str, spatial))} G={g} {str(dtype)[6:]} "
+            "NCHW and channels_last, forward and forward+backward, vs torch GroupNorm (then SiLU)"
+            for n, c, spatial, g in shapes for dtype in dtypes]
 
 
 def layouts(ndim):
@@ -23,9 +40,7 @@ def layouts(ndim):
 
 def run(device, quick=True, dtypes=(torch.float32,)):
     results = []
-    shapes = QUICK_SHAPES if quick else CUDA_SHAPES if device == "cuda" else FULL_SHAPES
-    if not quick and device == "cuda":
-        dtypes = tuple(dtypes) + (torch.bfloat16,)
+    shapes, dtypes = shapes_and_dtypes(device, quick, dtypes)
     for n, c, spatial, g in shapes:
         for dtype in dtypes:
             for layout_name, to_layout in layouts(2 + len(spatial)):

@@ -17,6 +17,19 @@ import pynotes
 from benchmarks.common import Result, time_pair
 
 QUICK = [(5000, 1000), (64, 65536), (5, 100)]
+# On a GPU also one past its caches (256 MB float32; the bandwidth target is for large inputs).
+CUDA_QUICK = QUICK + [(1024, 65536)]
+
+
+def shapes(device):
+    return CUDA_QUICK if device == "cuda" else QUICK
+
+
+def cases(device, quick=True):
+    return [f"{op} K={k} B={b}, forward and forward+backward, vs {anchor}"
+            for k, b in shapes(device)
+            for op, anchor in (("iwae_bound", "torch.logsumexp"),
+                               ("importance_weights", "logsumexp + softmax composite"))]
 
 
 def composite_weights(log_w):
@@ -27,7 +40,7 @@ def composite_weights(log_w):
 
 def run(device, quick=True):
     results = []
-    for k, b in QUICK:
+    for k, b in shapes(device):
         x = torch.randn(k, b, device=device, requires_grad=True)
         grad = torch.randn(b, device=device)
         case = f"K={k} B={b}"

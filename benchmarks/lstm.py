@@ -62,6 +62,13 @@ def bench_layers(device, layers):
     return results
 
 
+def cases(device, quick=True):
+    return ([f"lstm_cell B={b} I={i} H={h}, forward and forward+backward, vs torch LSTMCell"
+             for b, i, h in (QUICK_CELLS if quick else FULL_CELLS)] +
+            [f"lstm T={t} B={b} I=H={h} layers={n}, forward and forward+backward, vs torch LSTM"
+             for t, b, h, n in (QUICK_LAYERS if quick else FULL_LAYERS)])
+
+
 def run(device, quick=True):
     return (bench_cells(device, QUICK_CELLS if quick else FULL_CELLS) +
             bench_layers(device, QUICK_LAYERS if quick else FULL_LAYERS))

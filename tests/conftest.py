@@ -6,7 +6,10 @@ import torch
 
 import pynotes
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# PYNOTES_TEST_DEVICES=cpu,cuda lists the CUDA cases on a machine without a GPU too (what
+# benchmarks/gpu_check.sh's self-test collects); they skip there.
+DEVICES = (os.environ["PYNOTES_TEST_DEVICES"].split(",") if os.environ.get("PYNOTES_TEST_DEVICES")
+           else ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 # CUDA tests run only where the CUDA kernels were built (otherwise they would test the fallback).
 CUDA_KERNELS = pynotes.backend_info()["with_cuda"]
 
@@ -45,9 +48,11 @@ def poison_uninitialized_memory():
 
 @pytest.fixture(autouse=True)
 def skip_cuda_without_kernels(request):
-    if "device" in request.fixturenames and request.getfixturevalue("device") == "cuda" \
-            and not CUDA_KERNELS:
-        pytest.skip("pynotes was built without CUDA kernels")
+    if "device" in request.fixturenames and request.getfixturevalue("device") == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+        if not CUDA_KERNELS:
+            pytest.skip("pynotes was built without CUDA kernels")
 
 
 @pytest.fixture(autouse=True)

@@ -80,11 +80,16 @@ def test_backward_matches_torch(device, shape, num_groups, dtype, silu, affine):
     expected = grads(torch_group_norm(x64, num_groups, w64, b64, 1e-5, silu), (x64, w64, b64),
                      grad_out.double())
     tol = tolerance(dtype)
-    if dtype in (torch.float16, torch.bfloat16):  # weight/bias grads sum many rounded terms
-        tol = dict(atol=tol["atol"] * 4, rtol=tol["rtol"] * 2)
+    # The weight and bias gradients each sum N * spatial rounded terms per channel (21k in
+    # shape7: torch's own float32 kernel is off by up to 4e-5 there, ours by 2e-5); in half
+    # types the input gradient's group sums are rounded too.
+    loose = dict(atol=tol["atol"] * 4, rtol=tol["rtol"] * 2)
+    half = dtype in (torch.float16, torch.bfloat16)
     for name, g, e in zip(("input", "weight", "bias"), got, expected):
         assert g.dtype == dtype
-        torch.testing.assert_close(g.double(), e, **tol, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(g.double(), e, **(tol if name == "input" and not half
+                                                     else loose),
+                                   msg=lambda m: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("affine", [True, False])
