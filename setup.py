@@ -78,10 +78,12 @@ class BuildExt(BuildExtension):
         ext.sources = [s for s in ext.sources if s not in kernels]
         for isa, isa_flags in CPU_ISA_FLAGS.items():
             flags = dict(ext.extra_compile_args)
-            # ATen's AVX512 partial loads trip a false -Wmaybe-uninitialized in GCC's headers;
+            # ATen's AVX512 partial loads and conversions trip false -Wmaybe-uninitialized and
+            # -Wuninitialized (the _mm512_undefined_* operands in GCC's own intrinsics headers);
             # -Wpsabi notes an ABI change for SIMD arguments, irrelevant to inline templates.
             flags["cxx"] = flags["cxx"] + [f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}",
-                                           "-Wno-maybe-uninitialized", "-Wno-psabi"] + isa_flags
+                                           "-Wno-maybe-uninitialized", "-Wno-uninitialized",
+                                           "-Wno-psabi"] + isa_flags
             ext.extra_objects = list(ext.extra_objects or []) + self.compiler.compile(
                 kernels, output_dir=os.path.join(self.build_temp, isa.lower()),
                 macros=ext.define_macros, include_dirs=ext.include_dirs, debug=self.debug,

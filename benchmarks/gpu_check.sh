@@ -100,9 +100,9 @@ memcheck_files=(tests/test_group_norm.py tests/test_lstm.py tests/test_gcn.py te
                 tests/test_iwae.py)
 memcheck_k="cuda and ((test_forward_matches_torch or test_backward_matches_torch or \
 test_channels_last_keeps_layout) and (dtype0 or dtype3) and not shape3 and not shape7 or \
-test_cell_matches_torch or test_lstm_small_and_odd_sizes or test_cell_and_layer_half_on_cuda or \
+test_cell_matches_torch or test_lstm_small_and_odd_sizes or test_cell_and_layer_half or \
 test_layer_op_zero_size or test_propagate_matches_dense or test_gradients_match_dense_autograd or \
-test_propagate_degenerate_graphs or test_propagate_half_on_cuda or test_histogram_matches or \
+test_propagate_degenerate_graphs or test_propagate_half or test_histogram_matches or \
 test_best_splits_match or test_advance_and_predict or test_empty_inputs or \
 test_bound_weights_and_gradient or test_minus_inf or test_non_contiguous_and_low_precision)"
 racecheck_files=(tests/test_group_norm.py tests/test_gbdt.py)

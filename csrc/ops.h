@@ -97,6 +97,24 @@ std::tuple<at::Tensor, at::Tensor> gcn_propagate_backward(
     const std::optional<at::Tensor>& scale, const at::Tensor& rowptr_t, const at::Tensor& col_t,
     const at::Tensor& perm_t, std::array<bool, 2> output_mask);
 
+// A PyG edge_index (2, E) as the CSR the GCN ops take: (rowptr, col, edge_id, rowptr_t, col_t,
+// perm_t); edge_id is the edge each entry came from (-1: an added self loop; empty without
+// edge_ids). self_loops is "keep", "drop", "replace" (one per node, as PyG's
+// add_remaining_self_loops) or "append". CPU; pynotes.graph (Python) also runs it on CUDA and
+// turns it into an Adjacency.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> graph_csr(
+    const at::Tensor& edge_index, int64_t num_nodes, c10::string_view self_loops,
+    bool edge_ids = true, c10::string_view caller = "graph_csr");
+
+// The normalized values d[row]^-1/2 w d[col]^-1/2 of a graph_csr CSR (degrees over rows, or
+// over the transposed rows with by_source); w from edge_weight through edge_id, fill for added
+// loops. Not differentiable.
+at::Tensor graph_values(const at::Tensor& rowptr, const at::Tensor& col,
+                        const at::Tensor& edge_id, const at::Tensor& rowptr_t,
+                        const at::Tensor& perm_t, const std::optional<at::Tensor>& edge_weight,
+                        double fill, bool by_source, at::ScalarType dtype,
+                        c10::string_view caller = "graph_values");
+
 // Histogram gradient boosting (conventions in gbdt/gbdt_kernels.h; the trainer is Python's
 // pynotes.gbdt). gbdt_bin: uint8 bins of x (rows, features) given per-feature cut points
 // (features, max_cuts) padded with +inf; NaN goes to missing_bin.

@@ -67,6 +67,28 @@ TORCH_LIBRARY(pynotes, m) {
       "Tensor? weight, Tensor? scale, Tensor rowptr_t, Tensor col_t, Tensor perm_t, "
       "bool[2] output_mask) -> (Tensor grad_x, Tensor grad_weight)",
       tags);
+  // A PyG edge_index (2, E) (row 0 sources, row 1 targets) as CSR by target node: rowptr
+  // (N + 1) int64, col (nnz) and edge_id (nnz, or 0 without edge_ids: the edge each entry came
+  // from, -1 for an added self loop); and the transpose (rowptr_t, col_t, perm_t: its entry k
+  // is entry perm_t[k]). The CSR's rows hold their entries in edge order, then their added
+  // loop; the transpose's in CSR order. Indices are int32 when N + E < 2^31, else int64. self_loops: "keep", "drop",
+  // "replace" (PyG's add_remaining_self_loops: one per node, edge_id that of the node's last
+  // existing loop or -1) or "append" (one more per node). caller names the function in errors.
+  m.def(
+      "graph_csr(Tensor edge_index, int num_nodes, str self_loops, bool edge_ids=True, "
+      "str caller=\"graph_csr\") -> (Tensor rowptr, Tensor col, Tensor edge_id, "
+      "Tensor rowptr_t, Tensor col_t, Tensor perm_t)",
+      tags);
+  // The normalized values of a graph_csr CSR, in CSR order: w_e = edge_weight[edge_id[e]] (1
+  // without edge_weight; fill for an added loop), degrees d = sums of w over the rows
+  // (by_source: the transposed rows), v_e = d[row]^-1/2 w_e d[col[e]]^-1/2 (0 for a degree 0).
+  // Checks that edge_weight is finite and no degree negative. Not differentiable: pynotes.graph computes them with torch ops when edge_weight needs a
+  // gradient.
+  m.def(
+      "graph_values(Tensor rowptr, Tensor col, Tensor edge_id, Tensor rowptr_t, Tensor perm_t, "
+      "Tensor? edge_weight, float fill, bool by_source, ScalarType dtype, "
+      "str caller=\"graph_values\") -> Tensor",
+      tags);
   // Histogram gradient boosting (conventions in gbdt/gbdt_kernels.h): binning, the
   // gradient/hessian histograms of one tree level, split finding, the level step of the rows,
   // and ensemble prediction. Not differentiable.
@@ -188,6 +210,21 @@ std::tuple<at::Tensor, at::Tensor> gcn_propagate_backward(
     const at::Tensor& perm_t, std::array<bool, 2> output_mask) {
   PYNOTES_CALL_OP("gcn_propagate_backward", gcn_propagate_backward, grad_output, x, rowptr, col,
                   weight, scale, rowptr_t, col_t, perm_t, output_mask);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> graph_csr(
+    const at::Tensor& edge_index, int64_t num_nodes, c10::string_view self_loops, bool edge_ids,
+    c10::string_view caller) {
+  PYNOTES_CALL_OP("graph_csr", graph_csr, edge_index, num_nodes, self_loops, edge_ids, caller);
+}
+
+at::Tensor graph_values(const at::Tensor& rowptr, const at::Tensor& col,
+                        const at::Tensor& edge_id, const at::Tensor& rowptr_t,
+                        const at::Tensor& perm_t, const std::optional<at::Tensor>& edge_weight,
+                        double fill, bool by_source, at::ScalarType dtype,
+                        c10::string_view caller) {
+  PYNOTES_CALL_OP("graph_values", graph_values, rowptr, col, edge_id, rowptr_t, perm_t,
+                  edge_weight, fill, by_source, dtype, caller);
 }
 
 at::Tensor gbdt_bin(const at::Tensor& x, const at::Tensor& cuts, int64_t missing_bin) {

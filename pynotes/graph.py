@@ -17,16 +17,18 @@ edge_weight.
 """
 import torch
 
-_INT32_MAX = 2**31 - 1
+from pynotes import _ext
+from pynotes.reference import graph as reference_graph
 
 
 class Adjacency:
     """A sparse N x N matrix in CSR by target node and its transpose (see the module doc).
 
-    Attributes: num_nodes; rowptr (N + 1, int64) and col (nnz; int32 when N < 2**31, else
-    int64); weight (nnz) or None; scale (N) or None; and the transpose rowptr_t, col_t with
-    perm_t (its entry k is entry perm_t[k] of the CSR). weight and scale are float32 unless
-    the edge weights were float64; the ops convert them to x's accumulation type.
+    Attributes: num_nodes; rowptr (N + 1, int64) and col (nnz); weight (nnz) or None; scale
+    (N) or None; and the transpose rowptr_t, col_t with perm_t (its entry k is entry perm_t[k]
+    of the CSR). col, col_t and perm_t are int32 when num_nodes + num_edges < 2**31, else
+    int64. weight and scale are float32 unless the edge weights were float64; the ops convert
+    them to x's accumulation type.
     """
 
     def __init__(self, num_nodes, rowptr, col, weight, scale, rowptr_t, col_t, perm_t,
@@ -104,10 +106,14 @@ def gcn_norm(edge_index, num_nodes=None, edge_weight=None, add_self_loops=True,
              improved=False, dtype=None):
     """D^-1/2 (A + I) D^-1/2 as in Kipf & Welling and PyG's gcn_norm.
 
-    edge_index: int64 (2, E), row 0 source nodes, row 1 targets. num_nodes: defaults to the
-    largest index + 1. edge_weight: (E,) floating, or None for all ones. add_self_loops:
-    replace the self loops already present by one loop per node; a node that had loops keeps
-    the weight of its last one (1 without edge_weight), the others get 1 (2 with `improved`).
+    edge_index: int64 (2, E), row 0 source nodes, row 1 targets; or a sparse adjacency in
+    PyG's adj_t convention (adj_t[i, j] is the weight of the edge j -> i): a torch.sparse COO
+    or CSR tensor, or a torch_sparse.SparseTensor. num_nodes: defaults to the largest index + 1
+    (give it under torch.compile / torch.export). edge_weight: (E,) floating, or None for all
+    ones. add_self_loops: for edge_index (and SparseTensor, as PyG's fill_diag), replace the
+    self loops already present by one loop per node; a node that had loops keeps the weight of
+    its last one (1 without edge_weight), the others get 1 (2 with `improved`); for a
+    torch.sparse adj_t add one loop per node to what is there (as PyG's add_self_loops does).
     Degrees are in-degrees, summed over each node's incoming entries. dtype: of the values
     when there are no edge weights (default float32; the layers pass x's dtype).
 
@@ -115,35 +121,78 @@ def gcn_norm(edge_index, num_nodes=None, edge_weight=None, add_self_loops=True,
     ignores it; its SparseTensor path and the paper apply it).
     """
     op = "gcn_norm"
-    dtype = _value_dtype(dtype)
-    edge_index, num_nodes = _check_edge_index(op, edge_index, num_nodes)
-    edge_weight = _check_edge_weight(op, edge_weight, edge_index)
-    if add_self_loops:
-        edge_index, edge_weight = _replace_self_loops(edge_index, edge_weight, num_nodes,
-                                                      2.0 if improved else 1.0, dtype)
-    return _build(op, edge_index, num_nodes, edge_weight, "target", dtype)
+    edge_index, num_nodes, edge_weight, loops = _as_edges(op, edge_index, num_nodes,
+                                                          edge_weight, "replace")
+    return _build(op, edge_index, num_nodes, edge_weight, loops if add_self_loops else "keep",
+                  2.0 if improved else 1.0, "target", dtype)
 
 
 def cheb_norm(edge_index, num_nodes=None, edge_weight=None, dtype=None):
     """D^-1/2 A D^-1/2 without self loops and with out-degrees, as PyG's ChebConv normalizes
-    ("sym"): its scaled Laplacian with lambda_max = 2 is L~ = -cheb_norm(...)."""
+    ("sym"): its scaled Laplacian with lambda_max = 2 is L~ = -cheb_norm(...). edge_index as
+    in gcn_norm (a sparse adj_t too)."""
     op = "cheb_norm"
-    dtype = _value_dtype(dtype)
-    edge_index, num_nodes = _check_edge_index(op, edge_index, num_nodes)
-    edge_weight = _check_edge_weight(op, edge_weight, edge_index)
-    keep = edge_index[0] != edge_index[1]
-    edge_index = edge_index[:, keep]
-    edge_weight = None if edge_weight is None else edge_weight[keep]
-    return _build(op, edge_index, num_nodes, edge_weight, "source", dtype)
+    edge_index, num_nodes, edge_weight, _ = _as_edges(op, edge_index, num_nodes, edge_weight,
+                                                      "drop")
+    return _build(op, edge_index, num_nodes, edge_weight, "drop", 1.0, "source", dtype)
 
 
 def adjacency(edge_index, num_nodes=None, edge_weight=None, dtype=None):
-    """A itself (no normalization, no self loops added): what GCNConv(normalize=False) uses."""
+    """A itself (no normalization, no self loops added): what GCNConv(normalize=False) uses.
+    edge_index as in gcn_norm (a sparse adj_t too)."""
     op = "adjacency"
-    dtype = _value_dtype(dtype)
-    edge_index, num_nodes = _check_edge_index(op, edge_index, num_nodes)
-    edge_weight = _check_edge_weight(op, edge_weight, edge_index)
-    return _build(op, edge_index, num_nodes, edge_weight, None, dtype)
+    edge_index, num_nodes, edge_weight, _ = _as_edges(op, edge_index, num_nodes, edge_weight,
+                                                      "keep")
+    return _build(op, edge_index, num_nodes, edge_weight, "keep", 1.0, None, dtype)
+
+
+def is_sparse_adjacency(adj):
+    """A torch.sparse COO/CSR tensor or a torch_sparse.SparseTensor (duck-typed: .coo() and
+    .sparse_sizes(), so torch_sparse is not imported here)."""
+    if isinstance(adj, torch.Tensor):
+        return adj.layout in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc,
+                              torch.sparse_bsr, torch.sparse_bsc)
+    return callable(getattr(adj, "coo", None)) and callable(getattr(adj, "sparse_sizes", None))
+
+
+def _as_edges(op, edge_index, num_nodes, edge_weight, loops):
+    """(edge_index, num_nodes, edge_weight, self-loop mode) for an edge_index or a sparse
+    adj_t: its columns are the sources, its rows the targets, its values the edge weights;
+    adding self loops to a torch.sparse adj_t appends them (PyG's add_self_loops)."""
+    if not is_sparse_adjacency(edge_index):
+        edge_index, num_nodes = _check_edge_index(op, edge_index, num_nodes)
+        return edge_index, num_nodes, _check_edge_weight(op, edge_weight, edge_index), loops
+    adj = edge_index
+    if edge_weight is not None:
+        raise ValueError(f"{op}: edge_weight must be None with a sparse adjacency (its values "
+                         "are the edge weights)")
+    if isinstance(adj, torch.Tensor):
+        size = tuple(adj.shape)
+        if adj.layout == torch.sparse_coo:
+            adj = adj.coalesce()  # duplicates summed, as PyG's to_edge_index
+            (row, col), value = adj.indices(), adj.values()
+        elif adj.layout == torch.sparse_csr:
+            row = torch.repeat_interleave(
+                torch.arange(size[0], device=adj.device), adj.crow_indices().diff(),
+                output_size=adj.col_indices().numel())
+            col, value = adj.col_indices(), adj.values()
+        else:
+            raise TypeError(f"{op}: a sparse adjacency must be COO or CSR (PyG's adj_t), got "
+                            f"{adj.layout}")
+        mode = "append" if loops == "replace" else loops
+    else:  # torch_sparse.SparseTensor: fill_diag replaces the diagonal
+        size = tuple(adj.sparse_sizes())
+        row, col, value = adj.coo()
+        mode = loops
+    if len(size) != 2 or size[0] != size[1]:
+        raise ValueError(f"{op}: a sparse adjacency must be square (num_nodes, num_nodes), got "
+                         f"{size}")
+    if num_nodes is not None and num_nodes != size[0]:
+        raise ValueError(f"{op}: num_nodes ({num_nodes}) must be the sparse adjacency's size "
+                         f"({size[0]})")
+    edge_index = torch.stack([col.long(), row.long()])
+    edge_index, num_nodes = _check_edge_index(op, edge_index, size[0])
+    return edge_index, num_nodes, _check_edge_weight(op, value, edge_index), mode
 
 
 def _value_dtype(dtype):
@@ -152,26 +201,34 @@ def _value_dtype(dtype):
 
 
 def _check_edge_index(op, edge_index, num_nodes):
+    """Type, shape and num_nodes; the indices' range is checked by graph_csr."""
     if not isinstance(edge_index, torch.Tensor):
-        raise TypeError(f"{op}: edge_index must be a tensor, got {type(edge_index).__name__}")
+        raise TypeError(f"{op}: edge_index must be a tensor (or a sparse adjacency), got "
+                        f"{type(edge_index).__name__}")
     if edge_index.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{op}: edge_index must be an int64 tensor, got {edge_index.dtype}")
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"{op}: edge_index must have shape (2, num_edges), got "
                          f"{tuple(edge_index.shape)}")
     edge_index = edge_index.long()
-    has_edges = edge_index.numel() > 0
     if num_nodes is None:
-        num_nodes = int(edge_index.max()) + 1 if has_edges else 0
-    elif isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
+        if torch.compiler.is_compiling():
+            raise ValueError(f"{op}: give num_nodes under torch.compile / torch.export (the "
+                             "largest index + 1 is data-dependent)")
+        num_nodes = int(edge_index.max()) + 1 if edge_index.numel() > 0 else 0
+    elif isinstance(num_nodes, bool) or not isinstance(num_nodes, (int, torch.SymInt)) or \
+            num_nodes < 0:
         raise ValueError(f"{op}: num_nodes must be a non-negative int, got {num_nodes!r}")
-    if has_edges:
-        low, high = int(edge_index.min()), int(edge_index.max())
-        if low < 0 or high >= num_nodes:
-            bad = low if low < 0 else high
-            raise ValueError(f"{op}: edge_index must hold node indices in [0, num_nodes = "
-                             f"{num_nodes}), got {bad}")
     return edge_index, num_nodes
+
+
+def _check_values(condition, error, message):
+    """A check on tensor values: eagerly an `error`, under torch.compile / torch.export an
+    assertion in the graph (the values are not known while tracing)."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(condition, message)
+    elif not bool(condition):
+        raise error(message)
 
 
 def _check_edge_weight(op, edge_weight, edge_index):
@@ -186,80 +243,69 @@ def _check_edge_weight(op, edge_weight, edge_index):
     if edge_weight.device != edge_index.device:
         raise RuntimeError(f"{op}: edge_weight must be on the same device as edge_index "
                            f"({edge_index.device}), got {edge_weight.device}")
-    if not bool(torch.isfinite(edge_weight).all()):
-        raise ValueError(f"{op}: edge_weight must be finite, got NaN or inf")
+    # Finite values: checked by _build (the graph_values kernel reads them anyway).
     # float16/bfloat16 weights are summed in float32, like the kernels' accumulation.
     return edge_weight if edge_weight.dtype == torch.float64 else edge_weight.float()
 
 
-def _replace_self_loops(edge_index, edge_weight, num_nodes, fill, dtype):
-    """PyG's add_remaining_self_loops: existing loops go, one loop per node comes last."""
-    src, dst = edge_index
-    is_loop = src == dst
-    nodes = torch.arange(num_nodes, device=edge_index.device)
-    loops = torch.stack([nodes, nodes])
-    if edge_weight is None and fill == 1.0:
-        return torch.cat([edge_index[:, ~is_loop], loops], dim=1), None
-    if edge_weight is None:  # all ones: an existing loop keeps weight 1, as PyG's weighted path
-        edge_weight = torch.ones(src.numel(), dtype=dtype, device=edge_index.device)
-    loop_weight = torch.full((num_nodes,), fill, dtype=edge_weight.dtype,
-                             device=edge_index.device)
-    if bool(is_loop.any()):
-        # The last loop of each node wins (deterministically, unlike an index_put).
-        position = torch.arange(src.numel(), device=src.device)
-        last = torch.full((num_nodes,), -1, dtype=torch.long, device=src.device)
-        last.scatter_reduce_(0, src[is_loop], position[is_loop], reduce="amax")
-        has_loop = last >= 0
-        loop_weight = torch.where(has_loop, edge_weight[last.clamp_min(0)], loop_weight)
-    return (torch.cat([edge_index[:, ~is_loop], loops], dim=1),
-            torch.cat([edge_weight[~is_loop], loop_weight]))
+def _graph_csr(edge_index, num_nodes, self_loops, edge_ids, op):
+    graph_csr = torch.ops.pynotes.graph_csr if _ext.use_extension(edge_index) else \
+        reference_graph.graph_csr
+    return graph_csr(edge_index, num_nodes, self_loops, edge_ids, op)
 
 
-def _rowptr(counts):
-    rowptr = counts.new_zeros(counts.numel() + 1)
-    torch.cumsum(counts, 0, out=rowptr[1:])
-    return rowptr
+def _build(op, edge_index, num_nodes, edge_weight, self_loops, fill, degree_of, dtype):
+    """The Adjacency of the edges with the self loops as `self_loops` says (added loops weigh
+    `fill`), normalized by the in-degrees (degree_of "target"), out-degrees ("source") or not
+    (None)."""
+    dtype = _value_dtype(dtype)
+    added = self_loops in ("replace", "append")
+    unweighted = edge_weight is None and (fill == 1.0 or not added)
+    rowptr, col, edge_id, rowptr_t, col_t, perm_t = _graph_csr(edge_index, num_nodes,
+                                                               self_loops, not unweighted, op)
+    if unweighted:
+        # Unweighted: only D^-1/2, from exact counts (the root in float64, rounded once).
+        scale = None
+        if degree_of is not None:
+            degree = (rowptr if degree_of == "target" else rowptr_t).diff().to(torch.float64)
+            scale = _inverse_sqrt(degree).to(dtype)
+        return Adjacency(num_nodes, rowptr, col, None, scale, rowptr_t, col_t, perm_t, dtype)
+    if edge_weight is None:  # all ones, and the added loops weigh `fill`
+        edge_weight = torch.ones(edge_index.shape[1], dtype=dtype, device=edge_index.device)
+    kernel = _ext.use_extension(edge_weight) and not _needs_gradient(edge_weight) and \
+        degree_of is not None
+    if not kernel:
+        _check_values(torch.isfinite(edge_weight).all(), ValueError,
+                      f"{op}: edge_weight must be finite, got NaN or inf")
+    if degree_of is None:
+        weight = torch.where(edge_id >= 0, edge_weight[edge_id.clamp_min(0)], fill)
+        return Adjacency(num_nodes, rowptr, col, weight, None, rowptr_t, col_t, perm_t, dtype)
+    # Store the normalized values: as many bytes as the weights, and no scale to gather.
+    by_source = degree_of == "source"
+    if kernel:
+        weight = torch.ops.pynotes.graph_values(rowptr, col, edge_id, rowptr_t, perm_t,
+                                                edge_weight, fill, by_source, edge_weight.dtype,
+                                                op)
+    else:  # torch ops: differentiable in edge_weight, twice and more
+        weight, degree = reference_graph.normalized_values(rowptr, col, edge_id, edge_weight,
+                                                           fill, by_source, edge_weight.dtype)
+        negative = degree < 0
+        if torch.compiler.is_compiling():
+            torch._assert_async(~negative.any(), f"{op}: edge_weight gives a node a negative "
+                                "degree; the normalization takes degree^-1/2")
+        elif bool(negative.any()):
+            raise ValueError(f"{op}: edge_weight gives node {int(negative.nonzero()[0, 0])} a "
+                             "negative degree; the normalization takes degree^-1/2")
+    return Adjacency(num_nodes, rowptr, col, weight, None, rowptr_t, col_t, perm_t, dtype)
 
 
-def _build(op, edge_index, num_nodes, edge_weight, degree_of, dtype):
-    src, dst = edge_index
-    device = edge_index.device
-    index_dtype = torch.int32 if num_nodes <= _INT32_MAX else torch.int64
-    # CSR by target; a stable sort keeps each row's entries in edge order.
-    perm = torch.argsort(dst, stable=True)
-    rowptr = _rowptr(torch.bincount(dst, minlength=num_nodes))
-    col = src[perm]
-    row = dst[perm]
-    weight = edge_weight[perm] if edge_weight is not None else None
-    # The transpose: CSR by source over the same entries.
-    perm_t = torch.argsort(col, stable=True)
-    rowptr_t = _rowptr(torch.bincount(src, minlength=num_nodes))
-    col_t = row[perm_t]
+def _needs_gradient(edge_weight):
+    """Whether the values must be differentiable in edge_weight (the kernel's are not)."""
+    return (torch.is_grad_enabled() and edge_weight.requires_grad) or \
+        torch._C._are_functorch_transforms_active()
 
-    scale = None
-    if degree_of is not None:
-        if degree_of == "target":
-            offsets, entries = rowptr, weight
-        else:
-            offsets, entries = rowptr_t, weight[perm_t] if weight is not None else None
-        if entries is None:
-            degree = offsets.diff().to(torch.float64)
-        else:
-            degree = torch.segment_reduce(entries, "sum", offsets=offsets, unsafe=True)
-            negative = degree < 0
-            if bool(negative.any()):
-                node = int(negative.nonzero()[0, 0])
-                raise ValueError(f"{op}: edge_weight gives node {node} a negative degree "
-                                 f"({float(degree[node]):g}); the normalization takes "
-                                 "degree^-1/2")
-        positive = degree > 0
-        scale = torch.where(positive, torch.where(positive, degree, 1.0).rsqrt(), 0.0)
-        if weight is None:  # exact counts: the root in float64, rounded once
-            scale = scale.to(dtype)
-        else:
-            # Store the normalized values (differentiable in edge_weight): as many bytes as
-            # the weights, and no scale to gather.
-            weight = scale[row] * weight * scale[col]
-            scale = None
-    return Adjacency(num_nodes, rowptr, col.to(index_dtype), weight, scale, rowptr_t,
-                     col_t.to(index_dtype), perm_t, dtype)
+
+def _inverse_sqrt(degree):
+    """degree^-1/2, 0 for isolated nodes (degree 0)."""
+    positive = degree > 0
+    return torch.where(positive, torch.where(positive, degree, 1.0).rsqrt(), 0.0)

@@ -101,13 +101,11 @@ def test_propagate_matches_dense(device, features, kind, dtype):
     check_propagate(device, features, kind, dtype)
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and _ext.backend_info()["with_cuda"]),
-                    reason="float16/bfloat16 run on CUDA")
 @pytest.mark.parametrize("features", [1, 8, 37, 130])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_propagate_half_on_cuda(features, dtype):
+def test_propagate_half(device, features, dtype):
     for kind in ("on_the_fly", "stored"):
-        check_propagate("cuda", features, kind, dtype)
+        check_propagate(device, features, kind, dtype)
 
 
 def check_propagate(device, features, kind, dtype):

@@ -73,9 +73,7 @@ def test_cell_float32_and_unbatched(device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cell_and_layer_half_on_cuda(device, dtype):
-    if device != "cuda":
-        pytest.skip("float16 / bfloat16 run on CUDA")
+def test_cell_and_layer_half(device, dtype):
     ref = torch.nn.LSTM(16, 24, bidirectional=True).to(device, torch.float64)
     lstm = copy_of(ref, pynotes.nn.LSTM, 16, 24, bidirectional=True).to(dtype)
     x = torch.randn(9, 4, 16, device=device, dtype=torch.float64)

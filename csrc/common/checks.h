@@ -2,6 +2,7 @@
 // Argument checks at an op's boundary. Each message names the argument and what was expected,
 // so a user sees which input is wrong without reading our source.
 #include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 #include <optional>
 
@@ -46,6 +47,17 @@ inline bool requires_grad(const std::optional<at::Tensor>& t) {
 // An undefined tensor (e.g. a gradient autograd did not compute) as an absent optional.
 inline std::optional<at::Tensor> optional_tensor(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// In an op's C++ backward (its Autograd-key kernel): grad mode is on there only when the
+// backward must itself be differentiable (create_graph=True), which the backward kernels are
+// not. Stop with an error then rather than return gradients that would differentiate as
+// constants. The Python functions (pynotes.ops) have differentiable backwards.
+inline void check_not_double_backward(const char* op) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), "pynotes::", op,
+              ": the backward of the raw operator is not differentiable (create_graph=True, "
+              "second derivatives); call pynotes.ops.", op,
+              " instead, whose backward is differentiable");
 }
 
 }  // namespace pynotes

@@ -1,7 +1,7 @@
 // Autograd for gcn_propagate at the dispatcher (the Autograd key): gradients for x and for the
 // per-entry weights; the backward is the op gcn_propagate_backward. scale (D^-1/2 computed
-// from the graph) is a constant: fold learned per-edge factors into weight instead. Double
-// backward is not supported.
+// from the graph) is a constant: fold learned per-edge factors into weight instead. The
+// backward is not differentiable (check_not_double_backward).
 #include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -36,6 +36,7 @@ class GcnPropagateFunction : public torch::autograd::Function<GcnPropagateFuncti
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_double_backward("gcn_propagate");
     const auto s = ctx->get_saved_variables();
     const bool grad_x = ctx->saved_data["grad_x"].toBool();
     const bool grad_weight = ctx->saved_data["grad_weight"].toBool();

@@ -5,19 +5,20 @@
 // so a power-law graph's hub rows do not pile onto one thread. Within a row the features are
 // taken in blocks of up to kBlockVecs SIMD vectors held in registers while the row's entries
 // stream past; the source rows x[col[e]] are random reads, so they are prefetched a few
-// entries ahead.
+// entries ahead. float16 and bfloat16 features are widened to float as they are read and
+// summed in float (common/cpu_vec.h).
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 
+#include "common/cpu_vec.h"
 #include "gcn/gcn_kernels.h"
 
 namespace pynotes {
 namespace CPU_CAPABILITY {
 namespace {
-
-using at::vec::Vectorized;
 
 constexpr int kBlockVecs = 4;
 constexpr int64_t kPrefetchAhead = 16;   // entries
@@ -49,20 +50,22 @@ void for_balanced_rows(const CsrMatrix& a, int64_t features, const Fn& fn) {
   });
 }
 
+// The CSR of features of type T: values (weight, scale) in T's opmath type A.
 template <typename T, typename I>
 struct Csr {
+  using A = opmath_t<T>;
   const int64_t* rowptr;
   const I* col;
-  const T* weight;
-  const T* scale;
+  const A* weight;
+  const A* scale;
 
   explicit Csr(const CsrMatrix& a)
       : rowptr(a.rowptr), col(static_cast<const I*>(a.col)),
-        weight(static_cast<const T*>(a.weight)), scale(static_cast<const T*>(a.scale)) {}
+        weight(static_cast<const A*>(a.weight)), scale(static_cast<const A*>(a.scale)) {}
 
   // The entry's value without the row's scale: weight[e] * scale[col[e]].
-  T factor(int64_t e, int64_t c) const {
-    T f = weight ? weight[e] : T(1);
+  A factor(int64_t e, int64_t c) const {
+    A f = weight ? weight[e] : A(1);
     return scale ? f * scale[c] : f;
   }
 };
@@ -77,11 +80,12 @@ inline void prefetch_row(const void* p, int64_t bytes) {
 template <int kVecs, typename T, typename I>
 void spmm_row_block(const Csr<T, I>& a, int64_t i, const T* x, int64_t features, int64_t j,
                     int64_t width, bool prefetch, T* out) {
-  using V = Vectorized<T>;
+  using V = OpVec<T>;
+  using A = opmath_t<T>;
   constexpr int64_t kLanes = V::size();
   const int64_t last = width - (kVecs - 1) * kLanes;  // elements in the last vector
   V acc[kVecs];
-  for (int v = 0; v < kVecs; ++v) acc[v] = V(T(0));
+  for (int v = 0; v < kVecs; ++v) acc[v] = V(A(0));
   const int64_t begin = a.rowptr[i], end = a.rowptr[i + 1];
   for (int64_t e = begin; e < end; ++e) {
     if (prefetch && e + kPrefetchAhead < end) {
@@ -91,21 +95,20 @@ void spmm_row_block(const Csr<T, I>& a, int64_t i, const T* x, int64_t features,
     const V f(a.factor(e, c));
     const T* src = x + c * features + j;
     for (int v = 0; v < kVecs - 1; ++v) {
-      acc[v] = at::vec::fmadd(V::loadu(src + v * kLanes), f, acc[v]);
+      acc[v] = at::vec::fmadd(load_op(src + v * kLanes), f, acc[v]);
     }
     const T* tail = src + (kVecs - 1) * kLanes;
-    acc[kVecs - 1] = at::vec::fmadd(last == kLanes ? V::loadu(tail) : V::loadu(tail, last), f,
-                                    acc[kVecs - 1]);
+    acc[kVecs - 1] = at::vec::fmadd(load_op(tail, last), f, acc[kVecs - 1]);
   }
   T* dst = out + i * features + j;
-  const V s(a.scale ? a.scale[i] : T(1));
-  for (int v = 0; v < kVecs - 1; ++v) (acc[v] * s).store(dst + v * kLanes);
-  (acc[kVecs - 1] * s).store(dst + (kVecs - 1) * kLanes, last);
+  const V s(a.scale ? a.scale[i] : A(1));
+  for (int v = 0; v < kVecs - 1; ++v) store_op(acc[v] * s, dst + v * kLanes);
+  store_op(acc[kVecs - 1] * s, dst + (kVecs - 1) * kLanes, last);
 }
 
 template <typename T, typename I>
 void spmm(const CsrSpmm& args) {
-  using V = Vectorized<T>;
+  using V = OpVec<T>;
   constexpr int64_t kBlock = kBlockVecs * V::size();
   const Csr<T, I> a(args.a);
   const int64_t F = args.features;
@@ -128,43 +131,45 @@ void spmm(const CsrSpmm& args) {
 }
 
 template <typename T>
-T dot(const T* a, const T* b, int64_t n) {
-  using V = Vectorized<T>;
-  V acc0(T(0)), acc1(T(0));
+opmath_t<T> dot(const T* a, const T* b, int64_t n) {
+  using V = OpVec<T>;
+  using A = opmath_t<T>;
+  V acc0(A(0)), acc1(A(0));
   int64_t k = 0;
   for (; k + 2 * V::size() <= n; k += 2 * V::size()) {
-    acc0 = at::vec::fmadd(V::loadu(a + k), V::loadu(b + k), acc0);
-    acc1 = at::vec::fmadd(V::loadu(a + k + V::size()), V::loadu(b + k + V::size()), acc1);
+    acc0 = at::vec::fmadd(load_op(a + k), load_op(b + k), acc0);
+    acc1 = at::vec::fmadd(load_op(a + k + V::size()), load_op(b + k + V::size()), acc1);
   }
   for (; k < n; k += V::size()) {
     const int64_t m = std::min<int64_t>(V::size(), n - k);
-    acc0 = at::vec::fmadd(V::loadu(a + k, m), V::loadu(b + k, m), acc0);
+    acc0 = at::vec::fmadd(load_op(a + k, m), load_op(b + k, m), acc0);
   }
   // Summed lane by lane (vec_reduce_all trips GCC's -Wuninitialized in its AVX512 header).
-  T lanes[V::size()];
+  A lanes[V::size()];
   (acc0 + acc1).store(lanes);
-  T sum = T(0);
+  A sum = A(0);
   for (int64_t l = 0; l < V::size(); ++l) sum += lanes[l];
   return sum;
 }
 
 template <typename T, typename I>
 void sddmm(const CsrSddmm& args) {
+  using A = opmath_t<T>;
   const Csr<T, I> a(args.a);
   const int64_t F = args.features;
   const T* g = static_cast<const T*>(args.grad_out);
   const T* x = static_cast<const T*>(args.x);
-  T* out = static_cast<T*>(args.out);
+  A* out = static_cast<A*>(args.out);
   for_balanced_rows(args.a, F, [&](int64_t row_begin, int64_t row_end) {
     for (int64_t i = row_begin; i < row_end; ++i) {
-      const T row_scale = a.scale ? a.scale[i] : T(1);
+      const A row_scale = a.scale ? a.scale[i] : A(1);
       const int64_t begin = a.rowptr[i], end = a.rowptr[i + 1];
       for (int64_t e = begin; e < end; ++e) {
         if (e + kPrefetchAhead < end) {
           prefetch_row(x + int64_t(a.col[e + kPrefetchAhead]) * F, F * sizeof(T));
         }
         const int64_t c = a.col[e];
-        const T d = dot(g + i * F, x + c * F, F);
+        const A d = dot(g + i * F, x + c * F, F);
         out[e] = a.scale ? d * row_scale * a.scale[c] : d;
       }
     }
@@ -173,15 +178,11 @@ void sddmm(const CsrSddmm& args) {
 
 template <typename Fn>
 void dispatch(c10::ScalarType dtype, c10::ScalarType index_dtype, const Fn& fn) {
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
-              "gcn CPU kernels: unsupported dtype ", dtype);
   TORCH_CHECK(index_dtype == at::kInt || index_dtype == at::kLong,
               "gcn CPU kernels: unsupported index dtype ", index_dtype);
-  const bool f32 = dtype == at::kFloat, i32 = index_dtype == at::kInt;
-  if (f32 && i32) fn(float(), int32_t());
-  else if (f32) fn(float(), int64_t());
-  else if (i32) fn(double(), int32_t());
-  else fn(double(), int64_t());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gcn_cpu", [&] {
+    if (index_dtype == at::kInt) fn(scalar_t(), int32_t()); else fn(scalar_t(), int64_t());
+  });
 }
 
 }  // namespace

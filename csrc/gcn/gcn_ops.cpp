@@ -68,15 +68,11 @@ Adjacency check_arguments(const at::Tensor& x, const at::Tensor& rowptr, const a
                           const std::optional<at::Tensor>& scale, const at::Tensor& rowptr_t,
                           const at::Tensor& col_t, const at::Tensor& perm_t) {
   check_floating(x, "x");
-  TORCH_CHECK_TYPE(x.is_cuda() || x.scalar_type() == at::kFloat ||
-                       x.scalar_type() == at::kDouble,
-                   kOp, ": on CPU, x must be float32 or float64 (float16 and bfloat16 run on "
-                   "CUDA), got ", x.scalar_type());
   check_index(rowptr, "rowptr", x, false);
   check_index(col, "col", x, true);
   check_index(rowptr_t, "rowptr_t", x, false);
   check_index(col_t, "col_t", x, true);
-  check_index(perm_t, "perm_t", x, false);
+  check_index(perm_t, "perm_t", x, true);
   const int64_t num_nodes = rowptr.size(0) - 1, nnz = col.size(0);
   TORCH_CHECK_VALUE(num_nodes >= 0, kOp, ": rowptr must have num_nodes + 1 >= 1 elements");
   TORCH_CHECK_VALUE(x.dim() == 2 && x.size(0) == num_nodes, kOp,

@@ -1,5 +1,6 @@
 #include "group_norm/group_norm_args.h"
 
+#include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 
@@ -42,12 +43,24 @@ GroupNormProblem check_problem(const at::Tensor& input, int64_t num_groups,
   TORCH_CHECK_VALUE(num_groups > 0, "group_norm: num_groups must be positive, got ", num_groups);
   TORCH_CHECK_VALUE(p.C % num_groups == 0, "group_norm: num_groups (", num_groups,
                     ") must divide the number of channels input.size(1) (", p.C, ")");
-  check_optional_vector(weight, "group_norm: weight", p.C, input, "input");
-  check_optional_vector(bias, "group_norm: bias", p.C, input, "input");
+  const at::ScalarType opmath = at::toOpMathType(input.scalar_type());
+  p.weight_dtype = p.bias_dtype = input.scalar_type();
+  for (const auto* param : {&weight, &bias}) {
+    if (!has_tensor(*param)) continue;
+    const at::Tensor& t = **param;
+    const char* name = param == &weight ? "group_norm: weight" : "group_norm: bias";
+    check_device(t, name, input, "input");
+    TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type() || t.scalar_type() == opmath, name,
+                     " must have the dtype of input (", input.scalar_type(), ")",
+                     opmath != input.scalar_type() ? " or float32" : "", ", got ",
+                     t.scalar_type());
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == p.C, name, " must have shape (", p.C,
+                      ",), got ", t.sizes());
+    (param == &weight ? p.weight_dtype : p.bias_dtype) = t.scalar_type();
+    (param == &weight ? p.weight : p.bias) = t.to(opmath).contiguous();
+  }
   p.channels_last = is_channels_last_like(input);
   p.x = p.channels_last ? input : input.contiguous();
-  if (has_tensor(weight)) p.weight = weight->contiguous();
-  if (has_tensor(bias)) p.bias = bias->contiguous();
   return p;
 }
 
@@ -96,13 +109,18 @@ GroupNormBackward prepare_group_norm_backward(const at::Tensor& grad_output,
   b.dy = grad_output.strides() == b.x.strides() ? grad_output
                                                  : at::empty_like(b.x).copy_(grad_output);
   b.dx = at::empty_like(b.x);
-  b.dweight = at::empty({b.C}, input.options());
-  b.dbias = at::empty({b.C}, input.options());
+  const auto param_options = input.options().dtype(at::toOpMathType(input.scalar_type()));
+  b.dweight = at::empty({b.C}, param_options);
+  b.dbias = at::empty({b.C}, param_options);
   if (b.x.numel() == 0) {
     b.dweight.zero_();
     b.dbias.zero_();
   }
   return b;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_outputs(const GroupNormBackward& b) {
+  return {b.dx, b.dweight.to(b.weight_dtype), b.dbias.to(b.bias_dtype)};
 }
 
 }  // namespace pynotes

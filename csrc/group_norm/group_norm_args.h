@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <tuple>
 
 namespace pynotes {
 
@@ -13,8 +14,11 @@ struct GroupNormProblem {
   // Inputs in neither layout are copied to the contiguous one.
   bool channels_last = false;
   at::Tensor x;       // the input in that layout
-  at::Tensor weight;  // contiguous (C), or undefined
-  at::Tensor bias;    // contiguous (C), or undefined
+  // Contiguous (C) in the opmath type of x (float for Half/BFloat16: the kernels read them as
+  // they read the statistics), or undefined. The callers' dtypes: x's, or float32 for
+  // Half/BFloat16 input (the mixed precision autocast produces, as ATen accepts).
+  at::Tensor weight, bias;
+  at::ScalarType weight_dtype, bias_dtype;
 };
 
 struct GroupNormForward : GroupNormProblem {
@@ -28,7 +32,7 @@ struct GroupNormBackward : GroupNormProblem {
   at::Tensor mean;  // contiguous (N, G)
   at::Tensor rstd;  // contiguous (N, G)
   at::Tensor dx;    // like x
-  at::Tensor dweight, dbias;  // (C), x's dtype
+  at::Tensor dweight, dbias;  // (C), in the opmath type of x
 };
 
 // Checks the arguments and allocates the outputs. For zero-size inputs the outputs are already
@@ -41,5 +45,8 @@ GroupNormBackward prepare_group_norm_backward(const at::Tensor& grad_output,
                                               const at::Tensor& rstd, int64_t num_groups,
                                               const std::optional<at::Tensor>& weight,
                                               const std::optional<at::Tensor>& bias);
+
+// (dx, dweight, dbias) with the weight and bias gradients in the dtypes of weight and bias.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_outputs(const GroupNormBackward& b);
 
 }  // namespace pynotes

@@ -1,5 +1,6 @@
 // Autograd for group_norm at the dispatcher (the Autograd key), so C++ users can train too and
-// torch.compile sees the forward and the backward as two ops. Double backward is not supported.
+// torch.compile sees the forward and the backward as two ops. Its backward is not
+// differentiable (check_not_double_backward).
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -32,6 +33,7 @@ class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& weight = saved[3];
     const at::Tensor& bias = saved[4];
+    check_not_double_backward("group_norm");
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
                                      at::Tensor(), at::Tensor()};
     auto [dx, dweight, dbias] = pynotes::group_norm_backward(

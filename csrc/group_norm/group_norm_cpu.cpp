@@ -41,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(
         b.dx.mutable_data_ptr(), b.dweight.mutable_data_ptr(), b.dbias.mutable_data_ptr()};
     PYNOTES_CPU_KERNEL(group_norm_backward_cpu_kernel)(args);
   }
-  return {b.dx, b.dweight, b.dbias};
+  return backward_outputs(b);
 }
 
 }  // namespace

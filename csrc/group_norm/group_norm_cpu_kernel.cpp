@@ -310,15 +310,13 @@ struct ChannelChunks {
 // NCHW: a task per (n, g), done in cache, when there are enough groups to share out evenly.
 inline bool task_per_group(int64_t groups) { return groups >= 4 * at::get_num_threads(); }
 
-// Per-channel affine: scale = rstd * weight_c, shift = bias_c.
+// Per-channel affine: scale = rstd * weight_c, shift = bias_c (weight and bias in acc_t).
 template <typename T>
 struct Affine {
-  const T* weight;
-  const T* bias;
-  acc_t<T> scale(int64_t c, acc_t<T> rstd) const {
-    return weight ? rstd * static_cast<acc_t<T>>(weight[c]) : rstd;
-  }
-  acc_t<T> shift(int64_t c) const { return bias ? static_cast<acc_t<T>>(bias[c]) : acc_t<T>(0); }
+  const acc_t<T>* weight;
+  const acc_t<T>* bias;
+  acc_t<T> scale(int64_t c, acc_t<T> rstd) const { return weight ? rstd * weight[c] : rstd; }
+  acc_t<T> shift(int64_t c) const { return bias ? bias[c] : acc_t<T>(0); }
 };
 
 // ---------------------------------------------------------------------------- forward ---
@@ -331,7 +329,7 @@ void forward_nchw(const GroupNormCpuForwardArgs& a) {
   T* y = static_cast<T*>(a.y);
   S* mean_out = static_cast<S*>(a.mean);
   S* rstd_out = static_cast<S*>(a.rstd);
-  const Affine<T> affine{static_cast<const T*>(a.weight), static_cast<const T*>(a.bias)};
+  const Affine<T> affine{static_cast<const S*>(a.weight), static_cast<const S*>(a.bias)};
   const S eps = static_cast<S>(a.eps);
 
   // Normalizes channel c's spatial elements [begin, end) of sample n.
@@ -444,7 +442,7 @@ void forward_channels_last(const GroupNormCpuForwardArgs& a) {
   T* y = static_cast<T*>(a.y);
   S* mean_out = static_cast<S*>(a.mean);
   S* rstd_out = static_cast<S*>(a.rstd);
-  const Affine<T> affine{static_cast<const T*>(a.weight), static_cast<const T*>(a.bias)};
+  const Affine<T> affine{static_cast<const S*>(a.weight), static_cast<const S*>(a.bias)};
   const RowTasks rt(N, HxW, C);
   std::vector<gn::Moments<S>> partial(N * rt.tasks_per_sample * G);
   std::vector<S> mean_c(N * C), scale_c(N * C), shift_c(N * C);  // per (n, c), for normalize
@@ -530,10 +528,10 @@ gn::InputGradCoefs<acc_t<T>> group_coefs(const GroupNormCpuBackwardArgs& a, int6
   using S = acc_t<T>;
   const int64_t Cg = a.C / a.G;
   const S rstd = static_cast<const S*>(a.rstd)[ng];
-  const T* weight = static_cast<const T*>(a.weight);
+  const S* weight = static_cast<const S*>(a.weight);
   S gdy = 0, gdy_xhat = 0;
   for (int64_t c = (ng % a.G) * Cg; c < (ng % a.G + 1) * Cg; ++c) {
-    const S w = weight ? static_cast<S>(weight[c]) : S(1);
+    const S w = weight ? weight[c] : S(1);
     const int64_t nc = (ng / a.G) * a.C + c;
     gdy += w * sum_dy[nc];
     gdy_xhat += w * rstd * sum_dy_xc[nc];
@@ -547,16 +545,16 @@ void param_grads(const GroupNormCpuBackwardArgs& a, const acc_t<T>* sum_dy,
   using S = acc_t<T>;
   const int64_t C = a.C, G = a.G, Cg = C / G;
   const S* rstd = static_cast<const S*>(a.rstd);
-  T* dweight = static_cast<T*>(a.dweight);
-  T* dbias = static_cast<T*>(a.dbias);
+  S* dweight = static_cast<S*>(a.dweight);
+  S* dbias = static_cast<S*>(a.dbias);
   for (int64_t c = 0; c < C; ++c) {
     S dw = 0, db = 0;
     for (int64_t n = 0; n < a.N; ++n) {
       dw += rstd[n * G + c / Cg] * sum_dy_xc[n * C + c];
       db += sum_dy[n * C + c];
     }
-    dweight[c] = static_cast<T>(dw);
-    dbias[c] = static_cast<T>(db);
+    dweight[c] = dw;
+    dbias[c] = db;
   }
 }
 
@@ -569,7 +567,7 @@ void backward_nchw(const GroupNormCpuBackwardArgs& a) {
   T* dx = static_cast<T*>(a.dx);
   const S* mean = static_cast<const S*>(a.mean);
   const S* rstd = static_cast<const S*>(a.rstd);
-  const Affine<T> affine{static_cast<const T*>(a.weight), static_cast<const T*>(a.bias)};
+  const Affine<T> affine{static_cast<const S*>(a.weight), static_cast<const S*>(a.bias)};
   std::vector<S> sum_dy(a.N * C, S(0)), sum_dy_xc(a.N * C, S(0));
 
   // Adds channel c's sums over spatial [begin, end) of sample n to *s_dy, *s_dy_xc; with
@@ -664,7 +662,7 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
   T* dx = static_cast<T*>(a.dx);
   const S* mean = static_cast<const S*>(a.mean);
   const S* rstd = static_cast<const S*>(a.rstd);
-  const Affine<T> affine{static_cast<const T*>(a.weight), static_cast<const T*>(a.bias)};
+  const Affine<T> affine{static_cast<const S*>(a.weight), static_cast<const S*>(a.bias)};
   const RowTasks rt(N, HxW, C);
   const int64_t tasks = N * rt.tasks_per_sample;
 

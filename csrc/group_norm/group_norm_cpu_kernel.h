@@ -10,7 +10,7 @@
 namespace pynotes {
 
 struct GroupNormCpuForwardArgs {
-  c10::ScalarType dtype;  // of x, weight, bias, y; mean and rstd are float (double for double)
+  c10::ScalarType dtype;  // of x and y; weight, bias, mean and rstd are its at::opmath_type
   bool channels_last;     // x is (N, *, C) in memory rather than (N, C, *)
   bool silu;
   int64_t N, C, HxW, G;
@@ -35,8 +35,8 @@ struct GroupNormCpuBackwardArgs {
   const void* weight;  // (C) or nullptr
   const void* bias;    // (C) or nullptr; read only when silu
   void* dx;
-  void* dweight;  // (C)
-  void* dbias;    // (C)
+  void* dweight;  // (C), at::opmath_type of dtype
+  void* dbias;    // (C), at::opmath_type of dtype
 };
 
 PYNOTES_DECLARE_CPU_KERNEL(void group_norm_forward_cpu_kernel(const GroupNormCpuForwardArgs&))

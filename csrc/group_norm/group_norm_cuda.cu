@@ -98,19 +98,20 @@ struct ShflDown {
   }
 };
 
-// Per-channel affine of (n, c): scale = rstd * weight_c, shift = bias_c.
+// Per-channel affine of (n, c): scale = rstd * weight_c, shift = bias_c (weight and bias in
+// the opmath type S, as the statistics).
 template <typename T, typename S>
 struct ChannelAffine {
   const S* mean;
   const S* rstd;
-  const T* weight;
-  const T* bias;
+  const S* weight;
+  const S* bias;
   int64_t G, Cg;
   __device__ void get(int64_t n, int64_t c, S& m, S& scale, S& shift) const {
     const int64_t ng = n * G + c / Cg;
     m = mean[ng];
-    scale = weight ? rstd[ng] * static_cast<S>(weight[c]) : rstd[ng];
-    shift = bias ? static_cast<S>(bias[c]) : S(0);
+    scale = weight ? rstd[ng] * weight[c] : rstd[ng];
+    shift = bias ? bias[c] : S(0);
   }
 };
 
@@ -250,8 +251,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cuda(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const ChannelAffine<T, S> affine{
         f.mean.const_data_ptr<S>(), f.rstd.const_data_ptr<S>(),
-        f.weight.defined() ? f.weight.const_data_ptr<T>() : nullptr,
-        f.bias.defined() ? f.bias.const_data_ptr<T>() : nullptr, geo.G, geo.Cg};
+        f.weight.defined() ? f.weight.const_data_ptr<S>() : nullptr,
+        f.bias.defined() ? f.bias.const_data_ptr<S>() : nullptr, geo.G, geo.Cg};
     with_silu(silu, [&](auto silu_tag) {
       launch_elementwise(x, x, f.y.mutable_data_ptr<T>(), f.x.numel(),
                          NormalizeOp<T, S, decltype(silu_tag)::value>{geo, affine});
@@ -336,7 +337,7 @@ __global__ void __launch_bounds__(kTileChannels * kRows)
 template <typename T, typename S>
 __global__ void input_grad_coefs_kernel(const Sums<S>* __restrict__ partial, int64_t splits,
                                         Geometry geo, const S* __restrict__ rstd,
-                                        const T* __restrict__ weight, Sums<S>* __restrict__ totals,
+                                        const S* __restrict__ weight, Sums<S>* __restrict__ totals,
                                         gn::InputGradCoefs<S>* __restrict__ coefs) {
   for (int64_t ng = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; ng < geo.N * geo.G;
        ng += int64_t(gridDim.x) * blockDim.x) {
@@ -346,7 +347,7 @@ __global__ void input_grad_coefs_kernel(const Sums<S>* __restrict__ partial, int
       Sums<S> t{0, 0};
       for (int64_t s = 0; s < splits; ++s) t = AddSums{}(t, partial[(n * geo.C + c) * splits + s]);
       totals[n * geo.C + c] = t;
-      const S w = weight ? static_cast<S>(weight[c]) : S(1);
+      const S w = weight ? weight[c] : S(1);
       gdy += w * t.dy;
       gdy_xhat += w * rstd[ng] * t.dy_xc;
     }
@@ -354,9 +355,9 @@ __global__ void input_grad_coefs_kernel(const Sums<S>* __restrict__ partial, int
   }
 }
 
-template <typename T, typename S>
+template <typename S>
 __global__ void param_grads_kernel(const Sums<S>* __restrict__ totals, const S* __restrict__ rstd,
-                                   Geometry geo, T* __restrict__ dweight, T* __restrict__ dbias) {
+                                   Geometry geo, S* __restrict__ dweight, S* __restrict__ dbias) {
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < geo.C;
        c += int64_t(gridDim.x) * blockDim.x) {
     S dw = 0, db = 0;
@@ -365,8 +366,8 @@ __global__ void param_grads_kernel(const Sums<S>* __restrict__ totals, const S* 
       dw += rstd[n * geo.G + c / geo.Cg] * t.dy_xc;
       db += t.dy;
     }
-    dweight[c] = static_cast<T>(dw);
-    dbias[c] = static_cast<T>(db);
+    dweight[c] = dw;
+    dbias[c] = db;
   }
 }
 
@@ -395,7 +396,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
   const c10::cuda::CUDAGuard device_guard(input.device());
   GroupNormBackward b =
       prepare_group_norm_backward(grad_output, input, mean, rstd, num_groups, weight, bias);
-  if (b.x.numel() == 0) return {b.dx, b.dweight, b.dbias};
+  if (b.x.numel() == 0) return backward_outputs(b);
   const Geometry geo = geometry_of(b);
   const int64_t rows = b.N * b.C;
   TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(), "group_norm_backward: CUDA kernels "
@@ -419,9 +420,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
     const T* dz = b.dy.const_data_ptr<T>();
     const T* x = b.x.const_data_ptr<T>();
     const S* rstd_ptr = b.rstd.const_data_ptr<S>();
-    const T* weight_ptr = b.weight.defined() ? b.weight.const_data_ptr<T>() : nullptr;
+    const S* weight_ptr = b.weight.defined() ? b.weight.const_data_ptr<S>() : nullptr;
     const ChannelAffine<T, S> affine{b.mean.const_data_ptr<S>(), rstd_ptr, weight_ptr,
-                                     b.bias.defined() ? b.bias.const_data_ptr<T>() : nullptr,
+                                     b.bias.defined() ? b.bias.const_data_ptr<S>() : nullptr,
                                      geo.G, geo.Cg};
     const auto bytes = [&](int64_t count, size_t size) {
       return at::empty({int64_t(count * size)}, b.x.options().dtype(at::kByte));
@@ -453,13 +454,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
       launch_elementwise(dz, x, b.dx.mutable_data_ptr<T>(), b.x.numel(),
                          InputGradOp<T, S, kSilu>{geo, affine, coefs_ptr});
     });
-    param_grads_kernel<T, S>
+    param_grads_kernel<S>
         <<<std::min<int64_t>(ceil_div(b.C, kThreads), 65535), kThreads, 0, stream>>>(
-            totals_ptr, rstd_ptr, geo, b.dweight.mutable_data_ptr<T>(),
-            b.dbias.mutable_data_ptr<T>());
+            totals_ptr, rstd_ptr, geo, b.dweight.mutable_data_ptr<S>(),
+            b.dbias.mutable_data_ptr<S>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {b.dx, b.dweight, b.dbias};
+  return backward_outputs(b);
 }
 
 }  // namespace

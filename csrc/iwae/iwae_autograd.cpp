@@ -1,12 +1,14 @@
 // Autograd for iwae_bound and importance_weights (the Autograd key). d bound / d log_w is the
 // normalized weights: iwae_bound's backward recomputes them in one pass from log_w and the
 // bound (its own op); importance_weights has them already and multiplies. The weights and the
-// effective sample size carry no gradient. Double backward is not supported.
+// effective sample size carry no gradient. The backwards are not differentiable
+// (check_not_double_backward).
 #include <ATen/ops/mul.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "common/checks.h"
 #include "ops.h"
 
 namespace pynotes {
@@ -28,6 +30,7 @@ class IwaeBoundFunction : public torch::autograd::Function<IwaeBoundFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_double_backward("iwae_bound");
     const auto saved = ctx->get_saved_variables();
     return {pynotes::iwae_bound_backward(grads[0], saved[0], saved[1],
                                          ctx->saved_data["dim"].toInt(),
@@ -48,6 +51,7 @@ class ImportanceWeightsFunction : public torch::autograd::Function<ImportanceWei
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_double_backward("importance_weights");
     const at::Tensor weights = ctx->get_saved_variables()[0];
     const at::Tensor grad = grads[0].defined() ? grads[0] : at::zeros_like(weights.select(
         ctx->saved_data["dim"].toInt(), 0));

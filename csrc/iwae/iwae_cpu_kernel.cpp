@@ -4,7 +4,9 @@
 // One read of log_w per slice for the bound: a running (max, sum) per SIMD lane, updated a block
 // of values at a time (the block's max first, so one rescaling exp per block and one exp per
 // value). Reducing over the contiguous last dim, the lanes run along K and are merged at the
-// end; otherwise they run along the contiguous inner dim, one slice per lane.
+// end; otherwise they run along the contiguous inner dim, one slice per lane. float16 and
+// bfloat16 are widened to float as they are read (common/cpu_vec.h).
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -12,6 +14,7 @@
 #include <cmath>
 #include <limits>
 
+#include "common/cpu_vec.h"
 #include "iwae/iwae.h"
 #include "iwae/iwae_kernels.h"
 
@@ -63,11 +66,11 @@ struct Running {
   }
 };
 
-// The weights pass of one lane vector: writes w~ and returns sum w~^2.
+// The weights pass of one lane vector: writes w~ (as T) and returns sum w~^2.
 template <typename T>
-V<T> weights_of(const V<T>& lse, const V<T>& x, T* out, int64_t count) {
-  const V<T> w = exp_shifted(x - safe_shift(lse));
-  w.store(out, count);
+OpVec<T> weights_of(const OpVec<T>& lse, const OpVec<T>& x, T* out, int64_t count) {
+  const OpVec<T> w = exp_shifted(x - safe_shift(lse));
+  store_op(w, out, count);
   return w * w;
 }
 
@@ -80,45 +83,47 @@ V<T> ess_of(const V<T>& squares) {
 // the running pairs of kInner slices and streams log_w row by row (contiguous reads).
 template <typename T>
 void forward_inner(const IwaeForward& a) {
-  constexpr int64_t L = V<T>::size(), W = kInner;
+  using A = opmath_t<T>;
+  constexpr int64_t L = OpVec<T>::size(), W = kInner;
   const int64_t blocks = (a.inner + W - 1) / W;
   const T* x = static_cast<const T*>(a.log_w);
-  const T log_k = std::log(T(a.K));
+  const A log_k = std::log(A(a.K));
   at::parallel_for(0, a.outer * blocks, std::max<int64_t>(1, kGrain / (a.K * W)),
                    [&](int64_t begin, int64_t end) {
-    Running<T> run[W / L];
+    Running<A> run[W / L];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t o = t / blocks, j0 = (t % blocks) * W, width = std::min(W, a.inner - j0);
       const T* base = x + o * a.K * a.inner + j0;
-      for (int64_t v = 0; v * L < width; ++v) run[v] = Running<T>();
+      for (int64_t v = 0; v * L < width; ++v) run[v] = Running<A>();
       for (int64_t k = 0; k < a.K; k += kRows) {
         const int64_t rows = std::min(kRows, a.K - k);
         for (int64_t v = 0; v * L < width; ++v) {
           const int64_t n = std::min(L, width - v * L);
-          run[v].add(rows, [&](int64_t r) {
-            return V<T>::loadu(base + (k + r) * a.inner + v * L, n);
-          });
+          run[v].add(rows, [&](int64_t r) { return load_op(base + (k + r) * a.inner + v * L, n); });
         }
       }
-      V<T> lse[W / L], squares[W / L];
+      OpVec<T> lse[W / L], squares[W / L];
       for (int64_t v = 0; v * L < width; ++v) {
         const int64_t n = std::min(L, width - v * L);
         lse[v] = run[v].lse();
-        squares[v] = V<T>(T(0));
-        (lse[v] - V<T>(log_k)).store(static_cast<T*>(a.bound) + o * a.inner + j0 + v * L, n);
-        if (a.lse) lse[v].store(static_cast<T*>(a.lse) + o * a.inner + j0 + v * L, n);
+        squares[v] = OpVec<T>(A(0));
+        if (a.bound) {
+          store_op(lse[v] - OpVec<T>(log_k),
+                   static_cast<T*>(a.bound) + o * a.inner + j0 + v * L, n);
+        }
+        if (a.lse) lse[v].store(static_cast<A*>(a.lse) + o * a.inner + j0 + v * L, n);
       }
       if (!a.weights) continue;
       T* w = static_cast<T*>(a.weights) + o * a.K * a.inner + j0;
       for (int64_t k = 0; k < a.K; ++k) {
         for (int64_t v = 0; v * L < width; ++v) {
           const int64_t n = std::min(L, width - v * L), at = k * a.inner + v * L;
-          squares[v] = squares[v] + weights_of(lse[v], V<T>::loadu(base + at, n), w + at, n);
+          squares[v] = squares[v] + weights_of(lse[v], load_op(base + at, n), w + at, n);
         }
       }
       for (int64_t v = 0; v * L < width; ++v) {
-        ess_of(squares[v]).store(static_cast<T*>(a.ess) + o * a.inner + j0 + v * L,
-                                 std::min(L, width - v * L));
+        store_op(ess_of(squares[v]), static_cast<T*>(a.ess) + o * a.inner + j0 + v * L,
+                 std::min(L, width - v * L));
       }
     }
   });
@@ -127,69 +132,79 @@ void forward_inner(const IwaeForward& a) {
 // Slices along the contiguous last dim (inner == 1): lanes run along K, merged at the end.
 template <typename T>
 void forward_last(const IwaeForward& a) {
-  constexpr int64_t L = V<T>::size();
+  using A = opmath_t<T>;
+  constexpr int64_t L = OpVec<T>::size();
   const T* x = static_cast<const T*>(a.log_w);
-  const T log_k = std::log(T(a.K));
-  const T inf = std::numeric_limits<T>::infinity();
+  const A log_k = std::log(A(a.K));
+  const A inf = std::numeric_limits<A>::infinity();
   at::parallel_for(0, a.outer, std::max<int64_t>(1, kGrain / a.K), [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       const T* row = x + o * a.K;
-      Running<T> run;
+      Running<A> run;
       int64_t k = 0;
       for (; k + kRows * L <= a.K; k += kRows * L) {
-        run.add(kRows, [&](int64_t r) { return V<T>::loadu(row + k + r * L); });
+        run.add(kRows, [&](int64_t r) { return load_op(row + k + r * L); });
       }
       for (; k < a.K; k += L) {  // the rest, absent lanes -inf (they add nothing)
         T buffer[L];
-        std::fill(buffer, buffer + L, -inf);
+        std::fill(buffer, buffer + L, T(-inf));
         std::copy(row + k, row + std::min(a.K, k + L), buffer);
-        run.add(1, [&](int64_t) { return V<T>::loadu(buffer); });
+        run.add(1, [&](int64_t) { return load_op(buffer); });
       }
       // Merge the lanes: the max of their maxima (NaN wins), then their rescaled sums.
-      T lane_max[L], lane_sum[L];
+      A lane_max[L], lane_sum[L];
       run.max.store(lane_max);
       run.sum.store(lane_sum);
-      T m = -inf;
+      A m = -inf;
       for (int64_t l = 0; l < L; ++l) {
         m = std::isnan(lane_max[l]) || lane_max[l] > m ? lane_max[l] : m;
       }
-      T s = 0;
-      const T shift = iwae::safe_shift(m);
+      A s = 0;
+      const A shift = iwae::safe_shift(m);
       for (int64_t l = 0; l < L; ++l) s += lane_sum[l] * std::exp(lane_max[l] - shift);
-      const T lse = std::isnan(m) ? m : iwae::finish(m, s);
-      static_cast<T*>(a.bound)[o] = lse - log_k;
-      if (a.lse) static_cast<T*>(a.lse)[o] = lse;
+      const A lse = std::isnan(m) ? m : iwae::finish(m, s);
+      if (a.bound) static_cast<T*>(a.bound)[o] = T(lse - log_k);
+      if (a.lse) static_cast<A*>(a.lse)[o] = lse;
       if (!a.weights) continue;
       T* w = static_cast<T*>(a.weights) + o * a.K;
-      V<T> squares(T(0));
+      OpVec<T> squares(A(0));
       k = 0;
       for (; k + L <= a.K; k += L) {
-        squares = squares + weights_of(V<T>(lse), V<T>::loadu(row + k), w + k, L);
+        squares = squares + weights_of(OpVec<T>(lse), load_op(row + k), w + k, L);
       }
       if (k < a.K) {
         T buffer[L];  // absent lanes -inf: weight 0
-        std::fill(buffer, buffer + L, -inf);
+        std::fill(buffer, buffer + L, T(-inf));
         std::copy(row + k, row + a.K, buffer);
-        squares = squares + weights_of(V<T>(lse), V<T>::loadu(buffer), w + k, a.K - k);
+        squares = squares + weights_of(OpVec<T>(lse), load_op(buffer), w + k, a.K - k);
       }
-      T q[L];
+      A q[L];
       squares.store(q);
-      T total = 0;
+      A total = 0;
       for (int64_t l = 0; l < L; ++l) total += q[l];
-      static_cast<T*>(a.ess)[o] = total == T(0) ? T(0) : T(1) / total;
+      static_cast<T*>(a.ess)[o] = T(total == A(0) ? A(0) : A(1) / total);
     }
   });
 }
 
 template <typename T>
 void backward(const IwaeBackward& a) {
-  constexpr int64_t L = V<T>::size();
+  using A = opmath_t<T>;
+  constexpr int64_t L = OpVec<T>::size();
   const T* x = static_cast<const T*>(a.log_w);
-  // lse per slice: given, or the bound + log K.
-  const T* bound = static_cast<const T*>(a.lse ? a.lse : a.bound);
+  // lse per slice: given (in A), or the bound (in T) + log K.
+  const A* lse_given = static_cast<const A*>(a.lse);
+  const T* bound = static_cast<const T*>(a.bound);
   const T* g = static_cast<const T*>(a.grad_bound);
   T* out = static_cast<T*>(a.grad_log_w);
-  const T log_k = a.lse ? T(0) : std::log(T(a.K));
+  const A log_k = std::log(A(a.K));
+  const auto lse_of = [&](int64_t stat) {  // one slice's
+    return lse_given ? lse_given[stat] : A(bound[stat]) + log_k;
+  };
+  const auto lse_vec = [&](int64_t stat, int64_t n) {  // n slices'
+    return lse_given ? OpVec<T>::loadu(lse_given + stat, n)
+                     : load_op(bound + stat, n) + OpVec<T>(log_k);
+  };
   // Row (o, k) of `inner` values: grad = exp(x - lse) * g, lse and g broadcast over K.
   const int64_t row_len = a.inner == 1 ? a.K : a.inner;
   const int64_t rows = a.inner == 1 ? a.outer : a.outer * a.K;
@@ -200,13 +215,12 @@ void backward(const IwaeBackward& a) {
       for (int64_t i = 0; i < row_len; i += L) {
         const int64_t n = std::min(L, row_len - i);
         const int64_t stat = a.inner == 1 ? o : o * a.inner + i;  // where lse and g live
-        const V<T> lse = a.inner == 1 ? V<T>(bound[stat] + log_k)
-                                      : V<T>::loadu(bound + stat, n) + V<T>(log_k);
-        const V<T> grad = a.inner == 1 ? V<T>(g[stat]) : V<T>::loadu(g + stat, n);
-        const V<T> w = exp_shifted(V<T>::loadu(x + r * row_len + i, n) - safe_shift(lse));
+        const OpVec<T> lse = a.inner == 1 ? OpVec<T>(lse_of(stat)) : lse_vec(stat, n);
+        const OpVec<T> grad = a.inner == 1 ? OpVec<T>(A(g[stat])) : load_op(g + stat, n);
+        const OpVec<T> w = exp_shifted(load_op(x + r * row_len + i, n) - safe_shift(lse));
         // An all -inf slice: w is 0 and so is the gradient, whatever grad is.
-        const V<T> value = V<T>::blendv(w * grad, V<T>(T(0)), w == V<T>(T(0)));
-        value.store(out + r * row_len + i, n);
+        const OpVec<T> value = OpVec<T>::blendv(w * grad, OpVec<T>(A(0)), w == OpVec<T>(A(0)));
+        store_op(value, out + r * row_len + i, n);
       }
     }
   });
@@ -215,16 +229,14 @@ void backward(const IwaeBackward& a) {
 }  // namespace
 
 void iwae_forward_cpu_kernel(const IwaeForward& a) {
-  const bool f64 = a.dtype == at::kDouble;
-  if (a.inner == 1) {
-    if (f64) forward_last<double>(a); else forward_last<float>(a);
-  } else {
-    if (f64) forward_inner<double>(a); else forward_inner<float>(a);
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "iwae_forward_cpu", [&] {
+    if (a.inner == 1) forward_last<scalar_t>(a); else forward_inner<scalar_t>(a);
+  });
 }
 
 void iwae_backward_cpu_kernel(const IwaeBackward& a) {
-  if (a.dtype == at::kDouble) backward<double>(a); else backward<float>(a);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "iwae_backward_cpu",
+                                  [&] { backward<scalar_t>(a); });
 }
 
 }  // namespace CPU_CAPABILITY

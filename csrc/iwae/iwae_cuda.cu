@@ -140,23 +140,10 @@ void forward_cuda(const IwaeForward& a) {
   });
 }
 
-// For float16/bfloat16 the bound is rounded to 8-11 bits, too coarse to recover lse from it
-// (bfloat16 near |bound| = 100 is off by up to 0.25, every weight by up to 28 %): lse is
-// recomputed in float from log_w first.
 void backward_cuda(const IwaeBackward& a) {
-  IwaeBackward args = a;
-  at::Tensor lse;
-  if (a.dtype == at::kHalf || a.dtype == at::kBFloat16) {
-    lse = at::empty({a.outer * a.inner}, at::TensorOptions()
-                                             .device(at::kCUDA, c10::cuda::current_device())
-                                             .dtype(at::kFloat));
-    forward_cuda({a.dtype, a.outer, a.K, a.inner, a.log_w, nullptr, nullptr, nullptr,
-                  lse.mutable_data_ptr<float>()});
-    args.lse = lse.const_data_ptr<float>();
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "iwae_backward", [&] {
     backward_kernel<scalar_t><<<blocks_for(a.outer * a.K * a.inner), kThreads, 0,
-                                at::cuda::getCurrentCUDAStream()>>>(args);
+                                at::cuda::getCurrentCUDAStream()>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

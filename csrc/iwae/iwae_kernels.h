@@ -18,7 +18,7 @@ struct IwaeForward {
   c10::ScalarType dtype;  // of log_w, bound and weights
   int64_t outer, K, inner;
   const void* log_w;
-  void* bound;    // (outer, inner)
+  void* bound;    // (outer, inner), or nullptr (then lse is not)
   void* weights;  // (outer, K, inner), or nullptr
   void* ess;      // (outer, inner), or nullptr (only with weights)
   void* lse;      // (outer, inner) in at::opmath_type, or nullptr

@@ -2,6 +2,7 @@
 // reduced over `dim`; the device kernels do one pass per output (iwae_kernels.h).
 #include "iwae/iwae_ops.h"
 
+#include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/DeviceGuard.h>
 
@@ -19,10 +20,6 @@ struct Layout {
 
 Layout layout_of(const at::Tensor& log_w, int64_t dim, bool keepdim, const char* op) {
   check_floating(log_w, "log_w");
-  TORCH_CHECK_TYPE(log_w.is_cuda() || log_w.scalar_type() == at::kFloat ||
-                       log_w.scalar_type() == at::kDouble,
-                   op, ": on CPU, log_w must be float32 or float64 (float16 and bfloat16 run on "
-                   "CUDA), got ", log_w.scalar_type());
   const int64_t rank = log_w.dim();
   TORCH_CHECK_INDEX(rank > 0 && dim >= -rank && dim < rank, op, ": dim must be in [", -rank,
                     ", ", rank - 1, "] for log_w of shape ", log_w.sizes(), ", got ", dim);
@@ -82,8 +79,19 @@ at::Tensor iwae_bound_backward_impl(const at::Tensor& grad, const at::Tensor& lo
   at::Tensor out = at::empty(log_w.sizes(), log_w.options());
   if (out.numel() == 0) return out;
   const at::Tensor x = log_w.contiguous(), b = bound.contiguous(), g = grad.contiguous();
+  // For float16/bfloat16 the bound is rounded to 8-11 bits, too coarse to recover lse from it
+  // (bfloat16 near |bound| = 100 is off by up to 0.25, every weight by up to 28 %): lse is
+  // recomputed in float from log_w first.
+  at::Tensor lse;
+  const at::ScalarType opmath = at::toOpMathType(log_w.scalar_type());
+  if (opmath != log_w.scalar_type()) {
+    lse = at::empty({l.outer * l.inner}, log_w.options().dtype(opmath));
+    kernels.forward({log_w.scalar_type(), l.outer, l.K, l.inner, x.const_data_ptr(), nullptr,
+                     nullptr, nullptr, lse.mutable_data_ptr()});
+  }
   kernels.backward({log_w.scalar_type(), l.outer, l.K, l.inner, x.const_data_ptr(),
-                    b.const_data_ptr(), nullptr, g.const_data_ptr(), out.mutable_data_ptr()});
+                    b.const_data_ptr(), lse.defined() ? lse.const_data_ptr() : nullptr,
+                    g.const_data_ptr(), out.mutable_data_ptr()});
   return out;
 }
 

@@ -1,6 +1,7 @@
 // Autograd for lstm_cell and lstm_layer at the dispatcher (the Autograd key), so C++ users can
 // train too and torch.compile sees forward and backward as ops. The layer runs its inference
-// op (no saved tensors) unless a gradient is needed. Double backward is not supported.
+// op (no saved tensors) unless a gradient is needed. The backwards are not differentiable
+// (check_not_double_backward).
 #include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -34,6 +35,7 @@ class LstmCellFunction : public torch::autograd::Function<LstmCellFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_double_backward("lstm_cell");
     const auto saved = ctx->get_saved_variables();
     const bool grad_b_ih = ctx->saved_data["b_ih"].toBool();
     const bool grad_b_hh = ctx->saved_data["b_hh"].toBool();
@@ -76,6 +78,7 @@ class LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_not_double_backward("lstm_layer");
     const auto saved = ctx->get_saved_variables();
     const auto flag = [&](const char* name) { return ctx->saved_data[name].toBool(); };
     const std::array<bool, 3> mask = {

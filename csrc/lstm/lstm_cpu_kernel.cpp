@@ -1,21 +1,23 @@
 // LSTM step kernels on CPU, compiled once per instruction set (see common/cpu_dispatch.h):
 // everything here is defined in namespace pynotes::CPU_CAPABILITY. Rows are split over
 // threads; within a row the four gate blocks are read at the same offset, one SIMD vector of
-// hidden units at a time, so a step reads each gate once and writes it once.
+// hidden units at a time, so a step reads each gate once and writes it once. float16 and
+// bfloat16 gates and hidden states are widened to float as they are read (common/cpu_vec.h);
+// cell states and the bias are float already.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <type_traits>
 
+#include "common/cpu_vec.h"
 #include "lstm/lstm.h"
 #include "lstm/lstm_step.h"
 
 namespace pynotes {
 namespace CPU_CAPABILITY {
 namespace {
-
-using at::vec::Vectorized;
 
 // Elements a task should cover at least: a step of batch 32 x hidden 256 still splits over
 // a few threads (the step is short, and every microsecond is paid once per time step).
@@ -38,21 +40,22 @@ struct VecTanh {
   }
 };
 
-// The four gate blocks (i, f, g, o) of one row of a (rows, 4 * hidden) matrix. T may be const.
+// The four gate blocks (i, f, g, o) of one row of a (rows, 4 * hidden) matrix, as opmath
+// vectors. T may be const.
 template <typename T>
 struct GateRow {
-  using V = Vectorized<std::remove_const_t<T>>;
+  using V = OpVec<std::remove_const_t<T>>;
   T* p;
   int64_t hidden;
   lstm::Gates<V> load(int64_t j, int64_t k) const {
-    return {V::loadu(p + j, k), V::loadu(p + hidden + j, k), V::loadu(p + 2 * hidden + j, k),
-            V::loadu(p + 3 * hidden + j, k)};
+    return {load_op(p + j, k), load_op(p + hidden + j, k), load_op(p + 2 * hidden + j, k),
+            load_op(p + 3 * hidden + j, k)};
   }
   void store(const lstm::Gates<V>& g, int64_t j, int64_t k) const {
-    g.i.store(p + j, k);
-    g.f.store(p + hidden + j, k);
-    g.g.store(p + 2 * hidden + j, k);
-    g.o.store(p + 3 * hidden + j, k);
+    store_op(g.i, p + j, k);
+    store_op(g.f, p + hidden + j, k);
+    store_op(g.g, p + 2 * hidden + j, k);
+    store_op(g.o, p + 3 * hidden + j, k);
   }
 };
 
@@ -66,21 +69,22 @@ void for_each_row(int64_t rows, int64_t hidden, const Fn& fn) {
 
 template <typename T>
 void step_forward(const LstmStepForward& a) {
-  using V = Vectorized<T>;
+  using V = OpVec<T>;
+  using A = opmath_t<T>;
   const int64_t H = a.hidden;
-  const T* bias = static_cast<const T*>(a.bias);
+  const A* bias = static_cast<const A*>(a.bias);
   for_each_row(a.rows, H, [&](int64_t row) {
     const GateRow<T> gates{static_cast<T*>(a.gates) + row * 4 * H, H};
-    const T* c = static_cast<const T*>(a.c) + row * H;
-    T* c_next = static_cast<T*>(a.c_next) + row * H;
-    T* c_saved = a.c_saved ? static_cast<T*>(a.c_saved) + row * H : nullptr;
+    const A* c = static_cast<const A*>(a.c) + row * H;
+    A* c_next = static_cast<A*>(a.c_next) + row * H;
+    A* c_saved = a.c_saved ? static_cast<A*>(a.c_saved) + row * H : nullptr;
     T* h_next = static_cast<T*>(a.h_next) + row * H;
     T* h_copy = a.h_next_copy ? static_cast<T*>(a.h_next_copy) + row * H : nullptr;
     for (int64_t j = 0; j < H; j += V::size()) {
       const int64_t k = std::min<int64_t>(V::size(), H - j);
       lstm::Gates<V> z = gates.load(j, k);
       if (bias) {
-        const lstm::Gates<V> bz = GateRow<const T>{bias, H}.load(j, k);
+        const lstm::Gates<V> bz = GateRow<const A>{bias, H}.load(j, k);
         z = {z.i + bz.i, z.f + bz.f, z.g + bz.g, z.o + bz.o};
       }
       const lstm::Gates<V> act = lstm::activate(z, VecSigmoid{}, VecTanh{});
@@ -90,28 +94,29 @@ void step_forward(const LstmStepForward& a) {
       gates.store(act, j, k);
       if (c_saved) cv.store(c_saved + j, k);
       cn.store(c_next + j, k);
-      hn.store(h_next + j, k);
-      if (h_copy) hn.store(h_copy + j, k);
+      store_op(hn, h_next + j, k);
+      if (h_copy) store_op(hn, h_copy + j, k);
     }
   });
 }
 
 template <typename T>
 void step_backward(const LstmStepBackward& a) {
-  using V = Vectorized<T>;
+  using V = OpVec<T>;
+  using A = opmath_t<T>;
   const int64_t H = a.hidden;
   for_each_row(a.rows, H, [&](int64_t row) {
     const GateRow<const T> gates{static_cast<const T*>(a.gates) + row * 4 * H, H};
     const GateRow<T> dgates{static_cast<T*>(a.dgates) + row * 4 * H, H};
-    const T* c = static_cast<const T*>(a.c) + row * H;
+    const A* c = static_cast<const A*>(a.c) + row * H;
     const T* dh = a.dh ? static_cast<const T*>(a.dh) + row * H : nullptr;
     const T* dh_extra = a.dh_extra ? static_cast<const T*>(a.dh_extra) + row * H : nullptr;
-    const T* dc_next = a.dc_next ? static_cast<const T*>(a.dc_next) + row * H : nullptr;
-    T* dc = static_cast<T*>(a.dc) + row * H;
+    const A* dc_next = a.dc_next ? static_cast<const A*>(a.dc_next) + row * H : nullptr;
+    A* dc = static_cast<A*>(a.dc) + row * H;
     for (int64_t j = 0; j < H; j += V::size()) {
       const int64_t k = std::min<int64_t>(V::size(), H - j);
-      V dhv = dh ? V::loadu(dh + j, k) : V(0);
-      if (dh_extra) dhv = dhv + V::loadu(dh_extra + j, k);
+      V dhv = dh ? load_op(dh + j, k) : V(0);
+      if (dh_extra) dhv = dhv + load_op(dh_extra + j, k);
       const V dcn = dc_next ? V::loadu(dc_next + j, k) : V(0);
       lstm::Gates<V> dz;
       const V dcv = lstm::cell_backward(gates.load(j, k), V::loadu(c + j, k), dhv, dcn,
@@ -124,21 +129,14 @@ void step_backward(const LstmStepBackward& a) {
 
 }  // namespace
 
-// float or double (checked by the ops).
 void lstm_step_forward_cpu_kernel(const LstmStepForward& a) {
-  if (a.dtype == c10::ScalarType::Double) {
-    step_forward<double>(a);
-  } else {
-    step_forward<float>(a);
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "lstm_step_forward_cpu",
+                                  [&] { step_forward<scalar_t>(a); });
 }
 
 void lstm_step_backward_cpu_kernel(const LstmStepBackward& a) {
-  if (a.dtype == c10::ScalarType::Double) {
-    step_backward<double>(a);
-  } else {
-    step_backward<float>(a);
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "lstm_step_backward_cpu",
+                                  [&] { step_backward<scalar_t>(a); });
 }
 
 }  // namespace CPU_CAPABILITY

@@ -54,10 +54,6 @@ LstmSizes check_weights(const char* op, const at::Tensor& input, const at::Tenso
                         const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                         const OptTensor& w_hr) {
   check_floating(input, "input");
-  TORCH_CHECK_TYPE(input.is_cuda() || input.scalar_type() == at::kFloat ||
-                       input.scalar_type() == at::kDouble,
-                   op, ": on CPU, input must be float32 or float64 (float16 and bfloat16 run on "
-                   "CUDA), got ", input.scalar_type());
   check_like(w_ih, "w_ih", input, "input");
   check_like(w_hh, "w_hh", input, "input");
   TORCH_CHECK_VALUE(w_ih.dim() == 2 && w_ih.size(0) > 0 && w_ih.size(0) % 4 == 0, op,

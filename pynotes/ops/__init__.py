@@ -5,6 +5,13 @@ from pynotes.ops.gcn import gcn_propagate
 from pynotes.ops.group_norm import group_norm
 from pynotes.ops.iwae import importance_weights, iwae_bound, jvi_bound
 from pynotes.ops.lstm import lstm_cell, lstm_layer
+from pynotes import _ext as _ext
+from pynotes.ops import _autocast
+
+if _ext.extension_loaded():  # the raw operators' Autocast-key kernels (kept alive here)
+    import torch as _torch
+    _AUTOCAST_KERNELS = _torch.library.Library("pynotes", "IMPL")
+    _autocast.register_kernels(_AUTOCAST_KERNELS)
 
 __all__ = ["advance_nodes", "bin_features", "build_histogram", "find_best_splits",
            "gcn_propagate", "group_norm", "importance_weights", "iwae_bound", "jvi_bound",

@@ -3,6 +3,7 @@ import math
 import torch
 
 from pynotes import _ext
+from pynotes.ops import _autocast, _autograd
 from pynotes.reference import iwae as reference
 
 
@@ -14,20 +15,103 @@ def iwae_bound(log_w, dim=0, keepdim=False):
     softmax(log_w, dim) times the incoming gradient, recomputed in one pass from log_w and the
     bound, so nothing K-sized is saved. -inf entries are zero weights: an all -inf slice gives
     a -inf bound and zero gradient (not NaN); NaN or +inf entries give NaN. float16/bfloat16
-    accumulate in float32; any rank and dim, contiguous or not.
+    accumulate in float32; any rank and dim, contiguous or not. Differentiable twice and more,
+    and under torch.func (pynotes.ops._autograd).
     """
-    if _ext.use_extension(log_w):
-        return torch.ops.pynotes.iwae_bound(log_w, dim, keepdim)
-    return reference.iwae_bound(log_w, dim, keepdim)
+    log_w = _cast_log_w("iwae_bound", log_w)
+    if not _ext.use_extension(log_w):
+        return reference.iwae_bound(log_w, dim, keepdim)
+    if _autograd.needs_autograd(log_w):
+        return _autograd.apply(IwaeBoundFunction, log_w, dim, keepdim)
+    return torch.ops.pynotes.iwae_bound(log_w, dim, keepdim)
 
 
 def importance_weights(log_w, dim=0):
     """(bound, normalized_weights, ess) over `dim` in one op: the IWAE bound (differentiable, as
     iwae_bound), w~ = softmax(log_w, dim) (shaped like log_w) and the effective sample size
     1 / sum w~^2 (0 for an all -inf slice); weights and ess carry no gradient."""
-    if _ext.use_extension(log_w):
-        return torch.ops.pynotes.importance_weights(log_w, dim)
-    return reference.importance_weights(log_w, dim)
+    log_w = _cast_log_w("importance_weights", log_w)
+    if not _ext.use_extension(log_w):
+        return reference.importance_weights(log_w, dim)
+    if _autograd.needs_autograd(log_w):
+        return _autograd.apply(ImportanceWeightsFunction, log_w, dim)
+    return torch.ops.pynotes.importance_weights(log_w, dim)
+
+
+def _cast_log_w(op, log_w):
+    if not isinstance(log_w, torch.Tensor):
+        return log_w
+    return _autocast.cast(op, log_w.device.type, (log_w,))[0]
+
+
+@_autograd.with_eager_form
+class IwaeBoundFunction(torch.autograd.Function):
+    """iwae_bound's autograd (see pynotes.ops._autograd): the backward kernel recomputes the
+    normalized weights from log_w and the bound."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(log_w, dim, keepdim):
+        with _autograd.below_autograd():
+            return torch.ops.pynotes.iwae_bound(log_w, dim, keepdim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output)
+        ctx.save_for_forward(inputs[0])
+        ctx.options = inputs[1:]
+
+    @staticmethod
+    def backward(ctx, grad):
+        log_w, bound = ctx.saved_tensors
+        dim, keepdim = ctx.options
+        if torch.is_grad_enabled():  # the backward is differentiated too
+            return _autograd.reference_vjp(lambda *a: (reference.iwae_bound(*a),),
+                                           (log_w, dim, keepdim), (grad,), ctx.needs_input_grad)
+        return torch.ops.pynotes.iwae_bound_backward(grad, log_w, bound, dim, keepdim), None, None
+
+    @staticmethod
+    def jvp(ctx, t_log_w, _t_dim, _t_keepdim):
+        (log_w,) = ctx.saved_tensors
+        return _autograd.reference_jvp(lambda *a: (reference.iwae_bound(*a),),
+                                       (log_w, *ctx.options), (t_log_w, None, None))[0]
+
+
+def _weights_bound(log_w, dim):
+    return (reference.importance_weights(log_w, dim)[0],)
+
+
+@_autograd.with_eager_form
+class ImportanceWeightsFunction(torch.autograd.Function):
+    """importance_weights' autograd: d bound / d log_w is the normalized weights, which the
+    forward returns; weights and ess carry no gradient."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(log_w, dim):
+        with _autograd.below_autograd():
+            return torch.ops.pynotes.importance_weights(log_w, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.save_for_backward(inputs[0], output[1])
+        ctx.save_for_forward(inputs[0])
+        ctx.dim = inputs[1] % inputs[0].dim()
+
+    @staticmethod
+    def backward(ctx, grad, _grad_weights, _grad_ess):
+        log_w, weights = ctx.saved_tensors
+        if torch.is_grad_enabled():  # the backward is differentiated too
+            return _autograd.reference_vjp(_weights_bound, (log_w, ctx.dim), (grad,),
+                                           ctx.needs_input_grad)
+        return weights * grad.unsqueeze(ctx.dim), None
+
+    @staticmethod
+    def jvp(ctx, t_log_w, _t_dim):
+        (log_w,) = ctx.saved_tensors
+        (t_bound,) = _autograd.reference_jvp(_weights_bound, (log_w, ctx.dim), (t_log_w, None))
+        return t_bound, None, None
 
 
 def jvi_bound(log_w, order=1, dim=0):
@@ -43,6 +127,7 @@ def jvi_bound(log_w, order=1, dim=0):
     from the others directly). Differentiable. Only order 1 is implemented; order must be in
     [1, K - 1].
     """
+    log_w = _cast_log_w("jvi_bound", log_w)
     dim = reference.check("jvi_bound", log_w, dim)
     k = log_w.shape[dim]
     if not isinstance(order, int) or isinstance(order, bool) or not 1 <= order < k:
@@ -85,3 +170,29 @@ if _ext.extension_loaded():
     def _importance_weights_fake(log_w, dim=0):
         reduced = _reduced(log_w, dim, False)
         return log_w.new_empty(reduced), log_w.new_empty(log_w.shape), log_w.new_empty(reduced)
+
+    # Batching rules: the vmapped dimension is one more (leading) dimension of every tensor,
+    # and `dim` shifts past it. (The dispatcher drops trailing arguments equal to their
+    # defaults: the rules restate them.)
+    def _leading(info, in_dims, tensors):
+        return [t.movedim(d, 0) if d is not None else t.expand(info.batch_size, *t.shape)
+                for t, d in zip(tensors, in_dims)]
+
+    def _shifted(dim):
+        return dim + 1 if dim >= 0 else dim
+
+    @torch.library.register_vmap("pynotes::iwae_bound")
+    def _iwae_bound_vmap(info, in_dims, log_w, dim=0, keepdim=False):
+        (log_w,) = _leading(info, in_dims[:1], (log_w,))
+        return torch.ops.pynotes.iwae_bound(log_w, _shifted(dim), keepdim), 0
+
+    @torch.library.register_vmap("pynotes::iwae_bound_backward")
+    def _iwae_bound_backward_vmap(info, in_dims, grad, log_w, bound, dim, keepdim):
+        grad, log_w, bound = _leading(info, in_dims[:3], (grad, log_w, bound))
+        return torch.ops.pynotes.iwae_bound_backward(grad, log_w, bound, _shifted(dim),
+                                                     keepdim), 0
+
+    @torch.library.register_vmap("pynotes::importance_weights")
+    def _importance_weights_vmap(info, in_dims, log_w, dim=0):
+        (log_w,) = _leading(info, in_dims[:1], (log_w,))
+        return torch.ops.pynotes.importance_weights(log_w, _shifted(dim)), (0, 0, 0)

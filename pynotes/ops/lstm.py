@@ -1,6 +1,7 @@
 import torch
 
 from pynotes import _ext
+from pynotes.ops import _autocast, _autograd
 from pynotes.reference import lstm as reference
 
 
@@ -11,11 +12,16 @@ def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None):
     gates in PyTorch's order (i, f, g, o). The two matrix products run in ATen's BLAS; biases,
     activations and the state updates are one fused kernel forward and one backward.
     float32/float64 on CPU, also float16/bfloat16 on CUDA (cell state in float32).
+    Differentiable twice and more, and under torch.func (pynotes.ops._autograd).
     """
-    if _ext.use_extension(input):
-        hy, cy, _ = torch.ops.pynotes.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
-        return hy, cy
-    return reference.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    args = _autocast.cast("lstm_cell", input.device.type, (input, hx, cx, w_ih, w_hh, b_ih, b_hh))
+    if not _ext.use_extension(input):
+        return reference.lstm_cell(*args)
+    if _autograd.needs_autograd(*args):
+        hy, cy, _ = _autograd.apply(LstmCellFunction, *args)
+    else:
+        hy, cy, _ = torch.ops.pynotes.lstm_cell(*args)
+    return hy, cy
 
 
 def lstm_layer(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, batch_sizes=None,
@@ -29,13 +35,101 @@ def lstm_layer(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, batch
 
     The input projection of all steps is one matrix product, then each step one recurrent
     product and the fused pointwise kernel; the backward runs through time in the same way and
-    computes the weight gradients as a few large products after the loop.
+    computes the weight gradients as a few large products after the loop. Differentiable twice
+    and more, and under torch.func (pynotes.ops._autograd).
     """
-    if _ext.use_extension(input):
-        return tuple(torch.ops.pynotes.lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                  batch_sizes, reverse))
-    return reference.lstm_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
-                                reverse)
+    args = _autocast.cast("lstm_layer", input.device.type,
+                          (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse))
+    if not _ext.use_extension(input):
+        return reference.lstm_layer(*args)
+    if _autograd.needs_autograd(*args):
+        return tuple(_autograd.apply(LstmLayerFunction, *args)[:3])
+    return tuple(torch.ops.pynotes.lstm_layer(*args))
+
+
+def _needed(flag, grad):
+    return grad if flag else None
+
+
+@_autograd.with_eager_form
+class LstmCellFunction(torch.autograd.Function):
+    """lstm_cell's autograd (see pynotes.ops._autograd). Outputs (hy, cy, workspace); the
+    workspace (the activated gates) carries no gradient."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+        with _autograd.below_autograd():
+            return torch.ops.pynotes.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[2])
+        ctx.save_for_backward(*inputs, output[2])
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad_hy, grad_cy, _grad_workspace):
+        *inputs, workspace = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # the backward is differentiated too
+            return _autograd.reference_vjp(reference.lstm_cell, inputs, (grad_hy, grad_cy),
+                                           needs)
+        input, hx, cx, w_ih, w_hh = inputs[:5]
+        mask = [needs[0], needs[1], needs[3] or needs[4], needs[5] or needs[6]]
+        d_input, d_hx, d_cx, d_w_ih, d_w_hh, d_bias = torch.ops.pynotes.lstm_cell_backward(
+            grad_hy, grad_cy, workspace, input, hx, cx, w_ih, w_hh, mask)
+        return (_needed(needs[0], d_input), _needed(needs[1], d_hx), _needed(needs[2], d_cx),
+                _needed(needs[3], d_w_ih), _needed(needs[4], d_w_hh), _needed(needs[5], d_bias),
+                _needed(needs[6], d_bias))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        hy, cy = _autograd.reference_jvp(reference.lstm_cell, ctx.saved_tensors[:7], tangents)
+        return hy, cy, None
+
+
+@_autograd.with_eager_form
+class LstmLayerFunction(torch.autograd.Function):
+    """lstm_layer's autograd (see pynotes.ops._autograd): the forward is lstm_layer_train,
+    whose outputs after (output, hy, cy) are what the backward kernel needs (no gradient)."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        with _autograd.below_autograd():
+            return torch.ops.pynotes.lstm_layer_train(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[3:])
+        ctx.save_for_backward(*inputs[:9], *output[3:])
+        ctx.save_for_forward(*inputs[:9])
+        ctx.reverse = inputs[9]
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_hy, grad_cy, *_):
+        saved = ctx.saved_tensors
+        inputs, workspace = saved[:9] + (ctx.reverse,), saved[9:]
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # the backward is differentiated too
+            return _autograd.reference_vjp(reference.lstm_layer, inputs,
+                                           (grad_output, grad_hy, grad_cy), needs)
+        input, hx, _, w_ih, w_hh, _, _, w_hr, batch_sizes, reverse = inputs
+        mask = [needs[0], needs[3] or needs[4] or needs[7], needs[5] or needs[6]]
+        d_input, d_hx, d_cx, d_w_ih, d_w_hh, d_bias, d_w_hr = \
+            torch.ops.pynotes.lstm_layer_backward(grad_output, grad_hy, grad_cy, input, hx, w_ih,
+                                                  w_hh, w_hr, batch_sizes, reverse, *workspace,
+                                                  mask)
+        return (_needed(needs[0], d_input), _needed(needs[1], d_hx), _needed(needs[2], d_cx),
+                _needed(needs[3], d_w_ih), _needed(needs[4], d_w_hh), _needed(needs[5], d_bias),
+                _needed(needs[6], d_bias), _needed(needs[7], d_w_hr), None, None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        inputs = ctx.saved_tensors[:9] + (ctx.reverse,)
+        out = _autograd.reference_jvp(reference.lstm_layer, inputs, tangents)
+        return (*out, None, None, None, None)
 
 
 def _cell_dtype(dtype):
@@ -44,6 +138,12 @@ def _cell_dtype(dtype):
 
 def _rows(input):
     return input.shape[0] * input.shape[1] if input.dim() == 3 else input.shape[0]
+
+
+def _batched_states(info, in_dims, states):
+    """Each state with its vmapped dimension first (expanded where it had none)."""
+    return [s.movedim(d, 0) if d is not None else s.expand(info.batch_size, *s.shape)
+            for s, d in zip(states, in_dims)]
 
 
 if _ext.extension_loaded():
@@ -92,3 +192,45 @@ if _ext.extension_loaded():
                 like(output_mask[1], w_hh),
                 input.new_empty((w_ih.shape[0],)) if output_mask[2] else None,
                 like(output_mask[1], w_hr))
+
+    # Batching rules: with the weights shared across the vmapped dimension, its samples are
+    # more sequences of the batch; otherwise a loop.
+    # (The dispatcher drops trailing arguments equal to their defaults: the rules restate
+    # them.)
+    @torch.library.register_vmap("pynotes::lstm_cell")
+    def _lstm_cell_vmap(info, in_dims, input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None):
+        if any(d is not None for d in in_dims[3:]):
+            return _autograd.loop_vmap_rule(torch.ops.pynotes.lstm_cell)(
+                info, in_dims, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+        states = [s.flatten(0, 1) for s in _batched_states(info, in_dims[:3], (input, hx, cx))]
+        outputs = torch.ops.pynotes.lstm_cell(*states, w_ih, w_hh, b_ih, b_hh)
+        return tuple(t.unflatten(0, (info.batch_size, -1)) for t in outputs), (0, 0, 0)
+
+    def _lstm_layer_vmap(op, info, in_dims, input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None,
+                         w_hr=None, batch_sizes=None, reverse=False):
+        """lstm_layer / lstm_layer_train over (T, V * B) time-major input."""
+        rest = (w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+        if input.dim() - (in_dims[0] is not None) != 3 or batch_sizes is not None or \
+                any(d is not None for d in in_dims[3:]):
+            return _autograd.loop_vmap_rule(op)(info, in_dims, input, hx, cx, *rest)
+        size = info.batch_size
+        x, h, c = _batched_states(info, in_dims[:3], (input, hx, cx))
+        outputs = op(x.movedim(0, 1).flatten(1, 2), h.flatten(0, 1), c.flatten(0, 1), *rest)
+        steps = x.shape[1]
+        unfolded = [outputs[0].unflatten(1, (size, -1)).movedim(1, 0),
+                    outputs[1].unflatten(0, (size, -1)), outputs[2].unflatten(0, (size, -1))]
+        for rows in outputs[3:]:  # per-row workspace, rows in (T, V * B) order
+            if rows.shape[0] == 0:
+                unfolded.append(rows.new_empty((size,) + tuple(rows.shape)))
+            else:
+                unfolded.append(rows.unflatten(0, (steps, size, -1)).movedim(1, 0).flatten(1, 2))
+        return tuple(unfolded), (0,) * len(unfolded)
+
+    for _name in ("lstm_layer", "lstm_layer_train"):
+        _op = getattr(torch.ops.pynotes, _name)
+        torch.library.register_vmap(
+            f"pynotes::{_name}",
+            lambda info, in_dims, *args, _op=_op: _lstm_layer_vmap(_op, info, in_dims, *args))
+    for _name in ("lstm_cell_backward", "lstm_layer_backward"):
+        torch.library.register_vmap(
+            f"pynotes::{_name}", _autograd.loop_vmap_rule(getattr(torch.ops.pynotes, _name)))

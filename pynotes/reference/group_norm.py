@@ -1,7 +1,6 @@
 import torch
 import torch.nn.functional as F
 
-from pynotes.reference._checks import check_like
 
 ACTIVATIONS = (None, "silu")
 
@@ -27,10 +26,16 @@ def check_group_norm_args(input, num_groups, weight, bias, eps):
     if channels % num_groups != 0:
         raise ValueError(f"group_norm: num_groups ({num_groups}) must divide the number of "
                          f"channels input.size(1) ({channels})")
+    half = input.dtype in (torch.float16, torch.bfloat16)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is None:
             continue
-        check_like("group_norm", name, t, input)
+        if t.device != input.device:
+            raise RuntimeError(f"group_norm: {name} must be on the same device as input "
+                               f"({input.device}), got {t.device}")
+        if t.dtype != input.dtype and not (half and t.dtype == torch.float32):
+            raise TypeError(f"group_norm: {name} must have the dtype of input ({input.dtype})"
+                            f"{' or float32' if half else ''}, got {t.dtype}")
         if t.shape != (channels,):
             raise ValueError(f"group_norm: {name} must have shape ({channels},), got "
                              f"{tuple(t.shape)}")

@@ -13,9 +13,6 @@ def check(op, log_w, dim):
     if rank == 0 or not -rank <= dim < rank:
         raise IndexError(f"{op}: dim must be in [{-rank}, {rank - 1}] for log_w of shape "
                          f"{tuple(log_w.shape)}, got {dim}")
-    if log_w.device.type == "cpu" and log_w.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{op}: on CPU, log_w must be float32 or float64 (float16 and bfloat16 "
-                        f"run on CUDA), got {log_w.dtype}")
     dim = dim % rank
     if log_w.shape[dim] < 1:
         raise ValueError(f"{op}: log_w.size({dim}) (the number of samples K) must be at least 1")
