@@ -6,6 +6,8 @@ Environment:
   TORCH_CUDA_ARCH_LIST   CUDA architectures; without a GPU the default is DEFAULT_CUDA_ARCHS
   MAX_JOBS               parallel compile jobs (ninja)
   CUDA_HOME              CUDA toolkit root; found from nvcc when unset
+  PYNOTES_SANITIZE=1     the C++ code with AddressSanitizer and UndefinedBehaviorSanitizer
+                         (-O1 -g; load it with libasan preloaded: `make sanitize`)
 """
 import glob
 import os
@@ -106,6 +108,10 @@ def extension():
     cxx_flags = ["-O3", "-Wall", "-Wno-unknown-pragmas", "-fvisibility=hidden"] + openmp_flags()
     macros = []
     kwargs = {}
+    if env_flag("PYNOTES_SANITIZE"):
+        sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+        cxx_flags += sanitizers + ["-O1", "-g", "-fno-omit-frame-pointer"]
+        kwargs["extra_link_args"] = sanitizers
     if with_cuda:
         archs = cuda_arch_list()
         # "8.0;9.0a+PTX" -> 80,90: a C++ initializer list (build_info.cpp), no string quoting.
@@ -126,7 +132,7 @@ def extension():
     else:
         ext = CppExtension("pynotes._C", cpp_sources, include_dirs=[f"{ROOT}/csrc"],
                            define_macros=macros, depends=headers,
-                           extra_compile_args={"cxx": cxx_flags})
+                           extra_compile_args={"cxx": cxx_flags}, **kwargs)
     print(f"pynotes: building {'CPU + CUDA' if with_cuda else 'CPU only'} extension"
           + (f" for CUDA archs {os.environ['TORCH_CUDA_ARCH_LIST']} (CUDA_HOME={_cuda_home})"
              if with_cuda else ""))

@@ -75,7 +75,7 @@ TORCH_LIBRARY(pynotes, m) {
   // "replace" (PyG's add_remaining_self_loops: one per node, edge_id that of the node's last
   // existing loop or -1) or "append" (one more per node). caller names the function in errors.
   m.def(
-      "graph_csr(Tensor edge_index, int num_nodes, str self_loops, bool edge_ids=True, "
+      "graph_csr(Tensor edge_index, SymInt num_nodes, str self_loops, bool edge_ids=True, "
       "str caller=\"graph_csr\") -> (Tensor rowptr, Tensor col, Tensor edge_id, "
       "Tensor rowptr_t, Tensor col_t, Tensor perm_t)",
       tags);

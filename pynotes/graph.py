@@ -62,14 +62,20 @@ class Adjacency:
         if not dtype.is_floating_point:
             raise TypeError(f"Adjacency.to: dtype must be floating-point, got {dtype}")
         key = (device, dtype)
-        if key not in self._converted:
-            move = lambda t: None if t is None else t.to(device)  # noqa: E731
-            values = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
-            self._converted[key] = Adjacency(
-                self.num_nodes, move(self.rowptr), move(self.col), values(self.weight),
-                values(self.scale), move(self.rowptr_t), move(self.col_t), move(self.perm_t),
-                dtype)
-        return self._converted[key]
+        if key in self._converted:
+            return self._converted[key]
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        values = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
+        converted = Adjacency(
+            self.num_nodes, move(self.rowptr), move(self.col), values(self.weight),
+            values(self.scale), move(self.rowptr_t), move(self.col_t), move(self.perm_t), dtype)
+        # Kept for the next call, except while tracing (torch.compile / export), whose tensors
+        # exist only in the trace; nor when the values are part of an autograd graph.
+        traced = torch.compiler.is_compiling() or any(
+            t is not None and t.requires_grad for t in (converted.weight, converted.scale))
+        if not traced:
+            self._converted[key] = converted
+        return converted
 
     def row_index(self):
         """The target node (CSR row) of each entry."""

@@ -56,6 +56,10 @@ def quantize(x, max_bins=256, sample_size=200_000, random_state=0):
     """
     if not isinstance(max_bins, int) or isinstance(max_bins, bool) or not 2 <= max_bins <= 256:
         raise ValueError(f"quantize: max_bins must be an int in [2, 256], got {max_bins!r}")
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        raise RuntimeError("quantize: runs eagerly only (not under torch.compile, torch.export "
+                           "or torch.func): its cut points are data-dependent and sorted by "
+                           "NumPy; call it before, and bin_features inside")
     if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float64) \
             or x.dim() != 2:
         raise TypeError("quantize: x must be a 2-D float32 or float64 tensor, got "
@@ -143,3 +147,10 @@ if _ext.extension_loaded():
     @torch.library.register_fake("pynotes::gbdt_predict")
     def _predict_fake(x, feature, threshold, default_left, value, group, base, missing_bin):
         return base.new_empty((x.shape[0], base.shape[0]))
+
+    # Under torch.func.vmap: one call per vmapped index (the ops are not batched by nature).
+    from pynotes.ops._autograd import loop_vmap_rule
+    for _name in ("gbdt_bin", "gbdt_histogram", "gbdt_best_splits", "gbdt_advance",
+                  "gbdt_predict"):
+        torch.library.register_vmap(f"pynotes::{_name}",
+                                    loop_vmap_rule(getattr(torch.ops.pynotes, _name)))

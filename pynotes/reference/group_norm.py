@@ -1,3 +1,5 @@
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -50,7 +52,10 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, activation=N
     check_group_norm_args(input, num_groups, weight, bias, eps)
     n, c = input.shape[:2]
     compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    x = input.to(compute_dtype).reshape(n, num_groups, -1)
+    if input.numel() == 0:
+        return empty_like_output(input)
+    per_group = c // num_groups * math.prod(input.shape[2:])
+    x = input.to(compute_dtype).reshape(n, num_groups, per_group)
     var, mean = torch.var_mean(x, dim=-1, unbiased=False, keepdim=True)
     y = ((x - mean) * torch.rsqrt(var + eps)).reshape(input.shape)
     channel_shape = (1, c) + (1,) * (input.dim() - 2)
