@@ -12,6 +12,9 @@ Rows:
   graphs) against per-entry stored values: the measurement behind that default.
 - GCNConv: pynotes.nn.GCNConv(cached=True) against torch_geometric.nn.GCNConv(cached=True),
   F -> F channels, forward+backward with the parameters' gradients.
+- gcn_norm: building the normalized adjacency of a new graph, as mini-batch training does
+  for every sampled subgraph (20k nodes / 200k edges and 100k / 1M, unweighted and weighted),
+  against PyG's gcn_norm; and GCNConv uncached (the normalization in every step) against PyG's.
 Minimal bytes (for % of bandwidth): per sparse product, rowptr, int32 columns, D^-1/2, one
 read of x and one write of the output; forward+backward is two products.
 """
@@ -50,6 +53,10 @@ def product_bytes(adj, features):
     return 8 * (n + 1) + adj.col.element_size() * adj.nnz + 4 * n + 2 * 4 * n * features
 
 
+# (nodes, directed edges) of the sampled subgraphs the normalization is timed on.
+NORM_GRAPHS = [(20_000, 200_000), (100_000, 1_000_000)]
+
+
 def widths(device, quick):
     return [16, 64] if quick and device == "cpu" else [16, 64, 256]
 
@@ -58,7 +65,10 @@ def cases(device, quick=True):
     num_nodes, num_edges = sizes(device)
     return [f"gcn_propagate N={num_nodes // 1000}k, {num_edges} sampled edges, F={f}, forward and "
             "forward+backward, vs PyG propagate, torch.sparse.mm and stored values; GCNConv "
-            "forward+backward vs PyG GCNConv" for f in widths(device, quick)]
+            "forward+backward vs PyG GCNConv" for f in widths(device, quick)] + [
+        f"gcn_norm N={n // 1000}k E={e // 1000}k, unweighted and weighted, vs PyG gcn_norm"
+        for n, e in NORM_GRAPHS] + ["GCNConv uncached N=100k E=1000k F=64 forward+backward vs "
+                                    "PyG GCNConv"]
 
 
 def run(device, quick=True):
@@ -97,6 +107,38 @@ def run(device, quick=True):
                                   2 * fwd_bytes))
         if pyg_nn is not None:
             results.append(bench_layer(device, case, edge_index, x, grad, features, rounds))
+    if pyg_nn is not None:
+        results += bench_norm(device, rounds)
+    return results
+
+
+def bench_norm(device, rounds):
+    """The normalization of a new graph (mini-batch training), and the uncached layer."""
+    results = []
+    for nodes, edges in NORM_GRAPHS:
+        edge_index = power_law_graph(nodes, edges // 2, seed=1).to(device)
+        weight = torch.rand(edge_index.shape[1], generator=torch.Generator().manual_seed(2))
+        case = f"N={nodes // 1000}k E={edge_index.shape[1] // 1000}k"
+        for w in (None, weight.to(device)):
+            ms = time_pair(lambda: pyg_gcn_norm(edge_index, w, nodes),
+                           lambda: graph.gcn_norm(edge_index, nodes, w), device, warmup=2,
+                           rounds=rounds)
+            results.append(Result("gcn_norm", case, "weighted" if w is not None else "unweighted",
+                                  "PyG gcn_norm", *ms))
+        if nodes == NORM_GRAPHS[-1][0]:
+            features = 64
+            x = torch.randn(nodes, features, device=device, requires_grad=True)
+            grad = torch.randn(nodes, features, device=device)
+            theirs = pyg_nn.GCNConv(features, features).to(device)
+            ours = pynotes.nn.GCNConv(features, features).to(device)
+            ours.load_state_dict(theirs.state_dict())
+
+            def train_step(conv):
+                torch.autograd.grad(conv(x, edge_index), [x, *conv.parameters()], grad)
+            ms = time_pair(lambda: train_step(theirs), lambda: train_step(ours), device,
+                           warmup=2, rounds=rounds)
+            results.append(Result("GCNConv", f"{case} F={features}, uncached",
+                                  "forward+backward", "PyG GCNConv", *ms))
     return results
 
 

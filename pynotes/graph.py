@@ -116,10 +116,11 @@ def gcn_norm(edge_index, num_nodes=None, edge_weight=None, add_self_loops=True,
     PyG's adj_t convention (adj_t[i, j] is the weight of the edge j -> i): a torch.sparse COO
     or CSR tensor, or a torch_sparse.SparseTensor. num_nodes: defaults to the largest index + 1
     (give it under torch.compile / torch.export). edge_weight: (E,) floating, or None for all
-    ones. add_self_loops: for edge_index (and SparseTensor, as PyG's fill_diag), replace the
-    self loops already present by one loop per node; a node that had loops keeps the weight of
-    its last one (1 without edge_weight), the others get 1 (2 with `improved`); for a
-    torch.sparse adj_t add one loop per node to what is there (as PyG's add_self_loops does).
+    ones. add_self_loops: for edge_index, replace the self loops already present by one loop
+    per node; a node that had loops keeps the weight of its last one (1 without edge_weight),
+    the others get 1 (2 with `improved`), as PyG's add_remaining_self_loops; for a SparseTensor
+    the diagonal is replaced by 1 (2), as PyG's fill_diag; for a torch.sparse adj_t one loop
+    per node is added to what is there, as PyG's add_self_loops.
     Degrees are in-degrees, summed over each node's incoming entries. dtype: of the values
     when there are no edge weights (default float32; the layers pass x's dtype).
 
@@ -186,10 +187,16 @@ def _as_edges(op, edge_index, num_nodes, edge_weight, loops):
             raise TypeError(f"{op}: a sparse adjacency must be COO or CSR (PyG's adj_t), got "
                             f"{adj.layout}")
         mode = "append" if loops == "replace" else loops
-    else:  # torch_sparse.SparseTensor: fill_diag replaces the diagonal
+    else:  # torch_sparse.SparseTensor: PyG's fill_diag drops the diagonal, then adds loops
         size = tuple(adj.sparse_sizes())
         row, col, value = adj.coo()
-        mode = loops
+        if loops == "replace":
+            keep = row != col
+            row, col = row[keep], col[keep]
+            value = None if value is None else value[keep]
+            mode = "append"
+        else:
+            mode = loops
     if len(size) != 2 or size[0] != size[1]:
         raise ValueError(f"{op}: a sparse adjacency must be square (num_nodes, num_nodes), got "
                          f"{size}")

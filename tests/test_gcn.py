@@ -336,3 +336,110 @@ def test_layers_take_a_prebuilt_adjacency(device):
     cheb = pynotes.nn.ChebConv(4, 3, K=3).double().to(device)
     torch.testing.assert_close(cheb(x, graph.cheb_norm(edge_index, n, dtype=torch.float64)),
                                cheb(x, edge_index))
+
+
+def sparse_adj_t(edge_index, num_nodes, weight, layout):
+    """PyG's adj_t of the edges (adj_t[target, source] = weight) as a torch.sparse tensor."""
+    coo = torch.sparse_coo_tensor(torch.stack([edge_index[1], edge_index[0]]), weight,
+                                  (num_nodes, num_nodes))
+    return coo if layout == "coo" else coo.coalesce().to_sparse_csr()
+
+
+class SparseTensorLike:
+    """torch_sparse.SparseTensor's interface that the layers read (coo(), sparse_sizes()), for
+    testing without torch_sparse."""
+
+    def __init__(self, row, col, value, size):
+        self.row, self.col, self.value, self.size = row, col, value, size
+
+    def coo(self):
+        return self.row, self.col, self.value
+
+    def sparse_sizes(self):
+        return (self.size, self.size)
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_gcnconv_takes_sparse_adj_t(device, layout):
+    """A torch.sparse adj_t: D^-1/2 (A + I) D^-1/2 with the loops added to the diagonal there
+    (PyG's add_self_loops on a sparse adj_t; PyG 2.8 itself gets CSR input wrong, so CSR is
+    checked against the dense formula and COO against PyG too)."""
+    n, e = 16, 60
+    edge_index = random_graph(n, e, device)  # self loops and duplicates included
+    w = torch.rand(e, device=device, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n, 5, device=device, dtype=torch.float64, requires_grad=True)
+    conv = pynotes.nn.GCNConv(5, 3).double().to(device)
+    torch.nn.init.normal_(conv.bias)
+    out = conv(x, sparse_adj_t(edge_index, n, w, layout))
+    a = torch.zeros(n, n, dtype=torch.float64, device=device).index_put(
+        (edge_index[1], edge_index[0]), w, accumulate=True) + torch.eye(n, dtype=torch.float64,
+                                                                        device=device)
+    d = a.sum(1).rsqrt()
+    expected = (d[:, None] * a * d[None]) @ x @ conv.lin.weight.t() + conv.bias
+    torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, [x, w], g, retain_graph=True),
+                         torch.autograd.grad(expected, [x, w], g)):
+        torch.testing.assert_close(got, want)
+    if pyg_nn is not None and layout == "coo":  # (PyG's backward to the values fails in torch)
+        theirs = pyg_nn.GCNConv(5, 3).double().to(device)
+        theirs.load_state_dict(conv.state_dict())
+        expected = theirs(x, sparse_adj_t(edge_index, n, w.detach(), layout))
+        torch.testing.assert_close(out, expected)
+        for got, want in zip(torch.autograd.grad(out, [x, *conv.parameters()], g),
+                             torch.autograd.grad(expected, [x, *theirs.parameters()], g)):
+            torch.testing.assert_close(got, want)
+
+
+def test_layers_take_a_sparse_tensor(device):
+    """torch_sparse.SparseTensor (its interface): the diagonal replaced by 1, as PyG's
+    fill_diag; ChebConv as with edge_index and the same weights."""
+    n, e = 14, 50
+    edge_index = random_graph(n, e, device)
+    w = torch.rand(e, device=device, dtype=torch.float64)
+    adj_t = SparseTensorLike(edge_index[1], edge_index[0], w, n)
+    x = torch.randn(n, 4, device=device, dtype=torch.float64)
+    conv = pynotes.nn.GCNConv(4, 3).double().to(device)
+    loops = edge_index[0] == edge_index[1]
+    a = dense_adjacency(edge_index[:, ~loops], n, w[~loops]).to(device) + \
+        torch.eye(n, dtype=torch.float64, device=device)
+    d = a.sum(1).rsqrt()
+    torch.testing.assert_close(conv(x, adj_t),
+                               (d[:, None] * a * d[None]) @ x @ conv.lin.weight.t() + conv.bias)
+    cheb = pynotes.nn.ChebConv(4, 3, K=3).double().to(device)
+    torch.testing.assert_close(cheb(x, adj_t), cheb(x, edge_index, w))
+
+
+def test_sparse_adj_t_errors():
+    n = 5
+    adj = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 2]]), torch.ones(2), (n, n))
+    with pytest.raises(ValueError, match="edge_weight must be None with a sparse adjacency"):
+        graph.gcn_norm(adj, edge_weight=torch.ones(2))
+    with pytest.raises(ValueError, match=r"a sparse adjacency must be square"):
+        graph.gcn_norm(torch.sparse_coo_tensor(torch.tensor([[0], [1]]), torch.ones(1), (3, 4)))
+    with pytest.raises(ValueError, match=r"num_nodes \(4\) must be the sparse adjacency's size"):
+        graph.gcn_norm(adj, num_nodes=4)
+
+
+@needs_extension
+def test_export_with_dynamic_graph_sizes():
+    """GCNConv exported once runs on graphs of other sizes (num_nodes and num_edges dynamic,
+    bounded so that the int32 indices fit)."""
+    from torch.export import Dim
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = pynotes.nn.GCNConv(8, 4)
+
+        def forward(self, x, edge_index):
+            return self.conv(x, edge_index).relu()
+
+    model = Model()
+    x, edge_index = torch.randn(30, 8), random_graph(30, 120)
+    program = torch.export.export(
+        model, (x, edge_index),
+        dynamic_shapes={"x": {0: Dim("nodes", min=2, max=2**20)},
+                        "edge_index": {1: Dim("edges", min=2, max=2**24)}})
+    x2, edge_index2 = torch.randn(47, 8), random_graph(47, 333)
+    torch.testing.assert_close(program.module()(x2, edge_index2), model(x2, edge_index2))

@@ -347,3 +347,30 @@ def test_silu_at_extreme_values(device, dtype):
     out = pynotes.ops.group_norm(x, n, torch.zeros_like(bias), bias, activation="silu")
     expected = F.silu(bias.double()).reshape(1, n, 1).expand(1, n, 2)
     torch.testing.assert_close(out.double(), expected, equal_nan=True, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_input_with_float32_parameters(device, dtype, layout, silu):
+    """What autocast produces (a half activation, float32 parameters), as ATen accepts it:
+    the output in the input's dtype, the parameters' gradients in float32."""
+    x = (torch.randn(4, 8, 5, 6, dtype=torch.float64) * 2 + 0.5).to(device, dtype)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(8, device=device, requires_grad=True)
+    b = torch.randn(8, device=device, requires_grad=True)
+    out = pynotes.ops.group_norm(x, 4, w, b, activation=activation_of(silu))
+    assert out.dtype == dtype
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    expected = torch_group_norm(x, 4, w, b, 1e-5, silu)
+    torch.testing.assert_close(out.double(), expected, **tolerance(dtype))
+    g = torch.randn_like(expected)
+    got = torch.autograd.grad(out, (x, w, b), g.to(dtype))
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    want = torch.autograd.grad(torch_group_norm(x64, 4, w64, b64, 1e-5, silu), (x64, w64, b64), g)
+    assert [t.dtype for t in got] == [dtype, torch.float32, torch.float32]
+    loose = {k: 4 * v for k, v in tolerance(dtype).items()}  # sums of rounded half terms
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.double(), e, **loose)

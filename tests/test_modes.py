@@ -1,6 +1,6 @@
 """Every public op and layer in every mode users run it in (after PyTorch's OpInfo): eager in
-each dtype, torch.autocast, second derivatives (gradgradcheck), torch.func.grad, torch.func.vmap,
-torch.export and torch.compile(fullgraph=True). Each cell passes against the torch (or PyG-style)
+each dtype, torch.autocast, second derivatives (gradgradcheck), torch.func (grad, jacrev, jvp,
+vmap), torch.export and torch.compile(fullgraph=True). Each cell passes against the torch (or PyG-style)
 equivalent, or raises the error the table names; README, "Modes", lists those errors."""
 import contextlib
 import copy
@@ -18,7 +18,6 @@ from conftest import FLOAT_DTYPES, tolerance
 
 pytestmark = pytest.mark.skipif(not _ext.extension_loaded(), reason="extension not built")
 
-MODES = ["autocast", "create_graph", "func_grad", "vmap", "export", "compile"]
 HALF = (torch.float16, torch.bfloat16)
 
 
@@ -310,6 +309,32 @@ def test_func_grad(device, case):
         want = torch.func.grad(loss(case.ref), argnums=wrt)(*args)
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_func_jacrev_and_jvp(device, case):
+    """Reverse-mode Jacobians and forward-mode tangents (torch.func.jacrev, torch.func.jvp)."""
+    args = requiring_grad(case.make(device, torch.float64))
+    wrt = differentiable(args)
+    if not case.differentiable:
+        pytest.skip("not differentiable (test_func_grad names the error)")
+
+    def partial(fn):
+        def run(*values):
+            full = list(args)
+            for i, v in zip(wrt, values):
+                full[i] = v
+            return tuple(floating(fn(*full)))
+        return run
+    primals = tuple(args[i].detach() for i in wrt)
+    tangents = tuple(torch.randn_like(p) for p in primals)
+    for got, want in zip(torch.func.jacrev(partial(case.fn), argnums=0)(*primals),
+                         torch.func.jacrev(partial(case.ref), argnums=0)(*primals)):
+        torch.testing.assert_close(got, want)
+    _, got = torch.func.jvp(partial(case.fn), primals, tangents)
+    _, want = torch.func.jvp(partial(case.ref), primals, tangents)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
