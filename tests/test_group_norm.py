@@ -374,3 +374,16 @@ def test_half_input_with_float32_parameters(device, dtype, layout, silu):
     loose = {k: 4 * v for k, v in tolerance(dtype).items()}  # sums of rounded half terms
     for a, e in zip(got, want):
         torch.testing.assert_close(a.double(), e, **loose)
+
+
+@pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="extension not built")
+def test_opcheck_half_input_with_float32_parameters(device):
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(2, 4, 3, 3, device=device, dtype=dtype, requires_grad=True)
+        w = torch.randn(4, device=device, requires_grad=True)
+        b = torch.randn(4, device=device, requires_grad=True)
+        torch.library.opcheck(torch.ops.pynotes.group_norm, (x, 2, w, b, 1e-5, True))
+        y, mean, rstd = torch.ops.pynotes.group_norm(x, 2, w, b, 1e-5, True)
+        torch.library.opcheck(torch.ops.pynotes.group_norm_backward,
+                              (torch.randn_like(y), x.detach(), mean, rstd, 2, w.detach(),
+                               b.detach(), True))

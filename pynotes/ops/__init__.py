@@ -5,7 +5,7 @@ from pynotes.ops.gcn import gcn_propagate
 from pynotes.ops.group_norm import group_norm
 from pynotes.ops.iwae import importance_weights, iwae_bound, jvi_bound
 from pynotes.ops.lstm import lstm_cell, lstm_layer
-from pynotes import _ext as _ext
+from pynotes import _ext
 from pynotes.ops import _autocast
 
 if _ext.extension_loaded():  # the raw operators' Autocast-key kernels (kept alive here)

@@ -84,8 +84,10 @@ if _ext.extension_loaded():
     @torch.library.register_fake("pynotes::group_norm_backward")
     def _group_norm_backward_fake(grad_output, input, mean, rstd, num_groups, weight, bias, silu):
         channels = input.shape[1]
-        return (empty_like_output(input), input.new_empty((channels,)),
-                input.new_empty((channels,)))
+
+        def like(param):  # the gradient of a parameter has its dtype (float32 with half input)
+            return input.new_empty((channels,), dtype=input.dtype if param is None else param.dtype)
+        return empty_like_output(input), like(weight), like(bias)
 
     @torch.library.register_vmap("pynotes::group_norm")
     def _group_norm_vmap(info, in_dims, input, num_groups, weight=None, bias=None, eps=1e-5,
