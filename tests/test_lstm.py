@@ -22,6 +22,14 @@ LSTM_CONFIGS = [
 ]
 
 
+@pytest.fixture(params=["engine", "per-step"])
+def recurrent_path(request, monkeypatch):
+    """Runs a layer test on the CPU's recurrent engine and on the per-step products (each is
+    the default for some shapes: lstm_ops.cpp, use_engine)."""
+    monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "1" if request.param == "engine" else "0")
+    return request.param
+
+
 def copy_of(reference_module, module_type, *args, **kwargs):
     module = module_type(*args, **kwargs).to(next(reference_module.parameters()))
     module.load_state_dict(reference_module.state_dict())
@@ -73,6 +81,7 @@ def test_cell_float32_and_unbatched(device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.usefixtures("recurrent_path")
 def test_cell_and_layer_half(device, dtype):
     ref = torch.nn.LSTM(16, 24, bidirectional=True).to(device, torch.float64)
     lstm = copy_of(ref, pynotes.nn.LSTM, 16, 24, bidirectional=True).to(dtype)
@@ -94,6 +103,7 @@ def test_cell_gradcheck(device):
 
 @pytest.mark.parametrize("packed,reverse,project", [(False, False, False), (False, True, True),
                                                    (True, False, True), (True, True, False)])
+@pytest.mark.usefixtures("recurrent_path")
 def test_layer_gradcheck(device, packed, reverse, project):
     hidden, out_size, batch_sizes = 4, 3 if project else 4, None
     if packed:
@@ -113,7 +123,49 @@ def test_layer_gradcheck(device, packed, reverse, project):
     assert torch.autograd.gradcheck(layer, args)
 
 
+# Layer sizes for both recurrent paths: batches of 1 and 2 (the engine's bfloat16 dot products
+# where the CPU has AVX512-BF16), 3 and 6 (several rows per micro-kernel, a partial block);
+# hidden sizes odd, below, across and over one SIMD vector and several per thread.
+PATH_SIZES = [(1, 5), (2, 33), (3, 16), (6, 70), (2, 130)]
+PATH_TOLERANCE = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 8e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch,hidden", PATH_SIZES)
+@pytest.mark.parametrize("packed,reverse", [(False, False), (True, True)])
+def test_layer_paths_against_float64(device, recurrent_path, dtype, batch, hidden, packed,
+                                     reverse):
+    """Forward and all gradients of one layer in dtype against the same inputs in float64; the
+    error scales with the largest value of each result."""
+    torch.manual_seed(batch * 1000 + hidden)
+    seq, input_size = 7, 8
+    batch_sizes = None
+    if packed:  # lengths 7 and shorter, longest first
+        lengths = sorted(torch.randint(1, seq + 1, (batch,)).tolist(), reverse=True)
+        lengths[0] = seq
+        batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(seq)])
+        x = torch.randn(int(batch_sizes.sum()), input_size, dtype=torch.float64)
+    else:
+        x = torch.randn(seq, batch, input_size, dtype=torch.float64)
+    inputs = [x, torch.randn(batch, hidden), torch.randn(batch, hidden),
+              0.3 * torch.randn(4 * hidden, input_size), 0.3 * torch.randn(4 * hidden, hidden),
+              torch.randn(4 * hidden), torch.randn(4 * hidden)]
+    inputs = [t.to(device, torch.float64) for t in inputs]
+    results = []
+    for t in (dtype, torch.float64):
+        args = [a.to(t).requires_grad_() for a in inputs]
+        out = pynotes.ops.lstm_layer(*args, batch_sizes=batch_sizes, reverse=reverse)
+        torch.manual_seed(8)  # the same output weights for both dtypes (drawn in float64)
+        weights = [torch.randn(o.shape, dtype=torch.float64, device=device) for o in out]
+        loss = sum((o * w.to(t)).sum() for o, w in zip(out, weights))
+        results.append([*out, *torch.autograd.grad(loss, args)])
+    for a, e in zip(*results):
+        error = (a.double() - e).abs().max().item()
+        assert error <= PATH_TOLERANCE[dtype] * (1 + e.abs().max().item()), error
+
+
 @pytest.mark.parametrize("config", LSTM_CONFIGS)
+@pytest.mark.usefixtures("recurrent_path")
 def test_lstm_matches_torch(device, config):
     num_layers, bidirectional, proj_size, batch_first, bias = config
     kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size,
@@ -139,6 +191,7 @@ def test_lstm_matches_torch(device, config):
 
 
 @pytest.mark.parametrize("seq,batch,hidden", [(1, 1, 1), (1, 4, 9), (7, 1, 33), (3, 2, 130)])
+@pytest.mark.usefixtures("recurrent_path")
 def test_lstm_small_and_odd_sizes(device, seq, batch, hidden):
     ref = torch.nn.LSTM(5, hidden).to(device, torch.float64)
     lstm = copy_of(ref, pynotes.nn.LSTM, 5, hidden)
@@ -153,6 +206,7 @@ def test_lstm_small_and_odd_sizes(device, seq, batch, hidden):
 
 
 @pytest.mark.parametrize("train", [True, False])
+@pytest.mark.usefixtures("recurrent_path")
 def test_lstm_float32_train_and_eval_with_dropout(device, train):
     torch.manual_seed(0)
     ref = torch.nn.LSTM(32, 48, num_layers=2, dropout=0.5).to(device)
@@ -186,6 +240,7 @@ def test_lstm_dropout_in_training_drops_between_layers(device):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.usefixtures("recurrent_path")
 def test_lstm_packed_unsorted_lengths(device, bidirectional):
     kwargs = dict(num_layers=2, bidirectional=bidirectional, proj_size=4)
     ref = torch.nn.LSTM(5, 9, **kwargs).to(device, torch.float64)
@@ -234,6 +289,7 @@ def test_state_dict_loads_both_ways():
     assert cell.bias_ih is None
 
 
+@pytest.mark.usefixtures("recurrent_path")
 def test_layer_op_noncontiguous_inputs(device):
     x = torch.randn(3, 5, 4, dtype=torch.float64, device=device).transpose(0, 1)
     hx, cx = (torch.randn(3, 3, dtype=torch.float64, device=device).t() for _ in range(2))
@@ -247,6 +303,7 @@ def test_layer_op_noncontiguous_inputs(device):
 
 
 @pytest.mark.parametrize("seq,batch", [(0, 3), (4, 0), (0, 0)])
+@pytest.mark.usefixtures("recurrent_path")
 def test_layer_op_zero_size(device, seq, batch):
     make = lambda *s: torch.randn(s, device=device, requires_grad=True)
     x, hx, cx = make(seq, batch, 3), make(batch, 5), make(batch, 5)

@@ -23,6 +23,7 @@
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -149,6 +150,20 @@ Steps steps_of(const char* op, const at::Tensor& input, const OptTensor& batch_s
   return s;
 }
 
+// Whether a layer runs on the device's recurrent engine (lstm_step.h; the CPU has one) rather
+// than a matrix product and a step kernel per time step: without a projection, where the
+// device's measured rule prefers it. PYNOTES_LSTM_ENGINE=0 or 1 forces either path (the tests
+// run both).
+bool use_engine(const LstmStepKernels& kernels, bool project, c10::ScalarType dtype,
+                int64_t batch, int64_t hidden) {
+  if (kernels.engine_forward == nullptr || project) return false;
+  if (const char* forced = std::getenv("PYNOTES_LSTM_ENGINE")) {
+    if (forced[0] == '0') return false;
+    if (forced[0] == '1') return true;
+  }
+  return kernels.engine_preferred(dtype, batch, hidden);
+}
+
 // (N, width) as the caller's layout: (T, B, width) for time-major input, else packed.
 at::Tensor as_layer_layout(const at::Tensor& t, const at::Tensor& input) {
   if (input.dim() == 3) return t.view({input.size(0), input.size(1), t.size(1)});
@@ -255,10 +270,24 @@ lstm_layer_impl(const at::Tensor& input, const at::Tensor& hx, const at::Tensor&
   at::Tensor output = at::empty({N, P}, opts);
   at::Tensor c_prev = at::empty({train ? N : 0, H}, acc_opts);
   at::Tensor h_prev = at::empty({train ? N : 0, P}, opts);
+  const int64_t T = static_cast<int64_t>(steps.rows.size());
+  if (use_engine(kernels, project, input.scalar_type(), B, H)) {
+    const at::Tensor w = w_hh.contiguous(), h0 = hx.contiguous();
+    at::Tensor h_n = at::empty({B, H}, opts), c_n = at::empty({B, H}, acc_opts);
+    kernels.engine_forward({input.scalar_type(), T, B, H, steps.rows.data(),
+                            steps.offset.data(), reverse, gates.mutable_data_ptr(),
+                            data_or_null(bias), w.const_data_ptr(), h0.const_data_ptr(),
+                            c.const_data_ptr(), output.mutable_data_ptr(),
+                            h_n.mutable_data_ptr(), c_n.mutable_data_ptr(), train,
+                            train ? c_prev.mutable_data_ptr() : nullptr,
+                            train ? h_prev.mutable_data_ptr() : nullptr});
+    return {as_layer_layout(output, input), h_n, c_n.to(input.scalar_type()),
+            train ? gates : at::empty({0, 4 * H}, opts), c_prev, h_prev,
+            at::empty({0, H}, opts)};
+  }
   // Projection inputs r = o * tanh(c): saved per step for training, else one step's worth.
   at::Tensor r = at::empty({project ? (train ? N : B) : 0, H}, opts);
 
-  const int64_t T = static_cast<int64_t>(steps.rows.size());
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = reverse ? T - 1 - k : k, n = steps.rows[t], o = steps.offset[t];
     if (n == 0) continue;
@@ -331,7 +360,16 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
   at::Tensor dr = at::empty({project ? B : 0, H}, opts);
 
   const int64_t T = static_cast<int64_t>(steps.rows.size());
-  for (int64_t k = T - 1; k >= 0; --k) {
+  const bool engine = use_engine(kernels, project, input.scalar_type(), B, H);
+  if (engine) {
+    const at::Tensor w = w_hh.contiguous();
+    kernels.engine_backward({input.scalar_type(), T, B, H, steps.rows.data(),
+                             steps.offset.data(), reverse, g_saved.const_data_ptr(),
+                             c_saved.const_data_ptr(), w.const_data_ptr(), data_or_null(dout),
+                             dgates.mutable_data_ptr(), dh.mutable_data_ptr(),
+                             dc.mutable_data_ptr()});
+  }
+  for (int64_t k = engine ? -1 : T - 1; k >= 0; --k) {
     const int64_t t = reverse ? T - 1 - k : k, n = steps.rows[t], o = steps.offset[t];
     if (n == 0) continue;
     at::Tensor dh_n = dh.narrow(0, 0, n);

@@ -36,16 +36,67 @@ struct LstmStepBackward {
   void* dgates;          // out: gradients of the pre-activations; may be gates
 };
 
+// A whole layer and direction in one parallel region (the CPU's recurrent engine): each
+// thread owns a slice of the hidden units with its slice of w_hh packed once into its cache,
+// and per step computes those units' recurrent products, gates and states, then meets the
+// others at a barrier. No projection (P == H). Steps run in `order` (reverse: T - 1 down to
+// 0); step t holds rows [offset[t], offset[t] + rows[t]) of the (N, *) layout, the first
+// rows[t] sequences of the batch (rows non-increasing), as in lstm_ops.cpp.
+struct LstmEngineForward {
+  c10::ScalarType dtype;  // of gates, w_hh, h0, output, h_n, h_prev
+  int64_t steps, batch, hidden;
+  const int64_t* rows;     // per step
+  const int64_t* offset;   // per step
+  bool reverse;
+  void* gates;             // (N, 4H) in: x w_ih^T; out: the activated gates if `train`
+  const void* bias;        // (4H) opmath (b_ih + b_hh), or nullptr
+  const void* w_hh;        // (4H, H), row-major
+  const void* h0;          // (B, H)
+  const void* c0;          // (B, H) opmath
+  void* output;            // (N, H)
+  void* h_n;               // (B, H)
+  void* c_n;               // (B, H) opmath
+  bool train;
+  void* c_prev;            // (N, H) opmath, if train: c before each step
+  void* h_prev;            // (N, H), if train: h before each step
+};
+
+// Backward through time by the same engine: per step the threads' unit slices of dgates, a
+// barrier, then each thread's columns of dh = dgates w_hh. The weight gradients are the
+// caller's products after the loop.
+struct LstmEngineBackward {
+  c10::ScalarType dtype;   // of gates, w_hh, grad_output, dgates, dh
+  int64_t steps, batch, hidden;
+  const int64_t* rows;
+  const int64_t* offset;
+  bool reverse;
+  const void* gates;       // (N, 4H) activated, saved by the forward
+  const void* c_prev;      // (N, H) opmath, saved by the forward
+  const void* w_hh;        // (4H, H)
+  const void* grad_output; // (N, H), or nullptr (zero)
+  void* dgates;            // (N, 4H) out
+  void* dh;                // (B, H) in: grad of h_n (zeros for none); out: grad of h0
+  void* dc;                // (B, H) opmath, in: grad of c_n; out: grad of c0
+};
+
 using LstmStepForwardFn = void (*)(const LstmStepForward&);
 using LstmStepBackwardFn = void (*)(const LstmStepBackward&);
+using LstmEngineForwardFn = void (*)(const LstmEngineForward&);
+using LstmEngineBackwardFn = void (*)(const LstmEngineBackward&);
 
-// One device's step kernels.
+// One device's step kernels, and its recurrent engine (nullptr where there is none).
 struct LstmStepKernels {
   LstmStepForwardFn forward;
   LstmStepBackwardFn backward;
+  LstmEngineForwardFn engine_forward = nullptr;
+  LstmEngineBackwardFn engine_backward = nullptr;
+  // Whether the engine beats a product and a step kernel per time step at this size.
+  bool (*engine_preferred)(c10::ScalarType dtype, int64_t batch, int64_t hidden) = nullptr;
 };
 
 PYNOTES_DECLARE_CPU_KERNEL(void lstm_step_forward_cpu_kernel(const LstmStepForward&))
 PYNOTES_DECLARE_CPU_KERNEL(void lstm_step_backward_cpu_kernel(const LstmStepBackward&))
+PYNOTES_DECLARE_CPU_KERNEL(void lstm_engine_forward_cpu_kernel(const LstmEngineForward&))
+PYNOTES_DECLARE_CPU_KERNEL(void lstm_engine_backward_cpu_kernel(const LstmEngineBackward&))
 
 }  // namespace pynotes
