@@ -1,107 +1,242 @@
 """Histogram gradient boosting against XGBoost (tree_method="hist"), LightGBM and
-scikit-learn's HistGradientBoostingClassifier, matched settings: 100 rounds, depth 6 (LightGBM
-and scikit-learn: 63 leaves, depth 6), 256 bins (255 value bins for the others), learning
-rate 0.1, the torch thread count for every library. Data:
-make_classification(n_samples=500_000, n_features=50, random_state=0), 80/20 split.
+scikit-learn's HistGradientBoosting, matched settings: the case's rounds and depth (LightGBM
+and scikit-learn: 2^depth - 1 leaves and the depth), 256 bins (255 value bins for the others),
+learning rate 0.1, no early stopping, the torch thread count for every library.
 
-Rows: training time and prediction time of the test rows against each library, with both
-test AUCs in the note; and the histogram kernel alone (one level over all training rows)
-against the pure-PyTorch reference (index_add), with its bandwidth on the bytes it must read.
-Training runs once per round of timing (quick: one round, full: three).
+Cases (synthetic, fixed seeds; the test rows are 100k or 20 %):
+  (a) make_classification 500k x 50, depth 6, 100 rounds (the quick run's only case)
+  (b) 300k x 12 integer codes with 7 to 4000 distinct values each, depth 8, 200 rounds
+  (c) make_classification 1M x 8, depth 10, 100 rounds
+  (d) make_classification 100k x 200, depth 6, 100 rounds
+  (e) make_classification 10 classes, 100k x 30, depth 6, 100 rounds
+  (f) regression (Friedman #1 with 15 noise features) 500k x 20, depth 6, 100 rounds
+Rows per case and peer: training time, prediction of the test rows (100k) and one-row latency
+(the median of 200 calls), test AUC (log loss for multiclass, RMSE for regression) of both in
+the note, and for case (a) in the full run the peak memory of each fit (in its own process,
+ru_maxrss above the loaded data). And the histogram kernel alone (one level over all training
+rows) against the pure-PyTorch reference (index_add), with its bandwidth on the bytes it must
+read.
 
-On a GPU the anchors are XGBoost device="cuda" when it is installed and, always, pynotes' own
-CPU path on every core of the machine (the GPU machine we use has no XGBoost or LightGBM).
+On a GPU only case (a) runs, the anchors XGBoost device="cuda" when it is installed and,
+always, pynotes' own CPU path on every core of the machine (the GPU machine we use has no
+XGBoost or LightGBM).
 """
 import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import torch
 
 from benchmarks.common import Result, time_pair
 
-CASE = "500k x 50, 100 rounds, depth 6"
+TEST_ROWS = 100_000
+# name: (description, train rows, depth, rounds, task)
+CASES = {
+    "a": ("500k x 50, depth 6, 100 rounds", 400_000, 6, 100, "binary"),
+    "b": ("300k x 12 integer codes, depth 8, 200 rounds", 300_000, 8, 200, "binary"),
+    "c": ("1M x 8, depth 10, 100 rounds", 1_000_000, 10, 100, "binary"),
+    "d": ("100k x 200, depth 6, 100 rounds", 100_000, 6, 100, "binary"),
+    "e": ("10 classes, 100k x 30, depth 6, 100 rounds", 100_000, 6, 100, "multiclass"),
+    "f": ("regression 500k x 20, depth 6, 100 rounds", 500_000, 6, 100, "regression"),
+}
 
 
-def peers(device, threads):
-    """(name, constructor, threads) of the anchors installed here."""
+def make_data(case):
+    """(X_train, X_test, y_train, y_test), float32 features; seeds fixed."""
+    from sklearn.datasets import make_classification, make_friedman1
+    _, train, _, _, _ = CASES[case]
+    n = train + TEST_ROWS
+    if case == "a":
+        X, y = make_classification(n_samples=500_000, n_features=50, random_state=0)
+    elif case == "b":
+        rng = np.random.default_rng(0)
+        distinct = [7, 12, 20, 31, 50, 100, 200, 365, 500, 1000, 2000, 4000]
+        X = np.stack([rng.integers(0, d, n) for d in distinct], 1).astype(np.float64)
+        logit = (np.sin(X[:, 0]) + (X[:, 1] % 3 == 0) + np.log1p(X[:, 7]) / 3
+                 - np.cos(X[:, 9] / 50) + 0.5 * (X[:, 11] > 2000) * (X[:, 2] > 10)
+                 + rng.normal(0, 1, n))
+        y = (logit > np.median(logit)).astype(np.int64)
+    elif case == "c":
+        X, y = make_classification(n_samples=n, n_features=8, n_informative=6, n_redundant=1,
+                                   random_state=0)
+    elif case == "d":
+        X, y = make_classification(n_samples=n, n_features=200, n_informative=40,
+                                   random_state=0)
+    elif case == "e":
+        X, y = make_classification(n_samples=n, n_features=30, n_informative=15, n_classes=10,
+                                   random_state=0)
+    else:
+        X, y = make_friedman1(n_samples=n, n_features=20, noise=1.0, random_state=0)
+    X = X.astype(np.float32)
+    test = X.shape[0] - TEST_ROWS
+    return X[:test], X[test:], y[:test], y[test:]
+
+
+def score(task, y, model, X):
+    """Test AUC (binary), log loss (multiclass) or RMSE (regression), and its name."""
+    from sklearn.metrics import log_loss, roc_auc_score
+    if task == "binary":
+        return "AUC", roc_auc_score(y, model.predict_proba(X)[:, 1])
+    if task == "multiclass":
+        return "logloss", log_loss(y, model.predict_proba(X))
+    return "RMSE", float(np.sqrt(np.mean((model.predict(X) - y) ** 2)))
+
+
+def make_model(library, task, depth, rounds, threads, device="cpu"):
+    leaves = 2 ** depth - 1
+    if library == "pynotes":
+        from pynotes.gbdt import GBDTClassifier, GBDTRegressor
+        cls = GBDTRegressor if task == "regression" else GBDTClassifier
+        return cls(n_estimators=rounds, max_depth=depth, learning_rate=0.1, max_bins=256,
+                   n_jobs=threads, device=device)
+    if library == "XGBoost hist":
+        import xgboost
+        cls = xgboost.XGBRegressor if task == "regression" else xgboost.XGBClassifier
+        return cls(n_estimators=rounds, max_depth=depth, learning_rate=0.1, max_bin=256,
+                   tree_method="hist", n_jobs=threads, device=device)
+    if library == "LightGBM":
+        import lightgbm
+        cls = lightgbm.LGBMRegressor if task == "regression" else lightgbm.LGBMClassifier
+        return cls(n_estimators=rounds, num_leaves=leaves, max_depth=depth, learning_rate=0.1,
+                   max_bin=255, n_jobs=threads, verbose=-1)
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    cls = HistGradientBoostingRegressor if task == "regression" else \
+        HistGradientBoostingClassifier
+    return cls(max_iter=rounds, max_depth=depth, max_leaf_nodes=leaves, learning_rate=0.1,
+               max_bins=255, early_stopping=False)
+
+
+def peers(device):
+    """The anchors installed here."""
     found = []
     try:
-        import xgboost
-        found.append(("XGBoost hist", lambda: xgboost.XGBClassifier(
-            n_estimators=100, max_depth=6, learning_rate=0.1, max_bin=256, tree_method="hist",
-            n_jobs=threads, device=device), threads))
+        import xgboost  # noqa: F401
+        found.append("XGBoost hist")
     except ImportError:
         print(f"gbdt: XGBoost is not installed: no XGBoost anchor on {device}")
-    if device == "cuda":
-        from pynotes.gbdt import GBDTClassifier
-        cores = os.cpu_count()
-        found.append((f"pynotes CPU, {cores} threads", lambda: GBDTClassifier(
-            n_estimators=100, max_depth=6, learning_rate=0.1, max_bins=256, n_jobs=cores,
-            device="cpu"), cores))
     if device == "cpu":
         try:
-            import lightgbm
-            found.append(("LightGBM", lambda: lightgbm.LGBMClassifier(
-                n_estimators=100, num_leaves=63, max_depth=6, learning_rate=0.1, max_bin=255,
-                n_jobs=threads, verbose=-1), threads))
+            import lightgbm  # noqa: F401
+            found.append("LightGBM")
         except ImportError:
             print("gbdt: LightGBM is not installed: no LightGBM anchor")
-        from sklearn.ensemble import HistGradientBoostingClassifier
-        found.append(("sklearn HistGradientBoosting", lambda: HistGradientBoostingClassifier(
-            max_iter=100, max_depth=6, max_leaf_nodes=63, learning_rate=0.1, max_bins=255,
-            early_stopping=False), threads))
+        found.append("sklearn HistGradientBoosting")
+    else:
+        found.append(f"pynotes CPU, {os.cpu_count()} threads")
     return found
 
 
+def case_names(device, quick):
+    return ["a"] if quick or device != "cpu" else list(CASES)
+
+
 def cases(device, quick=True):
-    names = [name for name, _, _ in peers(device, torch.get_num_threads())]
-    return [f"gbdt {CASE}: train, predict 100k rows, vs {', '.join(names)}",
-            "gbdt_histogram 400k x 50, one node, vs the PyTorch reference"]
+    names = ", ".join(peers(device))
+    listed = [f"gbdt ({c}) {CASES[c][0]}: train, predict 100k rows, predict 1 row, vs {names}"
+              for c in case_names(device, quick)]
+    return listed + ["gbdt_histogram 400k x 50, one node, vs the PyTorch reference"]
+
+
+_MEMORY_SCRIPT = """
+import sys
+import numpy as np
+from benchmarks.gbdt import make_model
+
+
+def kb(field):  # this process's memory (Linux): VmHWM is its peak, reset by exec
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0])
+
+
+X, y = np.load(sys.argv[3]), np.load(sys.argv[4])
+before = kb("VmRSS")
+make_model(sys.argv[1], "binary", 6, 100, int(sys.argv[2])).fit(X, y)
+print((kb("VmHWM") - before) / 1024)
+"""
+
+
+def peak_training_mb(library, threads, X, y):
+    """Peak resident memory (MB) a fit on (X, y) adds above the loaded data, in a fresh process
+    whose peak (VmHWM) the fit sets: the data are loaded from files, not generated there."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [os.path.join(folder, name) for name in ("X.npy", "y.npy")]
+        np.save(paths[0], X)
+        np.save(paths[1], y)
+        out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, library, str(threads), *paths],
+                             capture_output=True, text=True, check=True, env=env, timeout=600)
+    return float(out.stdout.split()[-1])
 
 
 def run(device, quick=True):
-    from sklearn.datasets import make_classification
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import train_test_split
     from threadpoolctl import threadpool_limits
 
-    from pynotes.gbdt import GBDTClassifier
     from pynotes.ops import gbdt as ops
     from pynotes.reference import gbdt as reference
 
     threads = torch.get_num_threads()
-    X, y = make_classification(n_samples=500_000, n_features=50, random_state=0)
-    X = X.astype(np.float32)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=0)
     rounds = 1 if quick else 3
-    models = {}
-
-    def fit(name, make, threads=threads):
-        def go():
-            with threadpool_limits(threads):
-                models[name] = make().fit(X_train, y_train)
-        return go
-
-    def predict(name, threads=threads):
-        def go():
-            with threadpool_limits(threads):
-                return models[name].predict_proba(X_test)[:, 1]
-        return go
-
-    ours = lambda: GBDTClassifier(n_estimators=100, max_depth=6, learning_rate=0.1,  # noqa
-                                  max_bins=256, n_jobs=threads, device=device)
     results = []
-    for name, make, anchor_threads in peers(device, threads):
-        ms = time_pair(fit(name, make, anchor_threads), fit("pynotes", ours), device, warmup=0,
-                       rounds=rounds)
-        auc = {n: roc_auc_score(y_test, predict(n)()) for n in (name, "pynotes")}
-        note = f"AUC {auc[name]:.4f} vs pynotes {auc['pynotes']:.4f}"
-        results.append(Result("gbdt", CASE, "train", name, *ms, note=note))
-        ms = time_pair(predict(name, anchor_threads), predict("pynotes"), device, warmup=1,
-                       rounds=5)
-        results.append(Result("gbdt", CASE, "predict 100k rows", name, *ms))
+    for case in case_names(device, quick):
+        description, _, depth, n_rounds, task = CASES[case]
+        X_train, X_test, y_train, y_test = make_data(case)
+        models = {}
+
+        def fit(library):
+            lib_threads = os.cpu_count() if library.startswith("pynotes CPU") else threads
+            lib_device = "cpu" if library.startswith("pynotes CPU") else device
+            name = "pynotes" if library.startswith("pynotes CPU") else library
+
+            def go():
+                with threadpool_limits(lib_threads):
+                    models[library] = make_model(name, task, depth, n_rounds, lib_threads,
+                                                 lib_device).fit(X_train, y_train)
+            return go
+
+        def predict(library, rows):
+            model = models[library]
+            call = model.predict if task == "regression" else model.predict_proba
+
+            def go():
+                with threadpool_limits(threads):
+                    return call(rows)
+            return go
+
+        def one_row(library):
+            single = [X_test[i:i + 1] for i in range(200)]
+            model = models[library]
+            call = model.predict if task == "regression" else model.predict_proba
+
+            def go():
+                with threadpool_limits(threads):
+                    for row in single:
+                        call(row)
+            return go
+
+        label = f"({case}) {description}"
+        memory = {}
+        if case == "a" and device == "cpu" and not quick:
+            memory = {lib: peak_training_mb(lib, threads, X_train, y_train)
+                      for lib in peers(device) + ["pynotes"]}
+        for library in peers(device):
+            ms = time_pair(fit(library), fit("pynotes"), device, warmup=0, rounds=rounds)
+            metric, theirs = score(task, y_test, models[library], X_test)
+            _, ours = score(task, y_test, models["pynotes"], X_test)
+            note = f"{metric} {theirs:.4f} vs pynotes {ours:.4f}"
+            if memory:
+                note += f"; peak memory {memory[library]:.0f} MB vs {memory['pynotes']:.0f} MB"
+            results.append(Result("gbdt", label, "train", library, *ms, note=note))
+            ms = time_pair(predict(library, X_test), predict("pynotes", X_test), device,
+                           warmup=1, rounds=5)
+            results.append(Result("gbdt", label, "predict 100k rows", library, *ms))
+            ms = time_pair(one_row(library), one_row("pynotes"), device, warmup=1, rounds=5)
+            results.append(Result("gbdt", label, "predict 1 row", library,
+                                  ms[0] / 200, ms[1] / 200))
 
     # The histogram kernel alone: the root level, every training row in one slot.
+    X_train = make_data("a")[0]
     x = torch.from_numpy(X_train).to(device)
     bins, _ = ops.quantize(x)
     rows, features = bins.shape

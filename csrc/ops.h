@@ -144,6 +144,14 @@ at::Tensor gbdt_predict(const at::Tensor& x, const at::Tensor& feature,
                         const at::Tensor& value, const at::Tensor& group, const at::Tensor& base,
                         int64_t missing_bin);
 
+// One tree grown depth-wise in one call (CPU): (feature, split_bin, default_left, gain, sums,
+// leaf of every row), heap order.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gbdt_grow_tree(const at::Tensor& bins, const at::Tensor& grad, const at::Tensor& hess,
+               const std::optional<at::Tensor>& feature_mask, int64_t max_depth, int64_t num_bins,
+               double reg_lambda, double gamma, double min_child_weight, int64_t quantize_bins,
+               int64_t seed);
+
 // Log-sum-exp importance weighting over `dim` (K samples): the IWAE bound
 // logsumexp(log_w, dim) - log K (one pass; differentiable, its gradient the normalized weights
 // times grad), its backward, and (bound, normalized weights, effective sample size

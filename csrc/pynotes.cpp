@@ -110,6 +110,14 @@ TORCH_LIBRARY(pynotes, m) {
       "gbdt_predict(Tensor x, Tensor feature, Tensor threshold, Tensor default_left, "
       "Tensor value, Tensor group, Tensor base, int missing_bin) -> Tensor",
       tags);
+  // One tree grown to max_depth in one call (CPU only; gbdt/gbdt_kernels.h, GbdtGrowTree).
+  m.def(
+      "gbdt_grow_tree(Tensor bins, Tensor grad, Tensor hess, Tensor? feature_mask, "
+      "int max_depth, int num_bins, float reg_lambda, float gamma, float min_child_weight, "
+      "int quantize_bins=0, int seed=0) -> "
+      "(Tensor feature, Tensor split_bin, Tensor default_left, Tensor gain, Tensor sums, "
+      "Tensor leaf)",
+      tags);
   // Log-sum-exp importance weighting over `dim` (IWAE, Burda et al.): the bound
   // logsumexp(log_w) - log K, its backward (the normalized weights times grad), and the bound
   // with the normalized weights and the effective sample size 1 / sum w~^2.
@@ -260,6 +268,15 @@ at::Tensor gbdt_predict(const at::Tensor& x, const at::Tensor& feature,
                         int64_t missing_bin) {
   PYNOTES_CALL_OP("gbdt_predict", gbdt_predict, x, feature, threshold, default_left, value,
                   group, base, missing_bin);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gbdt_grow_tree(const at::Tensor& bins, const at::Tensor& grad, const at::Tensor& hess,
+               const std::optional<at::Tensor>& feature_mask, int64_t max_depth, int64_t num_bins,
+               double reg_lambda, double gamma, double min_child_weight, int64_t quantize_bins,
+               int64_t seed) {
+  PYNOTES_CALL_OP("gbdt_grow_tree", gbdt_grow_tree, bins, grad, hess, feature_mask, max_depth,
+                  num_bins, reg_lambda, gamma, min_child_weight, quantize_bins, seed);
 }
 
 at::Tensor iwae_bound(const at::Tensor& log_w, int64_t dim, bool keepdim) {

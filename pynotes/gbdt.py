@@ -6,11 +6,14 @@
 
 XGBoost's second-order method (gradients g and hessians h of the loss at the current margins;
 leaf weight -G / (H + reg_lambda); split gain as in pynotes/ops/gbdt.py) on 256-bin
-histograms, trees grown depth-wise one level at a time on the pynotes.ops gradient-boosting
-kernels: per level one histogram pass for the smaller child of every split (its sibling is the
-parent's histogram minus it), one split search, and one step of the rows down the tree.
-Training is deterministic for a given random_state. Trees are flat tensors in heap order;
-save_model / load_model write and read JSON that reproduces predictions exactly.
+histograms, trees grown depth-wise one level at a time by pynotes.ops.grow_tree (one call per
+tree on the CPU): per level one split search, the rows of the split nodes sent down, and one
+histogram pass for the smaller child of every split (its sibling is the parent's histogram
+minus it).
+use_quantized_grad=True (CPU) sums gradients rounded to num_grad_quant_bins levels in integer
+histograms, the leaf values from the exact sums (Shi et al., NeurIPS 2022; LightGBM's option of
+the same name). Training is deterministic for a given random_state. Trees are flat tensors in
+heap order; save_model / load_model write and read JSON that reproduces predictions exactly.
 """
 import json
 import math
@@ -64,21 +67,27 @@ class _Objective:
         return (prior / prior.sum()).clamp_min(1e-6).log()
 
     def gradients(self, margin, y, weight):
-        """(grad, hess), each (rows, groups) float32."""
+        """(grad, hess), each (rows, groups) float32, from float64 margins and float32 labels
+        and weights (None: all 1). Computed in float32, the precision the trees sum."""
+        m = margin.float()
         if self.name == "squared_error":
-            grad = margin[:, 0] - y
+            grad = m - y[:, None]
             hess = torch.ones_like(grad)
-            grad, hess = grad[:, None], hess[:, None]
         elif self.name == "logistic":
-            p = torch.sigmoid(margin[:, 0])
-            grad = (p - y)[:, None]
-            hess = (p * (1 - p)).clamp_min(1e-16)[:, None]
+            p = torch.sigmoid(m)
+            grad = p - y[:, None]
+            hess = (p * (1 - p)).clamp_min_(1e-16)
         else:
-            p = torch.softmax(margin, 1)
+            # The hessian's factor: LightGBM's K / (K - 1), which keeps the step of a 2-class
+            # softmax that of the logistic loss (XGBoost's 2 halves it; with few rounds that
+            # leaves its models and ours under-fitted).
+            p = torch.softmax(m, 1)
+            factor = margin.shape[1] / (margin.shape[1] - 1)
             grad = p - torch.nn.functional.one_hot(y.long(), margin.shape[1])
-            hess = (2 * p * (1 - p)).clamp_min(1e-16)  # XGBoost's softmax hessian bound
-        w = weight[:, None]
-        return (grad * w).float().contiguous(), (hess * w).float().contiguous()
+            hess = (factor * p * (1 - p)).clamp_min_(1e-16)
+        if weight is not None:
+            grad, hess = grad.mul_(weight[:, None]), hess.mul_(weight[:, None])
+        return grad, hess
 
     def loss(self, margin, y, weight):
         if self.name == "squared_error":
@@ -98,8 +107,10 @@ class _Ensemble:
         self.nodes, self.groups, self.base = nodes, groups, base
         self.feature, self.threshold, self.default_left, self.value, self.group = \
             [], [], [], [], []
+        self._stacked = None  # (device, tensors) of every tree, for repeated predictions
 
     def add(self, feature, threshold, default_left, value, group):
+        self._stacked = None
         self.feature.append(feature.int().cpu())
         self.threshold.append(threshold.float().cpu())
         self.default_left.append(default_left.bool().cpu())
@@ -107,17 +118,24 @@ class _Ensemble:
         self.group.append(group)
 
     def truncate(self, trees):
+        self._stacked = None
         for name in ("feature", "threshold", "default_left", "value", "group"):
             setattr(self, name, getattr(self, name)[:trees])
 
     def tensors(self, device, first=0):
+        if first == 0 and self._stacked is not None and self._stacked[0] == device:
+            return self._stacked[1]
+
         def stack(items, dtype):
             kept = items[first:]
             return (torch.stack(kept) if kept else
                     torch.zeros(0, self.nodes, dtype=dtype)).to(device)
-        return (stack(self.feature, torch.int32), stack(self.threshold, torch.float32),
-                stack(self.default_left, torch.bool), stack(self.value, torch.float32),
-                torch.tensor(self.group[first:], dtype=torch.long, device=device))
+        stacked = (stack(self.feature, torch.int32), stack(self.threshold, torch.float32),
+                   stack(self.default_left, torch.bool), stack(self.value, torch.float32),
+                   torch.tensor(self.group[first:], dtype=torch.long, device=device))
+        if first == 0:
+            self._stacked = (device, stacked)
+        return stacked
 
     def margins(self, x, device, first=0, base=None):
         base = self.base if base is None else base
@@ -144,90 +162,37 @@ class _TreeGrower:
     """Grows one tree depth-wise on binned data with the pynotes kernels."""
 
     def __init__(self, bins, cuts, params, device):
-        self.bins, self.device, self.p = bins, device, params
+        # Stored one feature after another: the layout ops.grow_tree reads on the CPU.
+        self.bins = bins.t().contiguous().t() if bins.device.type == "cpu" else bins
+        self.device, self.p = device, params
         self.num_bins = params.max_bins
-        self.missing_bin = params.max_bins - 1
         # Threshold values by (feature, bin); a bin past the last cut means "every value".
         inf = torch.full((cuts.shape[0], 1), torch.inf, dtype=cuts.dtype, device=cuts.device)
         self.cut_values = torch.cat([cuts, inf], 1).float()
-        self.nodes = 2 ** (params.max_depth + 1) - 1
 
-    def grow(self, grad, hess, feature_mask):
+    def grow(self, grad, hess, feature_mask, seed):
         """Returns (feature, threshold, default_left, value, gain) per node and each row's
         leaf; leaf values include the learning rate. Rows left out by subsampling come with
-        zero gradient and hessian."""
-        p, dev, nodes = self.p, self.device, self.nodes
-        feature = torch.full((nodes,), -1, dtype=torch.int32, device=dev)
-        split_bin = torch.zeros(nodes, dtype=torch.int32, device=dev)
-        default_left = torch.zeros(nodes, dtype=torch.bool, device=dev)
-        gain = torch.zeros(nodes, dtype=torch.float64)
-        sums = torch.zeros(nodes, 2, dtype=torch.float64)  # (G, H) of each node
-        node = torch.zeros(grad.shape[0], dtype=torch.int32, device=dev)
-        slot_of_node = torch.full((nodes,), -1, dtype=torch.int32, device=dev)
-        slot_of_node[0] = 0
-        # This level's nodes (heap ids) in chunks, each with its histograms.
-        chunks = [(torch.tensor([0]), ops.build_histogram(self.bins, grad, hess, node,
-                                                          slot_of_node, 1, self.num_bins))]
-        if p.max_depth == 0:
-            sums[0] = chunks[0][1][0, 0].sum(0).cpu() if chunks[0][1].shape[1] else 0.0
-        for depth in range(p.max_depth):
-            parents, parent_hists = [], []
-            for ids, hist in chunks:
-                s = ops.find_best_splits(hist, p.reg_lambda, p.gamma, p.min_child_weight,
-                                         feature_mask)
-                s = ops.Splits(*(t.cpu() for t in s))
-                if depth == 0:
-                    sums[0] = s.left_sum[0] + s.right_sum[0]
-                split = (s.feature >= 0) & (s.gain > 0)
-                if not bool(split.any()):
-                    continue
-                ids = ids[split]
-                feature[ids.to(dev)] = s.feature[split].int().to(dev)
-                split_bin[ids.to(dev)] = s.bin[split].int().to(dev)
-                default_left[ids.to(dev)] = s.default_left[split].to(dev)
-                gain[ids] = s.gain[split]
-                sums[2 * ids + 1] = s.left_sum[split]
-                sums[2 * ids + 2] = s.right_sum[split]
-                parents.append(ids)
-                parent_hists.append(hist[split.to(hist.device)])
-            if not parents:
-                break
-            node, count = ops.advance_nodes(self.bins, node, feature, split_bin, default_left,
-                                            self.missing_bin)
-            if depth + 1 == p.max_depth:
-                break  # the children are leaves: their sums came with the splits
-            chunks = self._children_histograms(torch.cat(parents), torch.cat(parent_hists),
-                                               node, count.cpu(), slot_of_node, grad, hess)
-        is_leaf = feature.cpu() < 0
-        value = torch.where(is_leaf, -sums[:, 0] / (sums[:, 1] + p.reg_lambda), 0.0)
+        zero gradient and hessian; seed drives the rounding of quantized gradients."""
+        p = self.p
+        feature, split_bin, default_left, gain, sums, leaf = ops.grow_tree(
+            self.bins, grad, hess, p.max_depth, self.num_bins, p.reg_lambda, p.gamma,
+            p.min_child_weight, feature_mask,
+            quantize_bins=p.num_grad_quant_bins if p.use_quantized_grad else 0, seed=seed)
+        value = torch.where(feature < 0, -sums[:, 0] / (sums[:, 1] + p.reg_lambda), 0.0)
         value = (value * p.learning_rate).float()
         threshold = torch.where(
             feature >= 0, self.cut_values[feature.clamp_min(0).long(), split_bin.long()],
-            torch.zeros((), device=dev))
-        return feature, threshold, default_left, value, gain, node
-
-    def _children_histograms(self, parents, parent_hist, node, counts, slot_of_node, grad,
-                             hess):
-        """The children of the split nodes `parents`, as two chunks: the child of each pair
-        with fewer rows, whose histogram is built, and its sibling, whose histogram is the
-        parent's minus the built one (in place in parent_hist)."""
-        left, right = 2 * parents + 1, 2 * parents + 2
-        build_left = counts[left] <= counts[right]
-        small = torch.where(build_left, left, right)
-        large = torch.where(build_left, right, left)
-        slot_of_node.fill_(-1)
-        slot_of_node[small.to(self.device)] = torch.arange(small.numel(), dtype=torch.int32,
-                                                           device=self.device)
-        small_hist = ops.build_histogram(self.bins, grad, hess, node, slot_of_node,
-                                         small.numel(), self.num_bins)
-        return [(small, small_hist), (large, parent_hist.sub_(small_hist))]
+            torch.zeros((), device=self.device))
+        return feature, threshold, default_left, value, gain.cpu(), leaf
 
 
 class _GBDTBase(BaseEstimator):
     def __init__(self, n_estimators=100, learning_rate=0.3, max_depth=6, max_bins=256,
                  reg_lambda=1.0, gamma=0.0, min_child_weight=1.0, subsample=1.0,
-                 colsample_bytree=1.0, early_stopping_rounds=None, random_state=0,
-                 device="cpu", n_jobs=None, verbose=False):
+                 colsample_bytree=1.0, early_stopping_rounds=None, use_quantized_grad=False,
+                 num_grad_quant_bins=4, random_state=0, device="cpu", n_jobs=None,
+                 verbose=False):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.max_depth = max_depth
@@ -238,6 +203,8 @@ class _GBDTBase(BaseEstimator):
         self.subsample = subsample
         self.colsample_bytree = colsample_bytree
         self.early_stopping_rounds = early_stopping_rounds
+        self.use_quantized_grad = use_quantized_grad
+        self.num_grad_quant_bins = num_grad_quant_bins
         self.random_state = random_state
         self.device = device
         self.n_jobs = n_jobs
@@ -273,6 +240,13 @@ class _GBDTBase(BaseEstimator):
               (integer(self.early_stopping_rounds) and self.early_stopping_rounds >= 1),
               f"early_stopping_rounds must be None or a positive int, got "
               f"{self.early_stopping_rounds!r}")
+        check(isinstance(self.use_quantized_grad, (bool, np.bool_)),
+              f"use_quantized_grad must be a bool, got {self.use_quantized_grad!r}")
+        check(integer(self.num_grad_quant_bins) and 2 <= self.num_grad_quant_bins <= 1024,
+              f"num_grad_quant_bins must be an int in [2, 1024], got "
+              f"{self.num_grad_quant_bins!r}")
+        check(not (self.use_quantized_grad and str(self.device).startswith("cuda")),
+              "use_quantized_grad runs on the CPU only; use device='cpu' or turn it off")
         check(self.n_jobs is None or (integer(self.n_jobs) and self.n_jobs != 0),
               f"n_jobs must be None or a non-zero int, got {self.n_jobs!r}")
         check(self.device in ("cpu", "cuda") or str(self.device).startswith("cuda:"),
@@ -296,6 +270,10 @@ class _GBDTBase(BaseEstimator):
         """x: the validated features (tensor); labels: y as numbers (class indices for
         classifiers), numpy."""
         self._objective = objective
+        if self.early_stopping_rounds is not None and not eval_set:
+            raise ValueError(f"{type(self).__name__}: early_stopping_rounds="
+                             f"{self.early_stopping_rounds} needs a validation set to watch: "
+                             "pass fit(X, y, eval_set=[(X_val, y_val)])")
         weight = _check_sample_weight(sample_weight, x.cpu().numpy(), dtype=np.float64)
         if not np.all(np.isfinite(weight)) or np.any(weight < 0) or weight.sum() <= 0:
             raise ValueError(f"{type(self).__name__}: sample_weight must be finite, non-negative "
@@ -306,6 +284,8 @@ class _GBDTBase(BaseEstimator):
         rows, features = x.shape
         bins, cuts = ops.quantize(x, self.max_bins, random_state=self.random_state)
         base = objective.base_margin(yt.cpu(), w.cpu(), groups)
+        y32 = yt.float()
+        w32 = None if bool((w == 1).all()) else w.float()
         self._ensemble = _Ensemble(2 ** (self.max_depth + 1) - 1, groups, base)
         grower = _TreeGrower(bins, cuts, self, dev)
         margin = base.to(dev).expand(rows, groups).clone()
@@ -317,11 +297,11 @@ class _GBDTBase(BaseEstimator):
         best_score, best_round, self.best_iteration_ = math.inf, 0, None
         for round_ in range(self.n_estimators):
             # Rows left out by subsampling weigh nothing in this round's trees.
-            round_weight = w
+            round_weight = w32
             if self.subsample < 1:
                 keep = torch.rand(rows, generator=generator) < self.subsample
-                round_weight = w * keep.to(dev)
-            grad, hess = objective.gradients(margin, yt, round_weight)
+                round_weight = keep.to(dev).float() if w32 is None else w32 * keep.to(dev)
+            grad, hess = objective.gradients(margin, y32, round_weight)
             gains = torch.zeros(features, dtype=torch.float64)
             for group in range(groups):
                 feature_mask = None
@@ -331,10 +311,11 @@ class _GBDTBase(BaseEstimator):
                     feature_mask = torch.zeros(features, dtype=torch.bool)
                     feature_mask[chosen] = True
                     feature_mask = feature_mask.to(dev)
+                seed = (self.random_state * groups + group) * self.n_estimators + round_
                 f, t, d, v, g, leaf = grower.grow(grad[:, group].contiguous(),
-                                                  hess[:, group].contiguous(), feature_mask)
+                                                  hess[:, group].contiguous(), feature_mask, seed)
                 self._ensemble.add(f, t, d, v, group)
-                margin[:, group] += v.to(dev)[leaf.long()].double()
+                margin[:, group] += v.to(dev).double()[leaf]
                 split = f.cpu() >= 0
                 gains.index_add_(0, f.cpu()[split].long(), g[split])
             round_gains.append(gains)

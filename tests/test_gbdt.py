@@ -282,6 +282,94 @@ def test_opcheck(device):
            torch.zeros(1, dtype=torch.float64, device=device), 255))
 
 
+def exact_gradients(bins, dtype, generator):
+    """Gradients and hessians that are small multiples of 1/4 (sums exact in float64 in any
+    order), with a signal on feature 0 so that trees split."""
+    rows = bins.shape[0]
+    grad = torch.randint(-8, 9, (rows,), generator=generator).to(dtype) / 4
+    if bins.shape[1]:
+        grad += 2 * (bins[:, 0] < 3).to(dtype)
+    hess = torch.randint(1, 5, (rows,), generator=generator).to(dtype) / 2
+    return grad, hess
+
+
+@needs_extension
+@pytest.mark.parametrize("rows,features,num_bins,depth,distinct,masked", [
+    (1000, 5, 16, 3, None, False), (6000, 12, 256, 6, 7, False), (30000, 8, 64, 8, None, True),
+    (3, 2, 4, 2, None, False), (0, 3, 8, 2, None, False), (100, 0, 8, 2, None, False),
+    (500, 4, 32, 0, None, False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grow_tree_matches_the_level_loop(rows, features, num_bins, depth, distinct, masked,
+                                          dtype):
+    """The CPU's one-call tree (row partitions, C++ level loop) equals the loop of histogram,
+    split and advance kernels, bit for bit where the sums are exact."""
+    generator = torch.Generator().manual_seed(rows + depth)
+    bins = random_bins(rows, features, num_bins, missing=0.05)
+    if distinct:  # few distinct values: long runs of rows in one bin
+        bins = torch.where(bins == num_bins - 1, bins, bins % distinct)
+    grad, hess = exact_gradients(bins, dtype, generator)
+    mask = torch.rand(features, generator=generator) < 0.7 if masked else None
+    args = (bins, grad, hess, depth, num_bins, 1.0, 0.0, 1.0, mask)
+    got = ops.grow_tree(*args)
+    expected = ops._grow_tree_by_levels(*args)
+    names = "feature split_bin default_left gain sums leaf".split()
+    for name, a, b in zip(names, got, expected):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    if rows > 100 and depth > 0:
+        assert (got[0] >= 0).sum() > 1  # the case grows a tree
+
+
+@needs_extension
+def test_quantized_grow_tree():
+    """Integer histograms: the same tree for any thread count, leaf sums from the exact
+    gradients, and splits that agree with float64 histograms where the signal is clear."""
+    generator = torch.Generator().manual_seed(0)
+    bins = random_bins(20000, 6, 64, missing=0.05)
+    grad = torch.randn(20000, generator=generator) + 2 * (bins[:, 0] < 20).float()
+    hess = torch.rand(20000, generator=generator) + 0.1
+    args = (bins, grad, hess, 5, 64)
+    before = torch.get_num_threads()
+    try:
+        trees = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            trees.append(ops.grow_tree(*args, quantize_bins=16, seed=3))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*trees):
+        assert torch.equal(a, b)
+    feature, split_bin, _, _, sums, leaf = trees[0]
+    assert feature[0] == 0 and abs(int(split_bin[0]) - 19) <= 1  # the signal's threshold
+    exact = ops.grow_tree(*args)
+    assert torch.equal(feature[0], exact[0][0])
+    for n in torch.unique(leaf).tolist():  # renewed: the float sums of each leaf's rows
+        rows = leaf == n
+        torch.testing.assert_close(sums[n], torch.stack([grad[rows].double().sum(),
+                                                         hess[rows].double().sum()]))
+    other_seed = ops.grow_tree(*args, quantize_bins=16, seed=4)
+    assert not torch.equal(other_seed[4], sums)  # the rounding follows the seed
+    with pytest.raises(ValueError, match=r"quantize_bins must be 0 \(off\) or in \[2, 1024\]"):
+        ops.grow_tree(*args, quantize_bins=1)
+    with _ext.force_fallback(), pytest.raises(NotImplementedError, match="CPU extension only"):
+        ops.grow_tree(*args, quantize_bins=16)
+
+
+@needs_extension
+def test_grow_tree_opcheck_and_bad_input():
+    bins = random_bins(300, 4, 16)
+    grad, hess = torch.randn(300), torch.rand(300)
+    torch.library.opcheck(torch.ops.pynotes.gbdt_grow_tree.default,
+                          (bins, grad, hess, None, 3, 16, 1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match=r"feature_mask.size\(0\) must be bins.size\(1\) = 4"):
+        ops.grow_tree(bins, grad, hess, 3, 16, feature_mask=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"max_depth must be in \[0, 20\], got 21"):
+        ops.grow_tree(bins, grad, hess, 21, 16)
+    with pytest.raises(ValueError, match=r"hess.size\(0\) must be bins.size\(0\)"):
+        ops.grow_tree(bins, grad, hess[:-1], 3, 16)
+    with pytest.raises(TypeError, match="hess must have dtype Float, got Double"):
+        ops.grow_tree(bins, grad, hess.double(), 3, 16)
+
+
 # -- the trainer ------------------------------------------------------------------------------
 
 def split(X, y, seed=0):
@@ -386,6 +474,27 @@ def test_early_stopping_and_progress(capsys):
     assert len(scores) == model.best_iteration_ + 6 < 200
     assert len(model._ensemble.feature) == model.best_iteration_ + 1
     assert "logloss" in capsys.readouterr().err
+
+
+def test_quantized_gradients_train_as_well():
+    X, y = make_classification(n_samples=6000, n_features=12, n_informative=6, random_state=2)
+    X_train, X_test, y_train, y_test = split(X, y)
+    settings = dict(n_estimators=60, max_depth=5, learning_rate=0.2)
+    exact = GBDTClassifier(**settings).fit(X_train, y_train)
+    quantized = GBDTClassifier(use_quantized_grad=True, **settings).fit(X_train, y_train)
+    auc = lambda m: roc_auc_score(y_test, m.predict_proba(X_test)[:, 1])  # noqa: E731
+    assert auc(quantized) >= auc(exact) - 0.01, (auc(quantized), auc(exact))
+    one_thread = GBDTClassifier(use_quantized_grad=True, n_jobs=1, **settings)
+    assert np.array_equal(one_thread.fit(X_train, y_train).predict_proba(X_test),
+                          quantized.predict_proba(X_test))
+    with pytest.raises(ValueError, match="num_grad_quant_bins must be an int in"):
+        GBDTClassifier(use_quantized_grad=True, num_grad_quant_bins=1).fit(X_train, y_train)
+
+
+def test_early_stopping_needs_an_eval_set():
+    X, y = make_classification(n_samples=200, n_features=4, random_state=0)
+    with pytest.raises(ValueError, match="early_stopping_rounds=3 needs a validation set"):
+        GBDTClassifier(n_estimators=5, early_stopping_rounds=3).fit(X, y)
 
 
 def test_pipeline_and_cross_val_score():

@@ -41,7 +41,7 @@ void not_differentiable(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
 
 TORCH_LIBRARY_IMPL(pynotes, Autograd, m) {
   for (const char* name : {"gbdt_bin", "gbdt_histogram", "gbdt_best_splits", "gbdt_advance",
-                           "gbdt_predict", "graph_csr", "graph_values"}) {
+                           "gbdt_predict", "gbdt_grow_tree", "graph_csr", "graph_values"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&not_differentiable>());
   }
 }

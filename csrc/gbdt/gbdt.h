@@ -45,26 +45,47 @@ C10_HOST_DEVICE inline Split no_split(double g_total = 0, double h_total = 0) {
   return {-std::numeric_limits<double>::infinity(), -1, false, g_total, h_total};
 }
 
-// The best split of one feature's histogram (num_bins x (G, H), the last bin holding the
-// missing values): thresholds in increasing order, for each the missing values going right
-// first, then left; the first of equal gains wins, so the choice is deterministic.
-C10_HOST_DEVICE inline Split best_split_of_feature(const double* hist, int64_t num_bins,
+// One feature's histogram in a node, bin by bin: float64 (G, H) pairs.
+struct PairBins {
+  const double* hist;
+  C10_HOST_DEVICE double g(int64_t b) const { return hist[2 * b]; }
+  C10_HOST_DEVICE double h(int64_t b) const { return hist[2 * b + 1]; }
+};
+
+// The sums (G, H) over every bin of a histogram.
+template <typename Bins>
+C10_HOST_DEVICE inline void bin_totals(const Bins& hist, int64_t num_bins, double& g_total,
+                                       double& h_total) {
+  g_total = 0, h_total = 0;
+  for (int64_t b = 0; b < num_bins; ++b) {
+    g_total += hist.g(b);
+    h_total += hist.h(b);
+  }
+}
+
+// The best split of one feature's histogram (num_bins bins, the last holding the missing
+// values): thresholds in increasing order, for each the missing values going right first,
+// then left; the first of equal gains wins, so the choice is deterministic.
+template <typename Bins>
+C10_HOST_DEVICE inline Split best_split_of_feature(const Bins& hist, int64_t num_bins,
                                                    double reg_lambda, double gamma,
                                                    double min_child_weight) {
   const int64_t missing = num_bins - 1;
-  double g_total = 0, h_total = 0;
-  for (int64_t b = 0; b < num_bins; ++b) {
-    g_total += hist[2 * b];
-    h_total += hist[2 * b + 1];
-  }
-  const double g_missing = hist[2 * missing], h_missing = hist[2 * missing + 1];
+  double g_total, h_total;
+  bin_totals(hist, num_bins, g_total, h_total);
+  const double g_missing = hist.g(missing), h_missing = hist.h(missing);
+  // Without missing values both directions give the same children: only "right" is tried.
+  const int directions = g_missing == 0 && h_missing == 0 ? 1 : 2;
   const double parent = score(g_total, h_total, reg_lambda);
   Split best = no_split();
   double g_left = 0, h_left = 0;  // values in bins <= b
   for (int64_t b = 0; b < missing; ++b) {
-    g_left += hist[2 * b];
-    h_left += hist[2 * b + 1];
-    for (int left = 0; left < 2; ++left) {
+    const double g_bin = hist.g(b), h_bin = hist.h(b);
+    g_left += g_bin;
+    h_left += h_bin;
+    // An empty bin leaves the sums, so the gains, of the bin before: the earlier wins ties.
+    if (b > 0 && g_bin == 0 && h_bin == 0) continue;
+    for (int left = 0; left < directions; ++left) {
       const double gl = left ? g_left + g_missing : g_left;
       const double hl = left ? h_left + h_missing : h_left;
       const double gr = g_total - gl, hr = h_total - hl;
@@ -81,35 +102,47 @@ C10_HOST_DEVICE inline Split best_split_of_feature(const double* hist, int64_t n
 // feature left out by the mask).
 C10_HOST_DEVICE inline Split best_split_of_item(const GbdtBestSplits& a, int64_t i) {
   if (a.feature_mask && !a.feature_mask[i % a.features]) return no_split();
-  return best_split_of_feature(a.hist + i * a.num_bins * 2, a.num_bins, a.reg_lambda, a.gamma,
-                               a.min_child_weight);
+  return best_split_of_feature(PairBins{a.hist + i * a.num_bins * 2}, a.num_bins, a.reg_lambda,
+                               a.gamma, a.min_child_weight);
 }
 
-// Slot s's best split among its features' best (per_feature[s * features + f]), the first of
-// equal gains in feature order, written to the outputs of `a`. Without a split the left sums
-// hold the node's totals and the right sums are zero.
+// A node's split among its features' best (per_feature[f]): the first of equal gains in
+// feature order (feature -1: none), with the right child's sums. Without a split the left
+// sums hold the node's totals and the right sums are zero.
+struct NodeSplit {
+  int64_t feature;
+  Split split;
+  double g_right, h_right;
+};
+
+C10_HOST_DEVICE inline NodeSplit choose_split(const Split* per_feature, int64_t features,
+                                              double g_total, double h_total) {
+  int64_t best_f = -1;
+  for (int64_t f = 0; f < features; ++f) {
+    const Split& c = per_feature[f];
+    if (c.bin >= 0 && (best_f < 0 || c.gain > per_feature[best_f].gain)) best_f = f;
+  }
+  if (best_f < 0) return {-1, no_split(g_total, h_total), 0.0, 0.0};
+  const Split& c = per_feature[best_f];
+  return {best_f, c, g_total - c.g_left, h_total - c.h_left};
+}
+
+// Slot s's split (choose_split over per_feature[s * features + f]), written to the outputs
+// of `a`; the node's totals come from feature 0's histogram.
 C10_HOST_DEVICE inline void write_best_split(const GbdtBestSplits& a, const Split* per_feature,
                                              int64_t s) {
   const int64_t F = a.features, B = a.num_bins;
-  int64_t best_f = -1;
-  for (int64_t f = 0; f < F; ++f) {
-    const Split& c = per_feature[s * F + f];
-    if (c.bin >= 0 && (best_f < 0 || c.gain > per_feature[s * F + best_f].gain)) best_f = f;
-  }
-  double g_total = 0, h_total = 0;  // the node's totals, from feature 0's histogram
-  for (int64_t b = 0; F > 0 && b < B; ++b) {
-    g_total += a.hist[s * F * B * 2 + 2 * b];
-    h_total += a.hist[s * F * B * 2 + 2 * b + 1];
-  }
-  const Split c = best_f >= 0 ? per_feature[s * F + best_f] : no_split(g_total, h_total);
-  a.gain[s] = c.gain;
-  a.feature[s] = best_f;
-  a.bin[s] = c.bin;
-  a.default_left[s] = c.default_left;
-  a.left_sum[2 * s] = c.g_left;
-  a.left_sum[2 * s + 1] = c.h_left;
-  a.right_sum[2 * s] = best_f >= 0 ? g_total - c.g_left : 0.0;
-  a.right_sum[2 * s + 1] = best_f >= 0 ? h_total - c.h_left : 0.0;
+  double g_total = 0, h_total = 0;
+  if (F > 0) bin_totals(PairBins{a.hist + s * F * B * 2}, B, g_total, h_total);
+  const NodeSplit c = choose_split(per_feature + s * F, F, g_total, h_total);
+  a.gain[s] = c.split.gain;
+  a.feature[s] = c.feature;
+  a.bin[s] = c.split.bin;
+  a.default_left[s] = c.split.default_left;
+  a.left_sum[2 * s] = c.split.g_left;
+  a.left_sum[2 * s + 1] = c.split.h_left;
+  a.right_sum[2 * s] = c.g_right;
+  a.right_sum[2 * s + 1] = c.h_right;
 }
 
 // Whether a row in bin `bin` goes to the left child of a split at split_bin.
@@ -131,6 +164,18 @@ C10_HOST_DEVICE inline int32_t advance_row(const GbdtAdvance& a, int64_t r) {
   return n;
 }
 
+// Whether a row whose value at a split's feature is v goes left: v raw (NaN is missing) with
+// a raw threshold, or a bin with a threshold bin.
+template <typename X, typename Th>
+C10_HOST_DEVICE inline bool value_goes_left(X v, Th threshold, bool default_left,
+                                            int64_t missing_bin) {
+  if constexpr (std::is_floating_point_v<X>) {
+    return v != v ? default_left : v <= threshold;
+  } else {
+    return goes_left(v, missing_bin, threshold, default_left);
+  }
+}
+
 // The leaf a row reaches in one tree of `nodes` entries: raw features (NaN is missing) or
 // bins. A split whose children would fall outside the tree counts as a leaf.
 template <typename X, typename Th>
@@ -139,13 +184,8 @@ C10_HOST_DEVICE inline int64_t leaf_of(const X* row, const int32_t* feature, con
                                        int64_t missing_bin) {
   int64_t n = 0;
   while (feature[n] >= 0 && 2 * n + 2 < nodes) {
-    const X v = row[feature[n]];
-    bool left;
-    if constexpr (std::is_floating_point_v<X>) {
-      left = v != v ? default_left[n] : v <= threshold[n];
-    } else {
-      left = goes_left(v, missing_bin, threshold[n], default_left[n]);
-    }
+    const bool left = value_goes_left(row[feature[n]], threshold[n], default_left[n],
+                                      missing_bin);
     n = 2 * n + (left ? 1 : 2);
   }
   return n;

@@ -10,7 +10,8 @@ const GbdtKernels& cpu_kernels() {
   static const GbdtKernels kernels{
       PYNOTES_CPU_KERNEL(gbdt_bin_cpu_kernel), PYNOTES_CPU_KERNEL(gbdt_histogram_cpu_kernel),
       PYNOTES_CPU_KERNEL(gbdt_best_splits_cpu_kernel),
-      PYNOTES_CPU_KERNEL(gbdt_advance_cpu_kernel), PYNOTES_CPU_KERNEL(gbdt_predict_cpu_kernel)};
+      PYNOTES_CPU_KERNEL(gbdt_advance_cpu_kernel), PYNOTES_CPU_KERNEL(gbdt_predict_cpu_kernel),
+      PYNOTES_CPU_KERNEL(gbdt_grow_tree_cpu_kernel)};
   return kernels;
 }
 

@@ -80,12 +80,40 @@ struct GbdtPredict {
   double* out;               // (rows, num_groups), accumulated into
 };
 
+// One tree grown depth-wise to max_depth in one call (the CPU's counterpart of the trainer's
+// level loop of histogram, best_splits and advance): per level the best split of every node as
+// GbdtBestSplits finds it, a node splitting where that gain is > 0; the rows of the split nodes
+// partitioned stably into their children (each node's rows stay contiguous, in row order);
+// histograms built for the child of each pair with fewer rows (the left one on a tie) and its
+// sibling's taken as the parent's minus it. The outputs come filled for a tree of leaves.
+// With quantize_bins > 0 the histograms sum quantized gradients (quantize_gradients in
+// gbdt_cpu_kernel.cpp: integers, stochastically rounded with `seed`) and the leaves' sums
+// are renewed from grad and hess; the split nodes' sums are the quantized estimates.
+struct GbdtGrowTree {
+  c10::ScalarType dtype;  // of grad and hess
+  int64_t rows, features, num_bins, max_depth;
+  double reg_lambda, gamma, min_child_weight;
+  int64_t quantize_bins;  // 0: float64 histograms
+  uint64_t seed;
+  const uint8_t* bins_by_feature;  // (features, rows): the bins, one feature after another
+  const void* grad;
+  const void* hess;
+  const bool* feature_mask;  // or nullptr
+  int32_t* feature;          // (nodes): the split feature, -1 for a leaf
+  int32_t* split_bin;        // (nodes)
+  bool* default_left;        // (nodes)
+  double* gain;              // (nodes): the split's gain, 0 for a leaf
+  double* sums;              // (nodes, 2): G, H of every node the tree reaches
+  int32_t* leaf;             // (rows): the leaf each row ends in
+};
+
 struct GbdtKernels {
   void (*bin)(const GbdtBin&);
   void (*histogram)(const GbdtHistogram&);
   void (*best_splits)(const GbdtBestSplits&);
   void (*advance)(const GbdtAdvance&);
   void (*predict)(const GbdtPredict&);
+  void (*grow_tree)(const GbdtGrowTree&) = nullptr;  // a device without one: the level loop
 };
 
 PYNOTES_DECLARE_CPU_KERNEL(void gbdt_bin_cpu_kernel(const GbdtBin&))
@@ -93,5 +121,6 @@ PYNOTES_DECLARE_CPU_KERNEL(void gbdt_histogram_cpu_kernel(const GbdtHistogram&))
 PYNOTES_DECLARE_CPU_KERNEL(void gbdt_best_splits_cpu_kernel(const GbdtBestSplits&))
 PYNOTES_DECLARE_CPU_KERNEL(void gbdt_advance_cpu_kernel(const GbdtAdvance&))
 PYNOTES_DECLARE_CPU_KERNEL(void gbdt_predict_cpu_kernel(const GbdtPredict&))
+PYNOTES_DECLARE_CPU_KERNEL(void gbdt_grow_tree_cpu_kernel(const GbdtGrowTree&))
 
 }  // namespace pynotes

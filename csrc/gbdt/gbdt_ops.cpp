@@ -4,10 +4,13 @@
 
 #include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <algorithm>
 #include <limits>
+#include <utility>
 
 #include "common/checks.h"
 
@@ -28,12 +31,36 @@ void check_size(const at::Tensor& t, const char* op, const char* name, int64_t d
                     " = ", size, ", got ", t.size(dim));
 }
 
+template <typename T>
+void min_max(const T* data, int64_t n, int64_t& lo, int64_t& hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    lo = std::min<int64_t>(lo, data[i]);
+    hi = std::max<int64_t>(hi, data[i]);
+  }
+}
+
+// The smallest and largest element of a non-empty integer tensor: a loop for int32/int64 on
+// the CPU (a one-row prediction checks a whole ensemble: tensor ops cost more than the walk).
+std::pair<int64_t, int64_t> integer_range(const at::Tensor& t) {
+  if (t.is_cpu() && (t.scalar_type() == at::kInt || t.scalar_type() == at::kLong)) {
+    const at::Tensor c = t.contiguous();
+    int64_t lo = std::numeric_limits<int64_t>::max(), hi = std::numeric_limits<int64_t>::min();
+    if (c.scalar_type() == at::kInt) {
+      min_max(c.const_data_ptr<int32_t>(), c.numel(), lo, hi);
+    } else {
+      min_max(c.const_data_ptr<int64_t>(), c.numel(), lo, hi);
+    }
+    return {lo, hi};
+  }
+  auto [min, max] = at::aminmax(t);
+  return {min.item<int64_t>(), max.item<int64_t>()};
+}
+
 // Every element of an integer tensor in [low, high).
 void check_range(const at::Tensor& t, const char* op, const char* name, int64_t low,
                  int64_t high) {
   if (t.numel() == 0) return;
-  auto [min, max] = at::aminmax(t);
-  const int64_t lo = min.item<int64_t>(), hi = max.item<int64_t>();
+  const auto [lo, hi] = integer_range(t);
   TORCH_CHECK_VALUE(lo >= low && hi < high, op, ": ", name, " must hold values in [", low, ", ",
                     high, "), got ", lo < low ? lo : hi);
 }
@@ -50,10 +77,18 @@ void check_splits(const at::Tensor& feature, const char* op, int64_t features) {
   check_range(feature, op, "feature", -1, features);
   const int64_t nodes = feature.size(-1);
   if (nodes == 0) return;
-  const at::Tensor is_split = feature.reshape({-1, nodes}).ge(0).any(0);
-  const at::Tensor index = is_split.nonzero();
-  if (index.numel() == 0) return;
-  const int64_t last = index.max().item<int64_t>();
+  int64_t last = -1;  // the last node that is a split in some tree
+  if (feature.is_cpu()) {
+    const at::Tensor c = feature.contiguous();
+    const int32_t* f = c.const_data_ptr<int32_t>();
+    for (int64_t i = 0; i < c.numel(); ++i) {
+      if (f[i] >= 0) last = std::max(last, i % nodes);
+    }
+  } else {
+    const at::Tensor index = feature.reshape({-1, nodes}).ge(0).any(0).nonzero();
+    if (index.numel() > 0) last = index.max().item<int64_t>();
+  }
+  if (last < 0) return;
   TORCH_CHECK_VALUE(2 * last + 2 < nodes, op, ": node ", last, " is a split but its children (",
                     2 * last + 1, ", ", 2 * last + 2, ") are outside the ", nodes,
                     " nodes of a tree");
@@ -237,6 +272,64 @@ at::Tensor gbdt_predict_impl(const at::Tensor& x, const at::Tensor& feature,
                    t.const_data_ptr(), d.const_data_ptr<bool>(), v.const_data_ptr<float>(),
                    g.const_data_ptr<int64_t>(), out.mutable_data_ptr<double>()});
   return out;
+}
+
+GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
+                             const at::Tensor& hess, const std::optional<at::Tensor>& feature_mask,
+                             int64_t max_depth, int64_t num_bins, double reg_lambda, double gamma,
+                             double min_child_weight, int64_t quantize_bins, int64_t seed,
+                             const GbdtKernels& kernels) {
+  constexpr const char* op = "gbdt_grow_tree";
+  check_bins(bins, op, num_bins);
+  const int64_t rows = bins.size(0), features = bins.size(1);
+  TORCH_CHECK_TYPE(is_real(grad), op, ": grad must be float32 or float64, got ",
+                   grad.scalar_type());
+  check_tensor(grad, op, "grad", grad.scalar_type(), 1);
+  check_tensor(hess, op, "hess", grad.scalar_type(), 1);
+  for (const auto& [t, name] : {std::pair{&grad, "grad"}, {&hess, "hess"}}) {
+    check_device(*t, name, bins, "bins");
+    check_size(*t, op, name, 0, rows, "bins.size(0)");
+  }
+  if (has_tensor(feature_mask)) {
+    check_tensor(*feature_mask, op, "feature_mask", at::kBool, 1);
+    check_device(*feature_mask, "feature_mask", bins, "bins");
+    check_size(*feature_mask, op, "feature_mask", 0, features, "bins.size(1)");
+  }
+  TORCH_CHECK_VALUE(max_depth >= 0 && max_depth <= 20, op, ": max_depth must be in [0, 20], got ",
+                    max_depth);
+  TORCH_CHECK_VALUE(reg_lambda >= 0 && min_child_weight >= 0 && gamma >= 0, op,
+                    ": reg_lambda, gamma and min_child_weight must be non-negative, got ",
+                    reg_lambda, ", ", gamma, ", ", min_child_weight);
+  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), op,
+                    ": at most 2^31 - 1 rows are supported, got ", rows);
+  // Quantized sums are 32-bit integers: rows x quantize_bins must stay below 2^31.
+  TORCH_CHECK_VALUE(quantize_bins == 0 || (quantize_bins >= 2 && quantize_bins <= 1024), op,
+                    ": quantize_bins must be 0 (off) or in [2, 1024], got ", quantize_bins);
+  TORCH_CHECK_VALUE(rows * quantize_bins < (int64_t(1) << 31), op, ": quantized gradients sum "
+                    "in 32 bits: rows x quantize_bins must be below 2^31, got ", rows, " x ",
+                    quantize_bins);
+  TORCH_CHECK(kernels.grow_tree != nullptr, op, ": not available on ", bins.device());
+  c10::OptionalDeviceGuard guard(bins.device());
+  const int64_t nodes = (int64_t(2) << max_depth) - 1;
+  const auto opts = bins.options();
+  at::Tensor feature = at::full({nodes}, -1, opts.dtype(at::kInt)),
+             split_bin = at::zeros({nodes}, opts.dtype(at::kInt)),
+             default_left = at::zeros({nodes}, opts.dtype(at::kBool)),
+             gain = at::zeros({nodes}, opts.dtype(at::kDouble)),
+             sums = at::zeros({nodes, 2}, opts.dtype(at::kDouble)),
+             leaf = at::zeros({rows}, opts.dtype(at::kInt));
+  // The kernel reads bins one feature at a time: no copy when they are stored that way
+  // (bins.t() contiguous, as pynotes.gbdt keeps them).
+  const at::Tensor b = bins.t().contiguous(), g = grad.contiguous(), h = hess.contiguous();
+  const at::Tensor mask = has_tensor(feature_mask) ? feature_mask->contiguous() : at::Tensor();
+  kernels.grow_tree({grad.scalar_type(), rows, features, num_bins, max_depth, reg_lambda, gamma,
+                     min_child_weight, quantize_bins, static_cast<uint64_t>(seed),
+                     b.const_data_ptr<uint8_t>(), g.const_data_ptr(),
+                     h.const_data_ptr(), mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
+                     feature.mutable_data_ptr<int32_t>(), split_bin.mutable_data_ptr<int32_t>(),
+                     default_left.mutable_data_ptr<bool>(), gain.mutable_data_ptr<double>(),
+                     sums.mutable_data_ptr<double>(), leaf.mutable_data_ptr<int32_t>()});
+  return {feature, split_bin, default_left, gain, sums, leaf};
 }
 
 }  // namespace pynotes

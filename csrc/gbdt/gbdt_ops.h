@@ -13,6 +13,9 @@ namespace pynotes {
 
 using GbdtSplits =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// feature, split_bin, default_left, gain, sums, leaf (gbdt_kernels.h, GbdtGrowTree).
+using GbdtTree =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 at::Tensor gbdt_bin_impl(const at::Tensor& x, const at::Tensor& cuts, int64_t missing_bin,
                          const GbdtKernels& kernels);
@@ -32,6 +35,11 @@ at::Tensor gbdt_predict_impl(const at::Tensor& x, const at::Tensor& feature,
                              const at::Tensor& threshold, const at::Tensor& default_left,
                              const at::Tensor& value, const at::Tensor& group,
                              const at::Tensor& base, int64_t missing_bin,
+                             const GbdtKernels& kernels);
+GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
+                             const at::Tensor& hess, const std::optional<at::Tensor>& feature_mask,
+                             int64_t max_depth, int64_t num_bins, double reg_lambda, double gamma,
+                             double min_child_weight, int64_t quantize_bins, int64_t seed,
                              const GbdtKernels& kernels);
 
 template <const GbdtKernels& (*kernels)()>
@@ -65,6 +73,13 @@ struct GbdtOps {
     return gbdt_predict_impl(x, feature, threshold, default_left, value, group, base,
                              missing_bin, kernels());
   }
+  static GbdtTree grow_tree(const at::Tensor& bins, const at::Tensor& grad,
+                            const at::Tensor& hess, const std::optional<at::Tensor>& feature_mask,
+                            int64_t max_depth, int64_t num_bins, double reg_lambda, double gamma,
+                            double min_child_weight, int64_t quantize_bins, int64_t seed) {
+    return gbdt_grow_tree_impl(bins, grad, hess, feature_mask, max_depth, num_bins, reg_lambda,
+                               gamma, min_child_weight, quantize_bins, seed, kernels());
+  }
 };
 
 template <const GbdtKernels& (*kernels)(), typename Library>
@@ -74,6 +89,7 @@ void register_gbdt_ops(Library& m) {
   m.impl("gbdt_best_splits", &GbdtOps<kernels>::best_splits);
   m.impl("gbdt_advance", &GbdtOps<kernels>::advance);
   m.impl("gbdt_predict", &GbdtOps<kernels>::predict);
+  if (kernels().grow_tree != nullptr) m.impl("gbdt_grow_tree", &GbdtOps<kernels>::grow_tree);
 }
 
 }  // namespace pynotes

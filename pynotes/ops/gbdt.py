@@ -1,5 +1,6 @@
 """Histogram gradient-boosting kernels (XGBoost's "hist" method): binning, level-wise
-gradient/hessian histograms, split finding, the rows' level step and ensemble prediction.
+gradient/hessian histograms, split finding, the rows' level step, a whole tree's growth and
+ensemble prediction.
 pynotes.gbdt builds the scikit-learn-style trainer on them."""
 import numpy as np
 import torch
@@ -22,12 +23,13 @@ def _compute_cuts(x, max_bins, sample_size, random_state):
     cuts = torch.full((features, max_cuts), torch.inf, dtype=x.dtype, device=x.device)
     if max_cuts == 0 or x.shape[0] == 0:
         return cuts
-    # Per feature, NaN last; numpy's SIMD sort is >10x faster than torch's on CPU.
-    ordered = torch.sort(x.t().contiguous(), dim=1).values if x.is_cuda else \
-        torch.from_numpy(np.sort(x.t().numpy(), axis=1))
+    # Per feature, NaN last; numpy's SIMD sort is >10x faster than torch's on CPU, and sorting
+    # one column at a time keeps the memory a fit needs at a column (not a sorted copy of x).
+    ordered = torch.sort(x.t().contiguous(), dim=1).values if x.is_cuda else None
     present = (~torch.isnan(x)).sum(0).tolist()
     for f in range(features):
-        values = ordered[f, :present[f]]
+        column = ordered[f] if x.is_cuda else torch.from_numpy(np.sort(x[:, f].numpy()))
+        values = column[:present[f]]
         if values.numel() < 2:
             continue
         distinct = torch.unique_consecutive(values)
@@ -124,6 +126,88 @@ def predict_trees(x, feature, threshold, default_left, value, group, base, missi
                              missing_bin)
 
 
+def grow_tree(bins, grad, hess, max_depth, num_bins=256, reg_lambda=1.0, gamma=0.0,
+              min_child_weight=1.0, feature_mask=None, quantize_bins=0, seed=0):
+    """One tree grown depth-wise to max_depth on binned rows: per level the best split of
+    every node (find_best_splits; a node splits where its gain is > 0), its rows sent to the
+    children, and the next level's histograms built for the child of each pair with fewer rows
+    (the left one on a tie), its sibling's taken as the parent's minus it.
+
+    Returns (feature, split_bin, default_left, gain, sums, leaf): per node of the complete tree
+    in heap order (2^(max_depth + 1) - 1 of them) the split (feature -1 for a leaf), its gain
+    (0 for a leaf) and the float64 sums (G, H) of every node reached; and the leaf of every row
+    (int32). On the CPU one call into the extension, which keeps each node's rows together
+    (touching only the rows of the nodes that split); elsewhere a loop over levels of the
+    kernels above.
+
+    quantize_bins > 0 (CPU only) sums quantized gradients instead (Shi et al., NeurIPS 2022;
+    LightGBM's use_quantized_grad): each row's gradient rounded stochastically (seeded by
+    seed) to an integer in [-quantize_bins / 2, quantize_bins / 2] times max|grad| /
+    (quantize_bins / 2), its hessian to [0, quantize_bins] times max hess / quantize_bins,
+    histograms of exact integer sums; the leaves' sums are then renewed from grad and hess
+    (the split nodes' sums stay the quantized estimates)."""
+    if _ext.use_extension(bins) and bins.device.type == "cpu":
+        return torch.ops.pynotes.gbdt_grow_tree(bins, grad, hess, feature_mask, max_depth,
+                                                num_bins, reg_lambda, gamma, min_child_weight,
+                                                quantize_bins, seed)
+    if quantize_bins:
+        raise NotImplementedError("grow_tree: quantized gradients run on the CPU extension "
+                                  f"only, not on {bins.device} or the pure-PyTorch fallback")
+    return _grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma,
+                                min_child_weight, feature_mask)
+
+
+def _grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma,
+                         min_child_weight, feature_mask):
+    dev, nodes, missing_bin = bins.device, 2 ** (max_depth + 1) - 1, num_bins - 1
+    feature = torch.full((nodes,), -1, dtype=torch.int32, device=dev)
+    split_bin = torch.zeros(nodes, dtype=torch.int32, device=dev)
+    default_left = torch.zeros(nodes, dtype=torch.bool, device=dev)
+    gain = torch.zeros(nodes, dtype=torch.float64)
+    sums = torch.zeros(nodes, 2, dtype=torch.float64)
+    node = torch.zeros(bins.shape[0], dtype=torch.int32, device=dev)
+    slot_of_node = torch.full((nodes,), -1, dtype=torch.int32, device=dev)
+    slot_of_node[0] = 0
+    # This level's nodes (heap ids) in chunks, each with its histograms.
+    root = build_histogram(bins, grad, hess, node, slot_of_node, 1, num_bins)
+    if bins.shape[1]:
+        sums[0] = root[0, 0].sum(0).cpu()
+    chunks = [(torch.tensor([0]), root)]
+    for depth in range(max_depth):
+        parents, parent_hists = [], []
+        for ids, hist in chunks:
+            s = Splits(*(t.cpu() for t in find_best_splits(hist, reg_lambda, gamma,
+                                                           min_child_weight, feature_mask)))
+            split = (s.feature >= 0) & (s.gain > 0)
+            if not bool(split.any()):
+                continue
+            ids = ids[split]
+            feature[ids.to(dev)] = s.feature[split].int().to(dev)
+            split_bin[ids.to(dev)] = s.bin[split].int().to(dev)
+            default_left[ids.to(dev)] = s.default_left[split].to(dev)
+            gain[ids] = s.gain[split]
+            sums[2 * ids + 1] = s.left_sum[split]
+            sums[2 * ids + 2] = s.right_sum[split]
+            parents.append(ids)
+            parent_hists.append(hist[split.to(hist.device)])
+        if not parents:
+            break
+        node, count = advance_nodes(bins, node, feature, split_bin, default_left, missing_bin)
+        if depth + 1 == max_depth:
+            break  # the children are leaves: their sums came with the splits
+        parents, parent_hist, count = torch.cat(parents), torch.cat(parent_hists), count.cpu()
+        left, right = 2 * parents + 1, 2 * parents + 2
+        build_left = count[left] <= count[right]
+        small = torch.where(build_left, left, right)
+        large = torch.where(build_left, right, left)
+        slot_of_node.fill_(-1)
+        slot_of_node[small.to(dev)] = torch.arange(small.numel(), dtype=torch.int32, device=dev)
+        small_hist = build_histogram(bins, grad, hess, node, slot_of_node, small.numel(),
+                                     num_bins)
+        chunks = [(small, small_hist), (large, parent_hist.sub_(small_hist))]
+    return feature, split_bin, default_left, gain.to(dev), sums.to(dev), node
+
+
 if _ext.extension_loaded():
     @torch.library.register_fake("pynotes::gbdt_bin")
     def _bin_fake(x, cuts, missing_bin):
@@ -148,9 +232,18 @@ if _ext.extension_loaded():
     def _predict_fake(x, feature, threshold, default_left, value, group, base, missing_bin):
         return base.new_empty((x.shape[0], base.shape[0]))
 
+    @torch.library.register_fake("pynotes::gbdt_grow_tree")
+    def _grow_tree_fake(bins, grad, hess, feature_mask, max_depth, num_bins, reg_lambda, gamma,
+                        min_child_weight, quantize_bins=0, seed=0):
+        nodes = 2 ** (max_depth + 1) - 1
+        return (bins.new_empty(nodes, dtype=torch.int32), bins.new_empty(nodes, dtype=torch.int32),
+                bins.new_empty(nodes, dtype=torch.bool), bins.new_empty(nodes, dtype=torch.float64),
+                bins.new_empty((nodes, 2), dtype=torch.float64),
+                bins.new_empty(bins.shape[0], dtype=torch.int32))
+
     # Under torch.func.vmap: one call per vmapped index (the ops are not batched by nature).
     from pynotes.ops._autograd import loop_vmap_rule
     for _name in ("gbdt_bin", "gbdt_histogram", "gbdt_best_splits", "gbdt_advance",
-                  "gbdt_predict"):
+                  "gbdt_predict", "gbdt_grow_tree"):
         torch.library.register_vmap(f"pynotes::{_name}",
                                     loop_vmap_rule(getattr(torch.ops.pynotes, _name)))
