@@ -35,12 +35,12 @@ $(VENV)/.deps: pyproject.toml
 	$(PY) -m pip install -q torch numpy pytest ninja pybind11 setuptools wheel
 	# Optional: pynotes.gbdt's scikit-learn, and peers the tests compare against (skipped when
 	# missing).
-	for p in "scikit-learn>=1.6" torch-geometric xgboost hypothesis; do \
+	for p in "scikit-learn>=1.6" torch-geometric xgboost hypothesis pandas; do \
 	  $(PY) -m pip install -q "$$p" || echo "$$p not installed: its tests skip"; done
 	touch $@
 
 $(VENV)/.bench-deps: $(VENV)/.deps
-	$(PY) -m pip install -q matplotlib "scikit-learn>=1.6" torch-geometric xgboost lightgbm
+	$(PY) -m pip install -q matplotlib "scikit-learn>=1.6" torch-geometric xgboost lightgbm pandas
 	touch $@
 
 # The same csrc/ as a C++ library against libtorch (CMakeLists.txt), and the example program

@@ -10,12 +10,17 @@ Cases (synthetic, fixed seeds; the test rows are 100k or 20 %):
   (d) make_classification 100k x 200, depth 6, 100 rounds
   (e) make_classification 10 classes, 100k x 30, depth 6, 100 rounds
   (f) regression (Friedman #1 with 15 noise features) 500k x 20, depth 6, 100 rounds
+  (g) 300k rows: 4 string categorical columns of 5, 20, 100 and 500 levels (pandas
+      "category") beside 10 numeric ones, depth 6, 100 rounds: pynotes, LightGBM and
+      HistGradientBoosting with native categoricals, XGBoost with enable_categorical.
+      HistGradientBoosting takes at most 255 categories a column: it gets the 500-level
+      column with its 254 most frequent levels kept and the others missing.
 Rows per case and peer: training time, prediction of the test rows (100k) and one-row latency
 (the median of 200 calls), test AUC (log loss for multiclass, RMSE for regression) of both in
 the note, and for case (a) in the full run the peak memory of each fit (in its own process,
-ru_maxrss above the loaded data). And the histogram kernel alone (one level over all training
-rows) against the pure-PyTorch reference (index_add), with its bandwidth on the bytes it must
-read.
+VmHWM above the loaded data and library; also with glibc's mmap threshold fixed). And the
+histogram kernel alone (one level over all training rows) against the pure-PyTorch reference
+(index_add), with its bandwidth on the bytes it must read.
 
 On a GPU only case (a) runs, the anchors XGBoost device="cuda" when it is installed and,
 always, pynotes' own CPU path on every core of the machine (the GPU machine we use has no
@@ -40,7 +45,50 @@ CASES = {
     "d": ("100k x 200, depth 6, 100 rounds", 100_000, 6, 100, "binary"),
     "e": ("10 classes, 100k x 30, depth 6, 100 rounds", 100_000, 6, 100, "multiclass"),
     "f": ("regression 500k x 20, depth 6, 100 rounds", 500_000, 6, 100, "regression"),
+    "g": ("300k x (4 categorical + 10 numeric), depth 6, 100 rounds", 200_000, 6, 100,
+          "binary"),
 }
+CATEGORY_LEVELS = (5, 20, 100, 500)
+
+
+def make_categorical_data(n):
+    """Case (g): a DataFrame of 10 numeric columns and 4 string categorical ones (skewed
+    level frequencies for the larger two), and a binary target of both."""
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    numeric = rng.normal(size=(n, 10)).astype(np.float32)
+    frame = pd.DataFrame({f"x{i}": numeric[:, i] for i in range(10)})
+    logit = numeric[:, 0] - 0.5 * numeric[:, 1] ** 2 + np.sin(2 * numeric[:, 2])
+    for j, levels in enumerate(CATEGORY_LEVELS):
+        codes = rng.integers(0, levels, n) if levels <= 20 else \
+            np.minimum(rng.zipf(1.2, n) - 1, levels - 1)
+        effect = rng.normal(0, 1, levels)
+        logit = logit + effect[codes] * (1 + 0.5 * (numeric[:, 3] > 0) * (j == 1))
+        names = np.array([f"c{j}_level{k}" for k in range(levels)], dtype=object)
+        frame[f"c{j}"] = pd.Categorical(names[codes], categories=names)
+    y = (logit + rng.logistic(size=n) > np.median(logit)).astype(np.int64)
+    return frame, y
+
+
+def kept_levels(X_train):
+    """HistGradientBoosting refuses more than 255 categories a column: per larger column of
+    the training frame, its 254 most frequent levels (for_library sends the rest to missing)."""
+    if not hasattr(X_train, "dtypes"):
+        return {}
+    return {column: list(X_train[column].value_counts().index[:254]) for column in X_train
+            if X_train[column].dtype.name == "category" and
+            len(X_train[column].cat.categories) > 255}
+
+
+def for_library(library, X, kept):
+    """X as a peer takes it (kept: kept_levels of the training frame)."""
+    if library != "sklearn HistGradientBoosting" or not kept:
+        return X
+    import pandas as pd
+    X = X.copy()
+    for column, levels in kept.items():
+        X[column] = pd.Categorical(X[column].where(X[column].isin(levels)), categories=levels)
+    return X
 
 
 def make_data(case):
@@ -48,6 +96,10 @@ def make_data(case):
     from sklearn.datasets import make_classification, make_friedman1
     _, train, _, _, _ = CASES[case]
     n = train + TEST_ROWS
+    if case == "g":
+        X, y = make_categorical_data(n)
+        test = X.shape[0] - TEST_ROWS
+        return X.iloc[:test], X.iloc[test:], y[:test], y[test:]
     if case == "a":
         X, y = make_classification(n_samples=500_000, n_features=50, random_state=0)
     elif case == "b":
@@ -95,7 +147,7 @@ def make_model(library, task, depth, rounds, threads, device="cpu"):
         import xgboost
         cls = xgboost.XGBRegressor if task == "regression" else xgboost.XGBClassifier
         return cls(n_estimators=rounds, max_depth=depth, learning_rate=0.1, max_bin=256,
-                   tree_method="hist", n_jobs=threads, device=device)
+                   tree_method="hist", n_jobs=threads, device=device, enable_categorical=True)
     if library == "LightGBM":
         import lightgbm
         cls = lightgbm.LGBMRegressor if task == "regression" else lightgbm.LGBMClassifier
@@ -150,17 +202,23 @@ def kb(field):  # this process's memory (Linux): VmHWM is its peak, reset by exe
 
 
 X, y = np.load(sys.argv[3]), np.load(sys.argv[4])
+model = make_model(sys.argv[1], "binary", 6, 100, int(sys.argv[2]))  # its library imported
 before = kb("VmRSS")
-make_model(sys.argv[1], "binary", 6, 100, int(sys.argv[2])).fit(X, y)
+model.fit(X, y)
 print((kb("VmHWM") - before) / 1024)
 """
 
 
-def peak_training_mb(library, threads, X, y):
-    """Peak resident memory (MB) a fit on (X, y) adds above the loaded data, in a fresh process
-    whose peak (VmHWM) the fit sets: the data are loaded from files, not generated there."""
+def peak_training_mb(library, threads, X, y, fixed_mmap_threshold=False):
+    """Peak resident memory (MB) a fit on (X, y) adds above the loaded data and the imported
+    library, in a fresh process whose peak (VmHWM) the fit sets: the data are loaded from
+    files, not generated there. fixed_mmap_threshold: with glibc's mmap threshold fixed at
+    128 kB (MALLOC_MMAP_THRESHOLD_), so that freed large blocks go back to the system rather
+    than raise the threshold and stay in the heap."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    if fixed_mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     with tempfile.TemporaryDirectory() as folder:
         paths = [os.path.join(folder, name) for name in ("X.npy", "y.npy")]
         np.save(paths[0], X)
@@ -182,20 +240,23 @@ def run(device, quick=True):
     for case in case_names(device, quick):
         description, _, depth, n_rounds, task = CASES[case]
         X_train, X_test, y_train, y_test = make_data(case)
+        kept = kept_levels(X_train)
         models = {}
 
         def fit(library):
             lib_threads = os.cpu_count() if library.startswith("pynotes CPU") else threads
             lib_device = "cpu" if library.startswith("pynotes CPU") else device
             name = "pynotes" if library.startswith("pynotes CPU") else library
+            X = for_library(library, X_train, kept)
 
             def go():
                 with threadpool_limits(lib_threads):
                     models[library] = make_model(name, task, depth, n_rounds, lib_threads,
-                                                 lib_device).fit(X_train, y_train)
+                                                 lib_device).fit(X, y_train)
             return go
 
         def predict(library, rows):
+            rows = for_library(library, rows, kept)
             model = models[library]
             call = model.predict if task == "regression" else model.predict_proba
 
@@ -205,7 +266,7 @@ def run(device, quick=True):
             return go
 
         def one_row(library):
-            single = [X_test[i:i + 1] for i in range(200)]
+            single = [for_library(library, X_test[i:i + 1], kept) for i in range(200)]
             model = models[library]
             call = model.predict if task == "regression" else model.predict_proba
 
@@ -218,15 +279,18 @@ def run(device, quick=True):
         label = f"({case}) {description}"
         memory = {}
         if case == "a" and device == "cpu" and not quick:
-            memory = {lib: peak_training_mb(lib, threads, X_train, y_train)
-                      for lib in peers(device) + ["pynotes"]}
+            memory = {lib: [peak_training_mb(lib, threads, X_train, y_train, fixed)
+                            for fixed in (False, True)] for lib in peers(device) + ["pynotes"]}
         for library in peers(device):
             ms = time_pair(fit(library), fit("pynotes"), device, warmup=0, rounds=rounds)
-            metric, theirs = score(task, y_test, models[library], X_test)
+            metric, theirs = score(task, y_test, models[library],
+                                   for_library(library, X_test, kept))
             _, ours = score(task, y_test, models["pynotes"], X_test)
             note = f"{metric} {theirs:.4f} vs pynotes {ours:.4f}"
             if memory:
-                note += f"; peak memory {memory[library]:.0f} MB vs {memory['pynotes']:.0f} MB"
+                note += (f"; peak memory {memory[library][0]:.0f} MB vs "
+                         f"{memory['pynotes'][0]:.0f} MB (glibc mmap threshold fixed: "
+                         f"{memory[library][1]:.0f} vs {memory['pynotes'][1]:.0f} MB)")
             results.append(Result("gbdt", label, "train", library, *ms, note=note))
             ms = time_pair(predict(library, X_test), predict("pynotes", X_test), device,
                            warmup=1, rounds=5)

@@ -142,15 +142,17 @@ std::tuple<at::Tensor, at::Tensor> gbdt_advance(const at::Tensor& bins, const at
 at::Tensor gbdt_predict(const at::Tensor& x, const at::Tensor& feature,
                         const at::Tensor& threshold, const at::Tensor& default_left,
                         const at::Tensor& value, const at::Tensor& group, const at::Tensor& base,
-                        int64_t missing_bin);
+                        int64_t missing_bin,
+                        const std::optional<at::Tensor>& categorical = std::nullopt,
+                        const std::optional<at::Tensor>& cat_left = std::nullopt);
 
 // One tree grown depth-wise in one call (CPU): (feature, split_bin, default_left, gain, sums,
-// leaf of every row), heap order.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+// leaf of every row, the categorical splits' left sets), heap order.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 gbdt_grow_tree(const at::Tensor& bins, const at::Tensor& grad, const at::Tensor& hess,
                const std::optional<at::Tensor>& feature_mask, int64_t max_depth, int64_t num_bins,
-               double reg_lambda, double gamma, double min_child_weight, int64_t quantize_bins,
-               int64_t seed);
+               double reg_lambda, double gamma, double min_child_weight, int64_t quantize_bins = 0,
+               int64_t seed = 0, const std::optional<at::Tensor>& categorical = std::nullopt);
 
 // Log-sum-exp importance weighting over `dim` (K samples): the IWAE bound
 // logsumexp(log_w, dim) - log K (one pass; differentiable, its gradient the normalized weights

@@ -108,15 +108,16 @@ TORCH_LIBRARY(pynotes, m) {
       tags);
   m.def(
       "gbdt_predict(Tensor x, Tensor feature, Tensor threshold, Tensor default_left, "
-      "Tensor value, Tensor group, Tensor base, int missing_bin) -> Tensor",
+      "Tensor value, Tensor group, Tensor base, int missing_bin, Tensor? categorical=None, "
+      "Tensor? cat_left=None) -> Tensor",
       tags);
   // One tree grown to max_depth in one call (CPU only; gbdt/gbdt_kernels.h, GbdtGrowTree).
   m.def(
       "gbdt_grow_tree(Tensor bins, Tensor grad, Tensor hess, Tensor? feature_mask, "
       "int max_depth, int num_bins, float reg_lambda, float gamma, float min_child_weight, "
-      "int quantize_bins=0, int seed=0) -> "
+      "int quantize_bins=0, int seed=0, Tensor? categorical=None) -> "
       "(Tensor feature, Tensor split_bin, Tensor default_left, Tensor gain, Tensor sums, "
-      "Tensor leaf)",
+      "Tensor leaf, Tensor cat_left)",
       tags);
   // Log-sum-exp importance weighting over `dim` (IWAE, Burda et al.): the bound
   // logsumexp(log_w) - log K, its backward (the normalized weights times grad), and the bound
@@ -265,18 +266,20 @@ std::tuple<at::Tensor, at::Tensor> gbdt_advance(const at::Tensor& bins, const at
 at::Tensor gbdt_predict(const at::Tensor& x, const at::Tensor& feature,
                         const at::Tensor& threshold, const at::Tensor& default_left,
                         const at::Tensor& value, const at::Tensor& group, const at::Tensor& base,
-                        int64_t missing_bin) {
+                        int64_t missing_bin, const std::optional<at::Tensor>& categorical,
+                        const std::optional<at::Tensor>& cat_left) {
   PYNOTES_CALL_OP("gbdt_predict", gbdt_predict, x, feature, threshold, default_left, value,
-                  group, base, missing_bin);
+                  group, base, missing_bin, categorical, cat_left);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 gbdt_grow_tree(const at::Tensor& bins, const at::Tensor& grad, const at::Tensor& hess,
                const std::optional<at::Tensor>& feature_mask, int64_t max_depth, int64_t num_bins,
                double reg_lambda, double gamma, double min_child_weight, int64_t quantize_bins,
-               int64_t seed) {
+               int64_t seed, const std::optional<at::Tensor>& categorical) {
   PYNOTES_CALL_OP("gbdt_grow_tree", gbdt_grow_tree, bins, grad, hess, feature_mask, max_depth,
-                  num_bins, reg_lambda, gamma, min_child_weight, quantize_bins, seed);
+                  num_bins, reg_lambda, gamma, min_child_weight, quantize_bins, seed,
+                  categorical);
 }
 
 at::Tensor iwae_bound(const at::Tensor& log_w, int64_t dim, bool keepdim) {

@@ -312,7 +312,7 @@ def test_grow_tree_matches_the_level_loop(rows, features, num_bins, depth, disti
     args = (bins, grad, hess, depth, num_bins, 1.0, 0.0, 1.0, mask)
     got = ops.grow_tree(*args)
     expected = ops._grow_tree_by_levels(*args)
-    names = "feature split_bin default_left gain sums leaf".split()
+    names = "feature split_bin default_left gain sums leaf cat_left".split()
     for name, a, b in zip(names, got, expected):
         assert a.dtype == b.dtype and torch.equal(a, b), name
     if rows > 100 and depth > 0:
@@ -338,7 +338,7 @@ def test_quantized_grow_tree():
         torch.set_num_threads(before)
     for a, b in zip(*trees):
         assert torch.equal(a, b)
-    feature, split_bin, _, _, sums, leaf = trees[0]
+    feature, split_bin, _, _, sums, leaf, _ = trees[0]
     assert feature[0] == 0 and abs(int(split_bin[0]) - 19) <= 1  # the signal's threshold
     exact = ops.grow_tree(*args)
     assert torch.equal(feature[0], exact[0][0])

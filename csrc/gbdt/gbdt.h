@@ -7,6 +7,7 @@
 // A split is allowed when both children have H >= min_child_weight and H > 0.
 #include <c10/macros/Macros.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -63,6 +64,23 @@ C10_HOST_DEVICE inline void bin_totals(const Bins& hist, int64_t num_bins, doubl
   }
 }
 
+// Tries the children of a split whose left side holds (g_left, h_left) before the missing
+// values: with the missing values right, and (directions == 2) left; keeps the better in best.
+C10_HOST_DEVICE inline void try_split(Split& best, int64_t bin, double g_left, double h_left,
+                                      double g_missing, double h_missing, int directions,
+                                      double g_total, double h_total, double parent,
+                                      double reg_lambda, double gamma, double min_child_weight) {
+  for (int left = 0; left < directions; ++left) {
+    const double gl = left ? g_left + g_missing : g_left;
+    const double hl = left ? h_left + h_missing : h_left;
+    const double gr = g_total - gl, hr = h_total - hl;
+    if (hl < min_child_weight || hr < min_child_weight || !(hl > 0) || !(hr > 0)) continue;
+    const double gain =
+        0.5 * (score(gl, hl, reg_lambda) + score(gr, hr, reg_lambda) - parent) - gamma;
+    if (gain > best.gain) best = {gain, bin, left != 0, gl, hl};
+  }
+}
+
 // The best split of one feature's histogram (num_bins bins, the last holding the missing
 // values): thresholds in increasing order, for each the missing values going right first,
 // then left; the first of equal gains wins, so the choice is deterministic.
@@ -85,17 +103,83 @@ C10_HOST_DEVICE inline Split best_split_of_feature(const Bins& hist, int64_t num
     h_left += h_bin;
     // An empty bin leaves the sums, so the gains, of the bin before: the earlier wins ties.
     if (b > 0 && g_bin == 0 && h_bin == 0) continue;
-    for (int left = 0; left < directions; ++left) {
-      const double gl = left ? g_left + g_missing : g_left;
-      const double hl = left ? h_left + h_missing : h_left;
-      const double gr = g_total - gl, hr = h_total - hl;
-      if (hl < min_child_weight || hr < min_child_weight || !(hl > 0) || !(hr > 0)) continue;
-      const double gain =
-          0.5 * (score(gl, hl, reg_lambda) + score(gr, hr, reg_lambda) - parent) - gamma;
-      if (gain > best.gain) best = {gain, b, left != 0, gl, hl};
-    }
+    try_split(best, b, g_left, h_left, g_missing, h_missing, directions, g_total, h_total,
+              parent, reg_lambda, gamma, min_child_weight);
   }
   return best;
+}
+
+// Categorical features: a bin per category, and a split sends a set of categories left (the
+// missing values go the default way, categories not in the set right). As scikit-learn's
+// HistGradientBoosting (and LightGBM): the node's categories with a support of at least
+// kCategorySmooth rows (H times the node's rows / H, its rows for a constant hessian) sorted
+// by G / (H + kCategorySmooth), ties in bin order, and the best of the splits into a prefix
+// of that order and the rest (Fisher 1958: for squared error the best set is such a prefix);
+// categories of less support always go right. The left set is a bitset of kCategoryWords
+// 32-bit words. The split search is host code only.
+constexpr int64_t kCategoryWords = 8;  // 256 bins
+constexpr double kCategorySmooth = 10.0;
+
+C10_HOST_DEVICE inline bool in_category_set(const int32_t* words, int64_t bin) {
+  return (static_cast<uint32_t>(words[bin >> 5]) >> (bin & 31)) & 1u;
+}
+
+// The categories of a histogram with enough support (rows_per_h: the node's rows / H) in
+// split order, into order; returns their number.
+template <typename Bins>
+inline int64_t sorted_categories(const Bins& hist, int64_t num_bins, double rows_per_h,
+                                 int64_t* order) {
+  double key[256];
+  int64_t n = 0;
+  for (int64_t b = 0; b < num_bins - 1; ++b) {
+    const double g = hist.g(b), h = hist.h(b);
+    if (!(h * rows_per_h >= kCategorySmooth)) continue;
+    key[b] = g / (h + kCategorySmooth);
+    order[n++] = b;
+  }
+  std::stable_sort(order, order + n, [&](int64_t i, int64_t j) { return key[i] < key[j]; });
+  return n;
+}
+
+// The best categorical split of one feature's histogram of a node of `rows` rows; its bin is
+// the position of the last
+// category of the left set in the sorted order (categorical_left_set turns it into the set).
+template <typename Bins>
+inline Split best_categorical_split(const Bins& hist, int64_t num_bins, int64_t rows,
+                                    double reg_lambda, double gamma, double min_child_weight) {
+  const int64_t missing = num_bins - 1;
+  double g_total, h_total;
+  bin_totals(hist, num_bins, g_total, h_total);
+  int64_t order[256];
+  const int64_t n = sorted_categories(hist, num_bins, rows / h_total, order);
+  const double g_missing = hist.g(missing), h_missing = hist.h(missing);
+  const int directions = g_missing == 0 && h_missing == 0 ? 1 : 2;
+  const double parent = score(g_total, h_total, reg_lambda);
+  Split best = no_split();
+  double g_left = 0, h_left = 0;  // the categories order[0 .. k]
+  for (int64_t k = 0; k < n; ++k) {
+    g_left += hist.g(order[k]);
+    h_left += hist.h(order[k]);
+    try_split(best, k, g_left, h_left, g_missing, h_missing, directions, g_total, h_total,
+              parent, reg_lambda, gamma, min_child_weight);
+  }
+  return best;
+}
+
+// The bitset (kCategoryWords words) of the categories a split at sorted position k sends left
+// (the histogram and rows of best_categorical_split).
+template <typename Bins>
+inline void categorical_left_set(const Bins& hist, int64_t num_bins, int64_t rows, int64_t k,
+                                 int32_t* words) {
+  double g_total, h_total;
+  bin_totals(hist, num_bins, g_total, h_total);
+  int64_t order[256];
+  sorted_categories(hist, num_bins, rows / h_total, order);
+  for (int64_t w = 0; w < kCategoryWords; ++w) words[w] = 0;
+  for (int64_t i = 0; i <= k; ++i) {
+    words[order[i] >> 5] = static_cast<int32_t>(static_cast<uint32_t>(words[order[i] >> 5]) |
+                                                (1u << (order[i] & 31)));
+  }
 }
 
 // The best split of item i = slot * features + feature of a split search (none for a
@@ -145,10 +229,26 @@ C10_HOST_DEVICE inline void write_best_split(const GbdtBestSplits& a, const Spli
   a.right_sum[2 * s + 1] = c.h_right;
 }
 
+// Sums over the processes of a data-parallel fit are taken in fixed point: each process's
+// values times fixed_point_scale(bound), rounded to int64, where bound >= the number of
+// processes times the largest sum of |values| of one process; every process's integers are
+// then below 2^62 / processes, and their sum is exact and the same on every process.
+inline double fixed_point_scale(double bound) {
+  int exponent = 0;
+  std::frexp(bound, &exponent);
+  return std::ldexp(1.0, 62 - exponent);
+}
+
 // Whether a row in bin `bin` goes to the left child of a split at split_bin.
 C10_HOST_DEVICE inline bool goes_left(int64_t bin, int64_t missing_bin, int64_t split_bin,
                                       bool default_left) {
   return bin == missing_bin ? default_left : bin <= split_bin;
+}
+
+// Whether a row in bin `bin` goes to the left child of a categorical split.
+C10_HOST_DEVICE inline bool category_goes_left(int64_t bin, int64_t missing_bin,
+                                               const int32_t* words, bool default_left) {
+  return bin == missing_bin ? default_left : in_category_set(words, bin);
 }
 
 // Moves row r one level down (rows in leaves stay) and returns its node.
@@ -176,16 +276,37 @@ C10_HOST_DEVICE inline bool value_goes_left(X v, Th threshold, bool default_left
   }
 }
 
+// The same for a categorical split: v a category code (NaN, or any value that is not a code of
+// the bitset, is missing) or a bin.
+template <typename X>
+C10_HOST_DEVICE inline bool value_in_category_set(X v, const int32_t* words, bool default_left,
+                                                  int64_t missing_bin) {
+  if constexpr (std::is_floating_point_v<X>) {
+    if (!(v >= 0 && v < 32 * kCategoryWords)) return default_left;  // NaN too
+    const int64_t code = static_cast<int64_t>(v);
+    return static_cast<X>(code) == v ? in_category_set(words, code) : default_left;
+  } else {
+    return category_goes_left(v, missing_bin, words, default_left);
+  }
+}
+
 // The leaf a row reaches in one tree of `nodes` entries: raw features (NaN is missing) or
-// bins. A split whose children would fall outside the tree counts as a leaf.
+// bins. A split whose children would fall outside the tree counts as a leaf. categorical (per
+// feature) and cat_left (the tree's bitsets, kCategoryWords per node) are both nullptr for a
+// tree without categorical splits.
 template <typename X, typename Th>
 C10_HOST_DEVICE inline int64_t leaf_of(const X* row, const int32_t* feature, const Th* threshold,
                                        const bool* default_left, int64_t nodes,
-                                       int64_t missing_bin) {
+                                       int64_t missing_bin, const bool* categorical = nullptr,
+                                       const int32_t* cat_left = nullptr) {
   int64_t n = 0;
   while (feature[n] >= 0 && 2 * n + 2 < nodes) {
-    const bool left = value_goes_left(row[feature[n]], threshold[n], default_left[n],
-                                      missing_bin);
+    const int32_t f = feature[n];
+    const bool left =
+        categorical && categorical[f]
+            ? value_in_category_set(row[f], cat_left + n * kCategoryWords, default_left[n],
+                                    missing_bin)
+            : value_goes_left(row[f], threshold[n], default_left[n], missing_bin);
     n = 2 * n + (left ? 1 : 2);
   }
   return n;

@@ -255,7 +255,8 @@ void predict(const GbdtPredict& a) {
         const bool* default_left = a.default_left + t * a.nodes;
 #if defined(CPU_CAPABILITY_AVX512)
         if constexpr (std::is_same_v<X, float> && std::is_same_v<Th, float>) {
-          if (m == kBlock && a.nodes >= 7 && a.features * kBlock < (int64_t(1) << 31)) {
+          if (m == kBlock && a.nodes >= 7 && a.features * kBlock < (int64_t(1) << 31) &&
+              a.categorical == nullptr) {
             walk_16_rows_avx512(rows, a.features, feature, thresh, default_left, steps, node);
             walk_16_rows_avx512(rows + 16 * a.features, a.features, feature, thresh,
                                 default_left, steps, node + 16);
@@ -269,12 +270,18 @@ void predict(const GbdtPredict& a) {
         }
 #endif
         std::fill(node, node + m, 0);
+        const int32_t* cat_left =
+            a.cat_left ? a.cat_left + t * a.nodes * gbdt::kCategoryWords : nullptr;
         for (int64_t s = 0; s < steps; ++s) {
           bool moved = false;
           for (int64_t i = 0; i < m; ++i) {
             const int32_t n = node[i], f = feature[n];
-            const bool left = gbdt::value_goes_left(rows[i * a.features + (f < 0 ? 0 : f)],
-                                                    thresh[n], default_left[n], a.missing_bin);
+            const X v = rows[i * a.features + (f < 0 ? 0 : f)];
+            const bool left =
+                cat_left && f >= 0 && a.categorical[f]
+                    ? gbdt::value_in_category_set(v, cat_left + n * gbdt::kCategoryWords,
+                                                  default_left[n], a.missing_bin)
+                    : gbdt::value_goes_left(v, thresh[n], default_left[n], a.missing_bin);
             node[i] = f < 0 ? n : 2 * n + 2 - left;
             moved |= f >= 0;
           }
@@ -341,29 +348,51 @@ inline double uniform(uint64_t seed, uint64_t i) {
   return static_cast<double>((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
 }
 
+// The sizes of a tree's gradients, over every process of a data-parallel fit: the largest
+// |g| and h (the quantization scales), and the largest sums of |g| and h of one process (the
+// bound of the fixed-point sums); the sums only in a data-parallel fit.
+struct GradientSizes {
+  double g_max = 0, h_max = 0, g_sum = 0, h_sum = 0;
+};
+static_assert(sizeof(GradientSizes) == 4 * sizeof(double), "reduced as 4 doubles");
+
+template <typename T>
+GradientSizes gradient_sizes(const GbdtGrowTree& a, const T* grad, const T* hess) {
+  GradientSizes s;
+  if (a.quantize_bins == 0 && a.all_reduce == nullptr) return s;
+  std::vector<GradientSizes> parts(std::max<int64_t>(1, at::get_num_threads()));
+  at::parallel_for(0, a.rows, kRowGrain, [&](int64_t lo, int64_t hi) {
+    GradientSizes& p = parts[at::get_thread_num()];
+    for (int64_t r = lo; r < hi; ++r) {
+      const double g = std::abs(static_cast<double>(grad[r])), h = hess[r];
+      p.g_max = std::max(p.g_max, g), p.h_max = std::max(p.h_max, h);
+      p.g_sum += g, p.h_sum += h;
+    }
+  });
+  for (const GradientSizes& p : parts) {
+    s.g_max = std::max(s.g_max, p.g_max), s.h_max = std::max(s.h_max, p.h_max);
+    s.g_sum += p.g_sum, s.h_sum += p.h_sum;
+  }
+  if (a.all_reduce) (*a.all_reduce)(GbdtReduce::kMax, &s, 4);
+  return s;
+}
+
 // Gradients rounded stochastically (unbiased) to integers in [-bins / 2, bins / 2] times
 // g_scale = max |g| / (bins / 2), hessians to [0, bins] times h_scale = max h / bins, as
 // Shi et al. (NeurIPS 2022) and LightGBM's use_quantized_grad.
 template <typename T>
 QuantizedGradients quantize_gradients(const GbdtGrowTree& a, const T* grad, const T* hess,
-                                      std::vector<int64_t>& packed) {
+                                      const GradientSizes& sizes, std::vector<int64_t>& packed) {
   const int64_t g_levels = std::max<int64_t>(1, a.quantize_bins / 2), h_levels = a.quantize_bins;
-  const auto max_of = [&](const T* v, bool absolute) {
-    return at::parallel_reduce(0, a.rows, kRowGrain, 0.0, [&](int64_t lo, int64_t hi, double m) {
-      for (int64_t r = lo; r < hi; ++r) {
-        m = std::max(m, absolute ? std::abs(static_cast<double>(v[r])) : static_cast<double>(v[r]));
-      }
-      return m;
-    }, [](double x, double y) { return std::max(x, y); });
-  };
-  const double g_max = max_of(grad, true), h_max = max_of(hess, false);
+  const double g_max = sizes.g_max, h_max = sizes.h_max;
   const double g_scale = g_max > 0 ? g_max / g_levels : 1.0;
   const double h_scale = h_max > 0 ? h_max / h_levels : 1.0;
   packed.resize(a.rows);
   at::parallel_for(0, a.rows, kRowGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       const auto round = [&](double v, uint64_t stream) {
-        return static_cast<int64_t>(std::floor(v + uniform(a.seed, 2 * r + stream)));
+        return static_cast<int64_t>(
+            std::floor(v + uniform(a.seed, 2 * (a.row_offset + r) + stream)));
       };
       const int64_t g = std::clamp<int64_t>(round(grad[r] / g_scale, 0), -g_levels, g_levels);
       const int64_t h = std::clamp<int64_t>(round(hess[r] / h_scale, 1), 0, h_levels);
@@ -402,7 +431,7 @@ struct PartitionBlock {
 };
 
 template <typename T, typename Gradients>
-void grow_tree(const GbdtGrowTree& a, const Gradients& grads) {
+void grow_tree(const GbdtGrowTree& a, const Gradients& grads, const GradientSizes& sizes) {
   using Cell = typename Gradients::Cell;
   const int64_t F = a.features, B = a.num_bins, missing = B - 1;
   const int64_t feature_cells = B * Gradients::kPerBin, cells = F * feature_cells;
@@ -414,6 +443,41 @@ void grow_tree(const GbdtGrowTree& a, const Gradients& grads) {
   std::vector<char> reached(nodes, 0);
   end[0] = a.rows;
   reached[0] = 1;
+  // Each node's rows (in every process of a data-parallel fit): which child to build, and the
+  // categories' support.
+  std::vector<int64_t> node_rows(nodes, 0);
+  node_rows[0] = a.rows;
+  // A data-parallel fit sums values (histogram cells: float64 in fixed point, or packed
+  // integers) and row counts over the processes, in place, in one collective.
+  const double scale = a.all_reduce ? gbdt::fixed_point_scale(
+      a.processes * std::max(sizes.g_sum, sizes.h_sum)) : 1.0;
+  std::vector<int64_t> wire;
+  const auto combine = [&](auto* values, int64_t n, int64_t* counts, int64_t m) {
+    if (a.all_reduce == nullptr) return;
+    using V = std::remove_pointer_t<decltype(values)>;
+    wire.resize(n + m);
+    at::parallel_for(0, n, kRowGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        if constexpr (std::is_same_v<V, double>) {
+          wire[i] = std::llrint(values[i] * scale);
+        } else {
+          wire[i] = values[i];
+        }
+      }
+    });
+    std::copy(counts, counts + m, wire.begin() + n);
+    (*a.all_reduce)(GbdtReduce::kSum, wire.data(), n + m);
+    at::parallel_for(0, n, kRowGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        if constexpr (std::is_same_v<V, double>) {
+          values[i] = static_cast<double>(wire[i]) / scale;
+        } else {
+          values[i] = wire[i];
+        }
+      }
+    });
+    std::copy(wire.begin() + n, wire.end(), counts);
+  };
 
   // The histograms of nodes list[0, count) into out (count x cells): the nodes' values
   // gathered in row-index order, then in parallel over features, every bin summed by one
@@ -463,9 +527,14 @@ void grow_tree(const GbdtGrowTree& a, const Gradients& grads) {
     per_feature.resize(S * F);
     at::parallel_for(0, S * F, 16, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
-        per_feature[i] = a.feature_mask && !a.feature_mask[i % F] ? gbdt::no_split() :
-            gbdt::best_split_of_feature(grads.bins(hist + i * feature_cells), B, a.reg_lambda,
-                                        a.gamma, a.min_child_weight);
+        const int64_t f = i % F;
+        const auto bins = grads.bins(hist + i * feature_cells);
+        per_feature[i] =
+            a.feature_mask && !a.feature_mask[f] ? gbdt::no_split()
+            : a.categorical && a.categorical[f]
+                ? gbdt::best_categorical_split(bins, B, node_rows[level[i / F]], a.reg_lambda,
+                                               a.gamma, a.min_child_weight)
+                : gbdt::best_split_of_feature(bins, B, a.reg_lambda, a.gamma, a.min_child_weight);
       }
     });
     std::vector<gbdt::NodeSplit> splits(S);
@@ -494,16 +563,29 @@ void grow_tree(const GbdtGrowTree& a, const Gradients& grads) {
       });
     };
     each_block([&](PartitionBlock& blk) {
-      const uint8_t* column = a.bins_by_feature + a.feature[blk.node] * a.rows;
+      const int64_t f = a.feature[blk.node];
+      const uint8_t* column = a.bins_by_feature + f * a.rows;
       const int64_t split_bin = a.split_bin[blk.node];
       const bool default_left = a.default_left[blk.node];
-      int64_t left = 0;
-      for (int64_t i = blk.begin; i < blk.end; ++i) {
-        const bool l = gbdt::goes_left(column[index[i]], missing, split_bin, default_left);
-        goes_left[i] = l;
-        left += l;
+      const auto decide = [&](auto&& left_of_bin) {
+        int64_t left = 0;
+        for (int64_t i = blk.begin; i < blk.end; ++i) {
+          const bool l = left_of_bin(column[index[i]]);
+          goes_left[i] = l;
+          left += l;
+        }
+        blk.left = left;
+      };
+      if (a.categorical && a.categorical[f]) {
+        const int32_t* words = a.cat_left + blk.node * gbdt::kCategoryWords;
+        decide([&](int64_t bin) {
+          return gbdt::category_goes_left(bin, missing, words, default_left);
+        });
+      } else {
+        decide([&](int64_t bin) {
+          return gbdt::goes_left(bin, missing, split_bin, default_left);
+        });
       }
-      blk.left = left;
     });
     for (size_t k = 0; k < blocks.size();) {  // one node's blocks at a time
       const int64_t n = blocks[k].node;
@@ -536,6 +618,7 @@ void grow_tree(const GbdtGrowTree& a, const Gradients& grads) {
   std::vector<int32_t> level{0};  // this level's nodes, their histograms in this order
   std::unique_ptr<Cell[]> hist(new Cell[cells]);
   build(level.data(), 1, hist.get());
+  combine(hist.get(), cells, node_rows.data(), 1);
   if (F > 0) gbdt::bin_totals(grads.bins(hist.get()), B, a.sums[0], a.sums[1]);
   for (int64_t depth = 0; depth < a.max_depth; ++depth) {
     const std::vector<gbdt::NodeSplit> splits = find_splits(level, hist.get());
@@ -545,7 +628,14 @@ void grow_tree(const GbdtGrowTree& a, const Gradients& grads) {
       if (c.feature < 0 || !(c.split.gain > 0)) continue;
       const int64_t n = level[s];
       a.feature[n] = static_cast<int32_t>(c.feature);
-      a.split_bin[n] = static_cast<int32_t>(c.split.bin);
+      if (a.categorical && a.categorical[c.feature]) {
+        gbdt::categorical_left_set(grads.bins(hist.get() + s * cells + c.feature * feature_cells),
+                                   B, node_rows[n], c.split.bin,
+                                   a.cat_left + n * gbdt::kCategoryWords);
+        a.split_bin[n] = 0;
+      } else {
+        a.split_bin[n] = static_cast<int32_t>(c.split.bin);
+      }
       a.default_left[n] = c.split.default_left;
       a.gain[n] = c.split.gain;
       a.sums[2 * (2 * n + 1)] = c.split.g_left, a.sums[2 * (2 * n + 1) + 1] = c.split.h_left;
@@ -559,15 +649,23 @@ void grow_tree(const GbdtGrowTree& a, const Gradients& grads) {
     if (depth + 1 == a.max_depth) break;  // the children are leaves: their sums are known
     // Next level: the smaller child of each split built, its sibling = parent - it.
     const int64_t P = static_cast<int64_t>(split_nodes.size());
+    std::vector<int64_t> child_rows(2 * P);
+    for (int64_t i = 0; i < 2 * P; ++i) {
+      const int64_t child = 2 * split_nodes[i / 2] + 1 + i % 2;
+      child_rows[i] = end[child] - begin[child];
+    }
+    combine(static_cast<double*>(nullptr), 0, child_rows.data(), 2 * P);
     std::vector<int32_t> next(2 * P);
     for (int64_t i = 0; i < P; ++i) {
       const int64_t l = 2 * split_nodes[i] + 1, r = l + 1;
-      const bool build_left = end[l] - begin[l] <= end[r] - begin[r];
+      node_rows[l] = child_rows[2 * i], node_rows[r] = child_rows[2 * i + 1];
+      const bool build_left = node_rows[l] <= node_rows[r];
       next[i] = static_cast<int32_t>(build_left ? l : r);
       next[P + i] = static_cast<int32_t>(build_left ? r : l);
     }
     std::unique_ptr<Cell[]> next_hist(new Cell[2 * P * cells]);
     build(next.data(), P, next_hist.get());
+    combine(next_hist.get(), P * cells, nullptr, 0);
     at::parallel_for(0, P, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         const Cell* parent = hist.get() + split_slots[i] * cells;
@@ -597,15 +695,26 @@ void grow_tree(const GbdtGrowTree& a, const Gradients& grads) {
       a.sums[2 * n] = g, a.sums[2 * n + 1] = h;
     }
   });
+  if (a.quantize_bins != 0 && a.all_reduce) {  // the leaves' sums over every process
+    std::vector<double> leaf_sums(2 * leaves.size());
+    for (size_t k = 0; k < leaves.size(); ++k) {
+      leaf_sums[2 * k] = a.sums[2 * leaves[k]], leaf_sums[2 * k + 1] = a.sums[2 * leaves[k] + 1];
+    }
+    combine(leaf_sums.data(), static_cast<int64_t>(leaf_sums.size()), nullptr, 0);
+    for (size_t k = 0; k < leaves.size(); ++k) {
+      a.sums[2 * leaves[k]] = leaf_sums[2 * k], a.sums[2 * leaves[k] + 1] = leaf_sums[2 * k + 1];
+    }
+  }
 }
 
 template <typename T>
 void grow_tree(const GbdtGrowTree& a) {
   const T* grad = static_cast<const T*>(a.grad);
   const T* hess = static_cast<const T*>(a.hess);
-  if (a.quantize_bins == 0) return grow_tree<T>(a, FloatGradients<T>{grad, hess});
+  const GradientSizes sizes = gradient_sizes(a, grad, hess);
+  if (a.quantize_bins == 0) return grow_tree<T>(a, FloatGradients<T>{grad, hess}, sizes);
   std::vector<int64_t> packed;
-  grow_tree<T>(a, quantize_gradients(a, grad, hess, packed));
+  grow_tree<T>(a, quantize_gradients(a, grad, hess, sizes, packed), sizes);
 }
 
 }  // namespace

@@ -205,8 +205,9 @@ __global__ void predict_kernel(GbdtPredict a) {
     double* out = a.out + r * a.num_groups;
     for (int64_t t = 0; t < a.trees; ++t) {
       const int64_t base = t * a.nodes;
-      const int64_t leaf = gbdt::leaf_of(row, a.feature + base, threshold + base,
-                                         a.default_left + base, a.nodes, a.missing_bin);
+      const int64_t leaf = gbdt::leaf_of(
+          row, a.feature + base, threshold + base, a.default_left + base, a.nodes, a.missing_bin,
+          a.categorical, a.cat_left ? a.cat_left + base * gbdt::kCategoryWords : nullptr);
       out[a.group[t]] += a.value[base + leaf];
     }
   }

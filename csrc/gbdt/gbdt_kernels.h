@@ -11,6 +11,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <functional>
 
 #include "common/cpu_dispatch.h"
 
@@ -78,6 +79,10 @@ struct GbdtPredict {
   const float* value;        // (trees, nodes)
   const int64_t* group;      // (trees): the output column of each tree
   double* out;               // (rows, num_groups), accumulated into
+  // Categorical splits (CPU only), or both nullptr: per feature whether it is categorical,
+  // and per node the bitset of the categories sent left (gbdt.h, value_in_category_set).
+  const bool* categorical = nullptr;  // (features)
+  const int32_t* cat_left = nullptr;  // (trees, nodes, gbdt::kCategoryWords)
 };
 
 // One tree grown depth-wise to max_depth in one call (the CPU's counterpart of the trainer's
@@ -89,6 +94,15 @@ struct GbdtPredict {
 // With quantize_bins > 0 the histograms sum quantized gradients (quantize_gradients in
 // gbdt_cpu_kernel.cpp: integers, stochastically rounded with `seed`) and the leaves' sums
 // are renewed from grad and hess; the split nodes' sums are the quantized estimates.
+// Data-parallel training (pynotes.gbdt on torch.distributed): each process grows the tree on
+// its rows, and a GbdtAllReduce combines in place what the processes computed apart, giving
+// every process the same bits, so that all grow the same tree. Two kinds of buffer:
+enum class GbdtReduce : int64_t {
+  kSum = 0,  // int64, summed over the processes: exact, whatever order the backend adds in
+  kMax = 1,  // float64, the maximum over the processes
+};
+using GbdtAllReduce = std::function<void(GbdtReduce kind, void* data, int64_t n)>;
+
 struct GbdtGrowTree {
   c10::ScalarType dtype;  // of grad and hess
   int64_t rows, features, num_bins, max_depth;
@@ -105,6 +119,18 @@ struct GbdtGrowTree {
   double* gain;              // (nodes): the split's gain, 0 for a leaf
   double* sums;              // (nodes, 2): G, H of every node the tree reaches
   int32_t* leaf;             // (rows): the leaf each row ends in
+  // Categorical features (or nullptr): their splits send a set of bins left (gbdt.h,
+  // best_categorical_split), written to cat_left; their split_bin is 0.
+  const bool* categorical;   // (features)
+  int32_t* cat_left;         // (nodes, gbdt::kCategoryWords), zero for other nodes
+  // One process of `processes` in a data-parallel fit (or nullptr): per tree one kMax of the
+  // gradients' sizes, per level one kSum of the children's row counts and one of the
+  // histograms built (float64 sums in fixed point, gbdt.h), and with quantized gradients one
+  // kSum of the leaves' renewed sums. row_offset (this process's first row of all) seeds the
+  // rounding.
+  const GbdtAllReduce* all_reduce = nullptr;
+  int64_t processes = 1;
+  int64_t row_offset = 0;
 };
 
 struct GbdtKernels {

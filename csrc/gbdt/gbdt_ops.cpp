@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "common/checks.h"
+#include "gbdt/gbdt.h"
 
 namespace pynotes {
 namespace {
@@ -92,6 +93,14 @@ void check_splits(const at::Tensor& feature, const char* op, int64_t features) {
   TORCH_CHECK_VALUE(2 * last + 2 < nodes, op, ": node ", last, " is a split but its children (",
                     2 * last + 1, ", ", 2 * last + 2, ") are outside the ", nodes,
                     " nodes of a tree");
+}
+
+// The categorical-feature mask of an op: one bool per feature, on `like`'s device.
+void check_categorical(const at::Tensor& categorical, const char* op, const at::Tensor& like,
+                       const char* like_name, int64_t features) {
+  check_tensor(categorical, op, "categorical", at::kBool, 1);
+  check_device(categorical, "categorical", like, like_name);
+  check_size(categorical, op, "categorical", 0, features, "the number of features");
 }
 
 bool is_real(const at::Tensor& t) {
@@ -234,6 +243,8 @@ at::Tensor gbdt_predict_impl(const at::Tensor& x, const at::Tensor& feature,
                              const at::Tensor& threshold, const at::Tensor& default_left,
                              const at::Tensor& value, const at::Tensor& group,
                              const at::Tensor& base, int64_t missing_bin,
+                             const std::optional<at::Tensor>& categorical,
+                             const std::optional<at::Tensor>& cat_left,
                              const GbdtKernels& kernels) {
   constexpr const char* op = "gbdt_predict";
   const bool binned = x.scalar_type() == at::kByte;
@@ -260,6 +271,19 @@ at::Tensor gbdt_predict_impl(const at::Tensor& x, const at::Tensor& feature,
   check_size(group, op, "group", 0, feature.size(0), "feature.size(0)");
   check_range(group, op, "group", 0, base.size(0));
   check_splits(feature, op, x.size(1));
+  TORCH_CHECK_VALUE(has_tensor(categorical) == has_tensor(cat_left), op,
+                    ": categorical and cat_left come together (a model with categorical splits) "
+                    "or not at all");
+  if (has_tensor(categorical)) {
+    check_categorical(*categorical, op, x, "x", x.size(1));
+    check_tensor(*cat_left, op, "cat_left", at::kInt, 3);
+    check_device(*cat_left, "cat_left", x, "x");
+    TORCH_CHECK_VALUE(cat_left->size(0) == feature.size(0) && cat_left->size(1) ==
+                      feature.size(1) && cat_left->size(2) == gbdt::kCategoryWords, op,
+                      ": cat_left must have shape (trees, nodes, ", gbdt::kCategoryWords,
+                      ") = (", feature.size(0), ", ", feature.size(1), ", ",
+                      gbdt::kCategoryWords, "), got ", cat_left->sizes());
+  }
   c10::OptionalDeviceGuard guard(x.device());
   // A fresh buffer: expanding base to (1, groups) would be "contiguous" and alias it.
   at::Tensor out = at::empty({x.size(0), base.size(0)}, base.options());
@@ -267,10 +291,15 @@ at::Tensor gbdt_predict_impl(const at::Tensor& x, const at::Tensor& feature,
   if (out.numel() == 0 || feature.size(0) == 0 || feature.size(1) == 0) return out;
   const at::Tensor xc = x.contiguous(), f = feature.contiguous(), t = threshold.contiguous(),
                    d = default_left.contiguous(), v = value.contiguous(), g = group.contiguous();
+  const bool has_categories = has_tensor(categorical);
+  const at::Tensor cat = has_categories ? categorical->contiguous() : at::Tensor(),
+                   left_sets = has_categories ? cat_left->contiguous() : at::Tensor();
   kernels.predict({x.scalar_type(), x.size(0), x.size(1), feature.size(0), feature.size(1),
                    base.size(0), missing_bin, xc.const_data_ptr(), f.const_data_ptr<int32_t>(),
                    t.const_data_ptr(), d.const_data_ptr<bool>(), v.const_data_ptr<float>(),
-                   g.const_data_ptr<int64_t>(), out.mutable_data_ptr<double>()});
+                   g.const_data_ptr<int64_t>(), out.mutable_data_ptr<double>(),
+                   has_categories ? cat.const_data_ptr<bool>() : nullptr,
+                   has_categories ? left_sets.const_data_ptr<int32_t>() : nullptr});
   return out;
 }
 
@@ -278,7 +307,9 @@ GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
                              const at::Tensor& hess, const std::optional<at::Tensor>& feature_mask,
                              int64_t max_depth, int64_t num_bins, double reg_lambda, double gamma,
                              double min_child_weight, int64_t quantize_bins, int64_t seed,
-                             const GbdtKernels& kernels) {
+                             const std::optional<at::Tensor>& categorical,
+                             const GbdtKernels& kernels, const GbdtAllReduce* all_reduce,
+                             int64_t processes, int64_t row_offset) {
   constexpr const char* op = "gbdt_grow_tree";
   check_bins(bins, op, num_bins);
   const int64_t rows = bins.size(0), features = bins.size(1);
@@ -295,6 +326,7 @@ GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
     check_device(*feature_mask, "feature_mask", bins, "bins");
     check_size(*feature_mask, op, "feature_mask", 0, features, "bins.size(1)");
   }
+  if (has_tensor(categorical)) check_categorical(*categorical, op, bins, "bins", features);
   TORCH_CHECK_VALUE(max_depth >= 0 && max_depth <= 20, op, ": max_depth must be in [0, 20], got ",
                     max_depth);
   TORCH_CHECK_VALUE(reg_lambda >= 0 && min_child_weight >= 0 && gamma >= 0, op,
@@ -317,19 +349,23 @@ GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
              default_left = at::zeros({nodes}, opts.dtype(at::kBool)),
              gain = at::zeros({nodes}, opts.dtype(at::kDouble)),
              sums = at::zeros({nodes, 2}, opts.dtype(at::kDouble)),
-             leaf = at::zeros({rows}, opts.dtype(at::kInt));
+             leaf = at::zeros({rows}, opts.dtype(at::kInt)),
+             cat_left = at::zeros({nodes, gbdt::kCategoryWords}, opts.dtype(at::kInt));
   // The kernel reads bins one feature at a time: no copy when they are stored that way
   // (bins.t() contiguous, as pynotes.gbdt keeps them).
   const at::Tensor b = bins.t().contiguous(), g = grad.contiguous(), h = hess.contiguous();
   const at::Tensor mask = has_tensor(feature_mask) ? feature_mask->contiguous() : at::Tensor();
+  const at::Tensor cat = has_tensor(categorical) ? categorical->contiguous() : at::Tensor();
   kernels.grow_tree({grad.scalar_type(), rows, features, num_bins, max_depth, reg_lambda, gamma,
                      min_child_weight, quantize_bins, static_cast<uint64_t>(seed),
                      b.const_data_ptr<uint8_t>(), g.const_data_ptr(),
                      h.const_data_ptr(), mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
                      feature.mutable_data_ptr<int32_t>(), split_bin.mutable_data_ptr<int32_t>(),
                      default_left.mutable_data_ptr<bool>(), gain.mutable_data_ptr<double>(),
-                     sums.mutable_data_ptr<double>(), leaf.mutable_data_ptr<int32_t>()});
-  return {feature, split_bin, default_left, gain, sums, leaf};
+                     sums.mutable_data_ptr<double>(), leaf.mutable_data_ptr<int32_t>(),
+                     cat.defined() ? cat.const_data_ptr<bool>() : nullptr,
+                     cat_left.mutable_data_ptr<int32_t>(), all_reduce, processes, row_offset});
+  return {feature, split_bin, default_left, gain, sums, leaf, cat_left};
 }
 
 }  // namespace pynotes

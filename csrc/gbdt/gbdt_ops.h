@@ -13,9 +13,9 @@ namespace pynotes {
 
 using GbdtSplits =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-// feature, split_bin, default_left, gain, sums, leaf (gbdt_kernels.h, GbdtGrowTree).
-using GbdtTree =
-    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// feature, split_bin, default_left, gain, sums, leaf, cat_left (gbdt_kernels.h, GbdtGrowTree).
+using GbdtTree = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                            at::Tensor, at::Tensor>;
 
 at::Tensor gbdt_bin_impl(const at::Tensor& x, const at::Tensor& cuts, int64_t missing_bin,
                          const GbdtKernels& kernels);
@@ -35,12 +35,28 @@ at::Tensor gbdt_predict_impl(const at::Tensor& x, const at::Tensor& feature,
                              const at::Tensor& threshold, const at::Tensor& default_left,
                              const at::Tensor& value, const at::Tensor& group,
                              const at::Tensor& base, int64_t missing_bin,
+                             const std::optional<at::Tensor>& categorical,
+                             const std::optional<at::Tensor>& cat_left,
                              const GbdtKernels& kernels);
 GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
                              const at::Tensor& hess, const std::optional<at::Tensor>& feature_mask,
                              int64_t max_depth, int64_t num_bins, double reg_lambda, double gamma,
                              double min_child_weight, int64_t quantize_bins, int64_t seed,
-                             const GbdtKernels& kernels);
+                             const std::optional<at::Tensor>& categorical,
+                             const GbdtKernels& kernels,
+                             const GbdtAllReduce* all_reduce = nullptr, int64_t processes = 1,
+                             int64_t row_offset = 0);
+// The CPU tree of one process of a data-parallel fit (gbdt_kernels.h, GbdtAllReduce): what
+// pynotes._C.gbdt_grow_tree_all_reduce runs (not an operator: it calls back into Python).
+GbdtTree gbdt_grow_tree_all_reduce_cpu(const at::Tensor& bins, const at::Tensor& grad,
+                                       const at::Tensor& hess,
+                                       const std::optional<at::Tensor>& feature_mask,
+                                       int64_t max_depth, int64_t num_bins, double reg_lambda,
+                                       double gamma, double min_child_weight,
+                                       int64_t quantize_bins, int64_t seed,
+                                       const std::optional<at::Tensor>& categorical,
+                                       const GbdtAllReduce& all_reduce, int64_t processes,
+                                       int64_t row_offset);
 
 template <const GbdtKernels& (*kernels)()>
 struct GbdtOps {
@@ -69,16 +85,20 @@ struct GbdtOps {
   static at::Tensor predict(const at::Tensor& x, const at::Tensor& feature,
                             const at::Tensor& threshold, const at::Tensor& default_left,
                             const at::Tensor& value, const at::Tensor& group,
-                            const at::Tensor& base, int64_t missing_bin) {
+                            const at::Tensor& base, int64_t missing_bin,
+                            const std::optional<at::Tensor>& categorical,
+                            const std::optional<at::Tensor>& cat_left) {
     return gbdt_predict_impl(x, feature, threshold, default_left, value, group, base,
-                             missing_bin, kernels());
+                             missing_bin, categorical, cat_left, kernels());
   }
   static GbdtTree grow_tree(const at::Tensor& bins, const at::Tensor& grad,
                             const at::Tensor& hess, const std::optional<at::Tensor>& feature_mask,
                             int64_t max_depth, int64_t num_bins, double reg_lambda, double gamma,
-                            double min_child_weight, int64_t quantize_bins, int64_t seed) {
+                            double min_child_weight, int64_t quantize_bins, int64_t seed,
+                            const std::optional<at::Tensor>& categorical) {
     return gbdt_grow_tree_impl(bins, grad, hess, feature_mask, max_depth, num_bins, reg_lambda,
-                               gamma, min_child_weight, quantize_bins, seed, kernels());
+                               gamma, min_child_weight, quantize_bins, seed, categorical,
+                               kernels());
   }
 };
 

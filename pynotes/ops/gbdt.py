@@ -2,6 +2,8 @@
 gradient/hessian histograms, split finding, the rows' level step, a whole tree's growth and
 ensemble prediction.
 pynotes.gbdt builds the scikit-learn-style trainer on them."""
+import math
+
 import numpy as np
 import torch
 
@@ -10,26 +12,38 @@ from pynotes.reference import gbdt as reference
 
 Splits = reference.Splits
 
+# The buffers a data-parallel tree's all_reduce(kind, buffer) combines over the processes
+# (csrc/gbdt/gbdt_kernels.h, GbdtReduce): int64 summed, float64 maxed.
+REDUCE_SUM, REDUCE_MAX = 0, 1
+
 
 def _compute_cuts(x, max_bins, sample_size, random_state):
     """Per-feature cut points (features, max_bins - 2), +inf padded: midpoints between distinct
     values when a feature has at most max_bins - 1 of them, else quantiles of the (sampled)
     non-missing values."""
     rows, features = x.shape
+    sample = None  # the rows of the sample, or all
     if rows > sample_size:
         generator = torch.Generator().manual_seed(random_state)
-        x = x[torch.randperm(rows, generator=generator)[:sample_size].to(x.device)]
+        sample = torch.randperm(rows, generator=generator)[:sample_size]
     max_cuts = max_bins - 2
     cuts = torch.full((features, max_cuts), torch.inf, dtype=x.dtype, device=x.device)
-    if max_cuts == 0 or x.shape[0] == 0:
+    if max_cuts == 0 or rows == 0:
         return cuts
-    # Per feature, NaN last; numpy's SIMD sort is >10x faster than torch's on CPU, and sorting
-    # one column at a time keeps the memory a fit needs at a column (not a sorted copy of x).
-    ordered = torch.sort(x.t().contiguous(), dim=1).values if x.is_cuda else None
-    present = (~torch.isnan(x)).sum(0).tolist()
+    if x.is_cuda:  # per feature, NaN last
+        x = x[sample.to(x.device)] if sample is not None else x
+        ordered = torch.sort(x.t().contiguous(), dim=1).values
+        present = (~torch.isnan(x)).sum(0).tolist()
+    else:
+        # NumPy's SIMD sort is >10x faster than torch's on CPU, and one column at a time (its
+        # sample gathered) keeps the memory this needs at a column, not a copy of the sample.
+        x_np, sample = x.numpy(), sample.numpy() if sample is not None else None
     for f in range(features):
-        column = ordered[f] if x.is_cuda else torch.from_numpy(np.sort(x[:, f].numpy()))
-        values = column[:present[f]]
+        if x.is_cuda:
+            values = ordered[f][:present[f]]
+        else:
+            column = np.sort(x_np[:, f] if sample is None else x_np[sample, f])  # NaN last
+            values = torch.from_numpy(column[:column.size - np.count_nonzero(np.isnan(column))])
         if values.numel() < 2:
             continue
         distinct = torch.unique_consecutive(values)
@@ -38,7 +52,7 @@ def _compute_cuts(x, max_bins, sample_size, random_state):
             mid = low + (high - low) / 2
             feature_cuts = torch.where(mid < high, mid, low)  # mid may round up to high
         else:
-            positions = torch.arange(1, max_cuts + 1, device=x.device) * values.numel() \
+            positions = torch.arange(1, max_cuts + 1, device=values.device) * values.numel() \
                 // (max_cuts + 1)
             feature_cuts = torch.unique_consecutive(values[positions])
             feature_cuts = feature_cuts[feature_cuts < values[-1]]  # the top bin is not empty
@@ -46,7 +60,31 @@ def _compute_cuts(x, max_bins, sample_size, random_state):
     return cuts
 
 
-def quantize(x, max_bins=256, sample_size=200_000, random_state=0):
+def _check_quantize_input(op, x, max_bins):
+    if not isinstance(max_bins, int) or isinstance(max_bins, bool) or not 2 <= max_bins <= 256:
+        raise ValueError(f"{op}: max_bins must be an int in [2, 256], got {max_bins!r}")
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        raise RuntimeError(f"{op}: runs eagerly only (not under torch.compile, torch.export "
+                           "or torch.func): its cut points are data-dependent and sorted by "
+                           "NumPy; call it before, and bin_features inside")
+    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float64) \
+            or x.dim() != 2:
+        raise TypeError(f"{op}: x must be a 2-D float32 or float64 tensor, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)} "
+                        f"{tuple(getattr(x, 'shape', ()))}")
+
+
+def cut_points(x, max_bins=256, sample_size=200_000, random_state=0, categorical=None):
+    """The cut points quantize bins x with (see there)."""
+    _check_quantize_input("cut_points", x, max_bins)
+    cuts = _compute_cuts(x, max_bins, sample_size, random_state)
+    if categorical is not None:  # a bin per code: cuts at 1/2, 3/2, ...
+        codes = torch.arange(max_bins - 2, dtype=x.dtype, device=x.device) + 0.5
+        cuts[torch.as_tensor(categorical, dtype=torch.bool).to(x.device)] = codes
+    return cuts
+
+
+def quantize(x, max_bins=256, sample_size=200_000, random_state=0, categorical=None):
     """Bins every feature of x (rows, features), float32/float64, NaN for missing.
 
     Returns (bins, cuts): bins is uint8 (rows, features), row-major (the layout the histogram
@@ -55,19 +93,18 @@ def quantize(x, max_bins=256, sample_size=200_000, random_state=0):
     (features, max_bins - 2) in x's dtype, padded with +inf: midpoints between neighbouring
     distinct values when a feature has at most max_bins - 1 of them, else quantiles computed
     on a sample of sample_size rows (seeded by random_state). Constant features get no cuts.
+    categorical (a bool per feature, or None) marks features whose values are category codes,
+    integers in [0, max_bins - 1): code c gets bin c (cuts at c + 1/2).
     """
-    if not isinstance(max_bins, int) or isinstance(max_bins, bool) or not 2 <= max_bins <= 256:
-        raise ValueError(f"quantize: max_bins must be an int in [2, 256], got {max_bins!r}")
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        raise RuntimeError("quantize: runs eagerly only (not under torch.compile, torch.export "
-                           "or torch.func): its cut points are data-dependent and sorted by "
-                           "NumPy; call it before, and bin_features inside")
-    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float64) \
-            or x.dim() != 2:
-        raise TypeError("quantize: x must be a 2-D float32 or float64 tensor, got "
-                        f"{getattr(x, 'dtype', type(x).__name__)} "
-                        f"{tuple(getattr(x, 'shape', ()))}")
-    cuts = _compute_cuts(x, max_bins, sample_size, random_state)
+    _check_quantize_input("quantize", x, max_bins)
+    if categorical is not None:
+        for f in torch.nonzero(torch.as_tensor(categorical, dtype=torch.bool)).flatten().tolist():
+            codes = x[:, f][~torch.isnan(x[:, f])]
+            if not bool(((codes >= 0) & (codes < max_bins - 1) & (codes == codes.round()))
+                        .all()):
+                raise ValueError(f"quantize: categorical feature {f} must hold integer codes in "
+                                 f"[0, max_bins - 1) = [0, {max_bins - 1}) or NaN")
+    cuts = cut_points(x, max_bins, sample_size, random_state, categorical)
     return bin_features(x, cuts, max_bins - 1), cuts
 
 
@@ -114,51 +151,86 @@ def advance_nodes(bins, node, split_feature, split_bin, default_left, missing_bi
     return reference.advance(bins, node, split_feature, split_bin, default_left, missing_bin)
 
 
-def predict_trees(x, feature, threshold, default_left, value, group, base, missing_bin=255):
+def predict_trees(x, feature, threshold, default_left, value, group, base, missing_bin=255,
+                  categorical=None, cat_left=None):
     """Raw margins of an ensemble: base (groups,) float64 plus, for every tree t, the value of
     the leaf each row reaches added to column group[t]. x is float (thresholds in x's dtype,
     NaN goes the default way) or uint8 bins (int32 threshold bins). Trees are (trees, nodes)
-    tensors in heap order; returns float64 (rows, groups)."""
+    tensors in heap order; returns float64 (rows, groups).
+    With categorical features: categorical (features,) bool and cat_left (trees, nodes, 8)
+    int32, the bitset of the category codes (bins) each categorical split sends left; a value
+    that is not a code in the set goes right, NaN (or any non-code) the default way."""
     if _ext.use_extension(x):
         return torch.ops.pynotes.gbdt_predict(x, feature, threshold, default_left, value, group,
-                                              base, missing_bin)
+                                              base, missing_bin, categorical, cat_left)
     return reference.predict(x, feature, threshold, default_left, value, group, base,
-                             missing_bin)
+                             missing_bin, categorical, cat_left)
 
 
 def grow_tree(bins, grad, hess, max_depth, num_bins=256, reg_lambda=1.0, gamma=0.0,
-              min_child_weight=1.0, feature_mask=None, quantize_bins=0, seed=0):
+              min_child_weight=1.0, feature_mask=None, quantize_bins=0, seed=0,
+              categorical=None, all_reduce=None, processes=1, row_offset=0):
     """One tree grown depth-wise to max_depth on binned rows: per level the best split of
     every node (find_best_splits; a node splits where its gain is > 0), its rows sent to the
     children, and the next level's histograms built for the child of each pair with fewer rows
     (the left one on a tie), its sibling's taken as the parent's minus it.
 
-    Returns (feature, split_bin, default_left, gain, sums, leaf): per node of the complete tree
-    in heap order (2^(max_depth + 1) - 1 of them) the split (feature -1 for a leaf), its gain
-    (0 for a leaf) and the float64 sums (G, H) of every node reached; and the leaf of every row
-    (int32). On the CPU one call into the extension, which keeps each node's rows together
-    (touching only the rows of the nodes that split); elsewhere a loop over levels of the
-    kernels above.
+    Returns (feature, split_bin, default_left, gain, sums, leaf, cat_left): per node of the
+    complete tree in heap order (2^(max_depth + 1) - 1 of them) the split (feature -1 for a
+    leaf), its gain (0 for a leaf) and the float64 sums (G, H) of every node reached; the leaf
+    of every row (int32); and (nodes, 8) int32 bitsets of the bins each categorical split sends
+    left (zero elsewhere). On the CPU one call into the extension, which keeps each node's rows
+    together (touching only the rows of the nodes that split); elsewhere a loop over levels of
+    the kernels above.
 
     quantize_bins > 0 (CPU only) sums quantized gradients instead (Shi et al., NeurIPS 2022;
     LightGBM's use_quantized_grad): each row's gradient rounded stochastically (seeded by
     seed) to an integer in [-quantize_bins / 2, quantize_bins / 2] times max|grad| /
     (quantize_bins / 2), its hessian to [0, quantize_bins] times max hess / quantize_bins,
     histograms of exact integer sums; the leaves' sums are then renewed from grad and hess
-    (the split nodes' sums stay the quantized estimates)."""
+    (the split nodes' sums stay the quantized estimates).
+
+    categorical (CPU only; a bool per feature) marks features whose bins are categories: their
+    splits send a set of categories left, found by sorting the node's categories by
+    G / (H + 10) and splitting that order where the gain is best (as LightGBM and scikit-learn's
+    HistGradientBoosting); the missing bin goes the default way.
+
+    all_reduce(kind, buffer) makes this one process of `processes` in a data-parallel fit
+    (pynotes.gbdt on torch.distributed): every process passes its rows, and the callback
+    combines in place what they computed apart (REDUCE_SUM: int64 buffers, summed; REDUCE_MAX:
+    float64, maxed), so that all grow the tree of the union of their rows with the same bits:
+    per tree the gradients' sizes, per level the children's row counts and the histograms
+    built (float64 sums in fixed point, as fixed_point_scale says), and for quantized
+    gradients the leaves' renewed sums. row_offset (this process's first row of all) seeds
+    the rounding."""
+    if all_reduce is not None and _ext.use_extension(bins) and bins.device.type == "cpu":
+        return _ext._C.gbdt_grow_tree_all_reduce(
+            bins, grad, hess, feature_mask, max_depth, num_bins, reg_lambda, gamma,
+            min_child_weight, quantize_bins, seed, categorical, processes, row_offset,
+            all_reduce)
     if _ext.use_extension(bins) and bins.device.type == "cpu":
         return torch.ops.pynotes.gbdt_grow_tree(bins, grad, hess, feature_mask, max_depth,
                                                 num_bins, reg_lambda, gamma, min_child_weight,
-                                                quantize_bins, seed)
-    if quantize_bins:
-        raise NotImplementedError("grow_tree: quantized gradients run on the CPU extension "
-                                  f"only, not on {bins.device} or the pure-PyTorch fallback")
+                                                quantize_bins, seed, categorical)
+    for name, used in (("quantized gradients", quantize_bins),
+                       ("categorical features", categorical is not None)):
+        if used:
+            raise NotImplementedError(f"grow_tree: {name} run on the CPU extension only, not "
+                                      f"on {bins.device} or the pure-PyTorch fallback")
     return _grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma,
-                                min_child_weight, feature_mask)
+                                min_child_weight, feature_mask, all_reduce, processes)
+
+
+def fixed_point_scale(bound):
+    """The scale of fixed-point sums over the processes of a data-parallel fit (csrc/gbdt/
+    gbdt.h has the same): a power of two that keeps every process's rounded values below
+    2^62 / processes when bound >= processes x the largest sum of |values| of one process, so
+    that their int64 sum is exact and the same on every process."""
+    return 2.0 ** (62 - math.frexp(bound)[1])
 
 
 def _grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma,
-                         min_child_weight, feature_mask):
+                         min_child_weight, feature_mask, all_reduce=None, processes=1):
     dev, nodes, missing_bin = bins.device, 2 ** (max_depth + 1) - 1, num_bins - 1
     feature = torch.full((nodes,), -1, dtype=torch.int32, device=dev)
     split_bin = torch.zeros(nodes, dtype=torch.int32, device=dev)
@@ -168,10 +240,23 @@ def _grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamm
     node = torch.zeros(bins.shape[0], dtype=torch.int32, device=dev)
     slot_of_node = torch.full((nodes,), -1, dtype=torch.int32, device=dev)
     slot_of_node[0] = 0
-    # This level's nodes (heap ids) in chunks, each with its histograms.
+    scale = None  # of a data-parallel fit's fixed-point histogram sums
+    if all_reduce is not None:
+        sizes = torch.tensor([0.0, 0.0, float(grad.double().abs().sum()),
+                              float(hess.double().sum())], dtype=torch.float64, device=dev)
+        all_reduce(REDUCE_MAX, sizes)  # (the layout of the C++ loop's gradient sizes)
+        scale = fixed_point_scale(processes * float(sizes[2:].max()))
+
+    def combine(hist):  # a histogram summed over the processes, in place
+        if scale is not None:
+            wire = torch.round(hist * scale).to(torch.int64)
+            all_reduce(REDUCE_SUM, wire.view(-1))
+            hist.copy_(wire.double() / scale)
     root = build_histogram(bins, grad, hess, node, slot_of_node, 1, num_bins)
+    combine(root)
     if bins.shape[1]:
         sums[0] = root[0, 0].sum(0).cpu()
+    # This level's nodes (heap ids) in chunks, each with its histograms.
     chunks = [(torch.tensor([0]), root)]
     for depth in range(max_depth):
         parents, parent_hists = [], []
@@ -195,6 +280,8 @@ def _grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamm
         node, count = advance_nodes(bins, node, feature, split_bin, default_left, missing_bin)
         if depth + 1 == max_depth:
             break  # the children are leaves: their sums came with the splits
+        if all_reduce is not None:
+            all_reduce(REDUCE_SUM, count)
         parents, parent_hist, count = torch.cat(parents), torch.cat(parent_hists), count.cpu()
         left, right = 2 * parents + 1, 2 * parents + 2
         build_left = count[left] <= count[right]
@@ -204,8 +291,10 @@ def _grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamm
         slot_of_node[small.to(dev)] = torch.arange(small.numel(), dtype=torch.int32, device=dev)
         small_hist = build_histogram(bins, grad, hess, node, slot_of_node, small.numel(),
                                      num_bins)
+        combine(small_hist)
         chunks = [(small, small_hist), (large, parent_hist.sub_(small_hist))]
-    return feature, split_bin, default_left, gain.to(dev), sums.to(dev), node
+    cat_left = torch.zeros(nodes, 8, dtype=torch.int32, device=dev)
+    return feature, split_bin, default_left, gain.to(dev), sums.to(dev), node, cat_left
 
 
 if _ext.extension_loaded():
@@ -229,17 +318,19 @@ if _ext.extension_loaded():
         return node.new_empty(node.shape), node.new_empty(split_feature.shape, dtype=torch.long)
 
     @torch.library.register_fake("pynotes::gbdt_predict")
-    def _predict_fake(x, feature, threshold, default_left, value, group, base, missing_bin):
+    def _predict_fake(x, feature, threshold, default_left, value, group, base, missing_bin,
+                      categorical=None, cat_left=None):
         return base.new_empty((x.shape[0], base.shape[0]))
 
     @torch.library.register_fake("pynotes::gbdt_grow_tree")
     def _grow_tree_fake(bins, grad, hess, feature_mask, max_depth, num_bins, reg_lambda, gamma,
-                        min_child_weight, quantize_bins=0, seed=0):
+                        min_child_weight, quantize_bins=0, seed=0, categorical=None):
         nodes = 2 ** (max_depth + 1) - 1
         return (bins.new_empty(nodes, dtype=torch.int32), bins.new_empty(nodes, dtype=torch.int32),
                 bins.new_empty(nodes, dtype=torch.bool), bins.new_empty(nodes, dtype=torch.float64),
                 bins.new_empty((nodes, 2), dtype=torch.float64),
-                bins.new_empty(bins.shape[0], dtype=torch.int32))
+                bins.new_empty(bins.shape[0], dtype=torch.int32),
+                bins.new_empty((nodes, 8), dtype=torch.int32))
 
     # Under torch.func.vmap: one call per vmapped index (the ops are not batched by nature).
     from pynotes.ops._autograd import loop_vmap_rule

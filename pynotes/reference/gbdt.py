@@ -112,7 +112,14 @@ def advance(bins, node, split_feature, split_bin, default_left, missing_bin):
     return node, torch.bincount(node.long(), minlength=split_feature.shape[0])
 
 
-def predict(x, feature, threshold, default_left, value, group, base, missing_bin=255):
+def _in_set(cat_left, code):
+    """Whether each code (int64) is in its row's bitset (rows, 8) int32."""
+    word = cat_left.gather(1, (code >> 5)[:, None])[:, 0].long() & 0xFFFFFFFF
+    return (word >> (code & 31)) & 1 == 1
+
+
+def predict(x, feature, threshold, default_left, value, group, base, missing_bin=255,
+            categorical=None, cat_left=None):
     out = base.double().expand(x.shape[0], base.shape[0]).clone(
         memory_format=torch.contiguous_format)
     rows = torch.arange(x.shape[0], device=x.device)
@@ -132,6 +139,13 @@ def predict(x, feature, threshold, default_left, value, group, base, missing_bin
                                    v <= threshold[t, node].long())
             else:
                 left = torch.where(torch.isnan(v), default_left[t, node], v <= threshold[t, node])
+            if categorical is not None:
+                # A category code: a bin, or a float equal to an integer in [0, 256).
+                code = torch.nan_to_num(v.double(), nan=-1.0).long().clamp(0, 255)
+                is_code = v != missing_bin if binned else (v >= 0) & (v < 256) & (v == code)
+                left = torch.where(categorical[f.clamp_min(0)],
+                                   torch.where(is_code, _in_set(cat_left[t, node], code),
+                                               default_left[t, node]), left)
             node = torch.where(active, 2 * node + torch.where(left, 1, 2), node)
         out[:, int(group[t])] += value[t, node].double()
     return out

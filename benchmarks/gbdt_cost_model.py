@@ -1,0 +1,81 @@
+"""A cost model of data-parallel pynotes.gbdt (the README's table): per tree level, the
+histograms every worker builds and the ring all-reduce that sums them, for W workers on a
+network of a given bandwidth.
+
+    python -m benchmarks.gbdt_cost_model [--ns-per-row-feature 1.6] [--latency-us 50]
+
+Per level d of a depth-D tree (every node splitting): the histograms built are 1 at the root
+and one per split above (2^(d-1)), each features x 256 bins x 16 bytes (fixed-point G, H);
+a worker's histogram pass reads its N / W rows at the root and about half of them below
+(the smaller children). Compute per level = rows read x features x c / threads, with c the
+cost per row and feature measured on this machine (benchmarks/gbdt_distributed.py, one process,
+one thread: its time per tree over N x F x (1 + (D - 1) / 2)). Communication per level = a
+bandwidth-optimal all-reduce (reduce-scatter + all-gather by recursive halving and doubling,
+Rabenseifner; gloo and NCCL have such algorithms): 2 (W - 1) / W x bytes / bandwidth, plus
+2 log2(W) latency steps for it and as many for the row counts. The pynotes loop does not overlap
+the two, so a tree costs their sum; the level where communication starts to dominate is the
+first whose all-reduce takes longer than its histogram pass.
+"""
+import argparse
+import math
+
+BIN_BYTES = 16  # fixed-point (G, H), int64 each
+BINS = 256
+
+
+def levels(rows, features, depth, workers, threads, ns_per_row_feature, gbps, latency_us):
+    """Per level: (compute s, communication s, bytes)."""
+    out = []
+    for d in range(depth):
+        built = 1 if d == 0 else 2 ** (d - 1)
+        rows_read = rows / workers * (1.0 if d == 0 else 0.5)
+        compute = rows_read * features * ns_per_row_feature * 1e-9 / threads
+        nbytes = built * features * BINS * BIN_BYTES
+        comm = 0.0
+        if workers > 1:
+            steps = 2 * math.ceil(math.log2(workers)) * (2 if d > 0 else 1)  # (+ row counts)
+            comm = 2 * (workers - 1) / workers * nbytes / (gbps * 1e9 / 8) + \
+                steps * latency_us * 1e-6
+        out.append((compute, comm, nbytes))
+    return out
+
+
+def table(rows, features, depth, threads, ns_per_row_feature, latency_us, workers_list,
+          networks):
+    lines = ["| workers | network | compute s / tree | all-reduce s / tree | MB / tree "
+             "| speedup over 1 | communication dominates from level |",
+             "|---:|---|---:|---:|---:|---:|---|"]
+    single = sum(c for c, _, _ in levels(rows, features, depth, 1, threads,
+                                         ns_per_row_feature, 1, latency_us))
+    for workers in workers_list:
+        for gbps in networks:
+            per_level = levels(rows, features, depth, workers, threads, ns_per_row_feature,
+                               gbps, latency_us)
+            compute = sum(c for c, _, _ in per_level)
+            comm = sum(m for _, m, _ in per_level)
+            mb = sum(b for _, _, b in per_level) / 1e6
+            dominated = next((str(d) for d, (c, m, _) in enumerate(per_level) if m > c),
+                             f"none (of 0-{depth - 1})")
+            lines.append(f"| {workers} | {gbps:g} Gb/s | {compute:.2f} | {comm:.3f} | {mb:.1f} "
+                         f"| {single / (compute + comm):.1f}x | {dominated} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=float, default=1.7e9, help="Criteo, as LightGBM's test")
+    parser.add_argument("--features", type=int, default=67)
+    parser.add_argument("--depth", type=int, default=8, help="255 leaves, as LightGBM's test")
+    parser.add_argument("--threads", type=int, default=16, help="per worker")
+    parser.add_argument("--ns-per-row-feature", type=float, default=1.5,
+                        help="measured here (benchmarks/gbdt_distributed.py, 1 x 1 thread)")
+    parser.add_argument("--latency-us", type=float, default=50.0, help="per all-reduce step")
+    parser.add_argument("--workers", type=int, nargs="+", default=[8, 16, 64, 256])
+    parser.add_argument("--gbps", type=float, nargs="+", default=[10, 54, 100])
+    args = parser.parse_args()
+    print(table(args.rows, args.features, args.depth, args.threads, args.ns_per_row_feature,
+                args.latency_us, args.workers, args.gbps))
+
+
+if __name__ == "__main__":
+    main()
