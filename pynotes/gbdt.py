@@ -318,14 +318,15 @@ class _Ensemble:
 class _TreeGrower:
     """Grows one tree depth-wise on binned data with the pynotes kernels."""
 
-    def __init__(self, bins, cuts, params, device, categorical=None):
+    def __init__(self, bins, cuts, params, device, categorical=None, all_reduce=None,
+                 processes=1, row_offset=0):
         # Stored one feature after another: the layout ops.grow_tree reads on the CPU.
         self.bins = bins.t().contiguous().t() if bins.device.type == "cpu" else bins
         self.device, self.p = device, params
         self.categorical = categorical
         # One process of a distributed fit: the combining callback, the number of processes
         # and this one's first row (ops.grow_tree).
-        self.all_reduce, self.processes, self.row_offset = None, 1, 0
+        self.all_reduce, self.processes, self.row_offset = all_reduce, processes, row_offset
         self.num_bins = params.max_bins
         # Threshold values by (feature, bin); a bin past the last cut means "every value".
         inf = torch.full((cuts.shape[0], 1), torch.inf, dtype=cuts.dtype, device=cuts.device)
@@ -552,8 +553,8 @@ class _GBDTBase(BaseEstimator):
                 raise ValueError(f"{name}: categorical features train on the CPU only; use "
                                  "device='cpu' (the model then predicts on either)")
             self._categories = [None] * mask.size
-        mask = self.is_categorical_
-        if not mask.any():
+        mask = getattr(self, "is_categorical_", None)  # (absent in models pickled before it)
+        if mask is None or not mask.any():
             return X
         if not frame:
             X = np.asarray(X)
@@ -635,12 +636,11 @@ class _GBDTBase(BaseEstimator):
         y32 = yt.float()
         w32 = None if bool((w == 1).all()) else w.float()
         self._ensemble = _Ensemble(2 ** (self.max_depth + 1) - 1, groups, base, categorical)
+        process = (collective.all_reduce, collective.size,
+                   sum(self._rows_per_process[:collective.rank])) if collective else ()
         # (the row-major bins die once the grower has its own layout)
         grower = _TreeGrower(ops.bin_features(x, cuts, self.max_bins - 1), cuts, self, dev,
-                             self._ensemble.categorical)
-        if collective:
-            grower.all_reduce, grower.processes = collective.all_reduce, collective.size
-            grower.row_offset = sum(self._rows_per_process[:collective.rank])
+                             self._ensemble.categorical, *process)
         margin = base.to(dev).expand(rows, groups).clone()
         evals = [self._eval_data(X_e, y_e) for X_e, y_e in (eval_set or [])]
         eval_margins = [base.to(dev).expand(e[0].shape[0], groups).clone() for e in evals]

@@ -77,6 +77,10 @@ def _check_quantize_input(op, x, max_bins):
 def cut_points(x, max_bins=256, sample_size=200_000, random_state=0, categorical=None):
     """The cut points quantize bins x with (see there)."""
     _check_quantize_input("cut_points", x, max_bins)
+    return _cut_points(x, max_bins, sample_size, random_state, categorical)
+
+
+def _cut_points(x, max_bins, sample_size, random_state, categorical):
     cuts = _compute_cuts(x, max_bins, sample_size, random_state)
     if categorical is not None:  # a bin per code: cuts at 1/2, 3/2, ...
         codes = torch.arange(max_bins - 2, dtype=x.dtype, device=x.device) + 0.5
@@ -104,7 +108,7 @@ def quantize(x, max_bins=256, sample_size=200_000, random_state=0, categorical=N
                         .all()):
                 raise ValueError(f"quantize: categorical feature {f} must hold integer codes in "
                                  f"[0, max_bins - 1) = [0, {max_bins - 1}) or NaN")
-    cuts = cut_points(x, max_bins, sample_size, random_state, categorical)
+    cuts = _cut_points(x, max_bins, sample_size, random_state, categorical)
     return bin_features(x, cuts, max_bins - 1), cuts
 
 
