@@ -9,7 +9,7 @@ export MAX_JOBS ?= $(JOBS)
 EXT := $(shell ls pynotes/_C*.so 2>/dev/null)
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: test bench build cpp sanitize gpu-check clean
+.PHONY: test bench build cpp sanitize test-cuda-emu gpu-check clean
 
 test: build
 	$(PY) -m pytest -q tests
@@ -51,6 +51,9 @@ cpp: $(VENV)/.deps
 	cmake --build build-cmake -j $(JOBS)
 	./build-cmake/group_norm_example
 
+# Sanitized builds load in an uninstrumented Python with the sanitizer runtimes preloaded.
+SANITIZER_PRELOAD = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)"
+
 # The CPU extension once more with AddressSanitizer and UndefinedBehaviorSanitizer, as a copy
 # of the package in build-sanitize/lib, and a test subset under it: every op family forward and
 # backward, odd and zero sizes, and the property tests. Python itself is not instrumented:
@@ -72,8 +75,7 @@ sanitize: $(VENV)/.deps
 	FORCE_CPU=1 PYNOTES_SANITIZE=1 $(PY) setup.py build_ext --build-lib build-sanitize/lib \
 	  --build-temp build-sanitize/temp
 	cp -r pynotes/*.py pynotes/nn pynotes/ops pynotes/reference build-sanitize/lib/pynotes/
-	cd build-sanitize && export PYTHONPATH=lib \
-	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	cd build-sanitize && export PYTHONPATH=lib $(SANITIZER_PRELOAD) \
 	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 && \
 	  $(abspath $(PY)) -P -c "import pynotes; assert 'build-sanitize' in pynotes.__file__" && \
@@ -82,6 +84,17 @@ sanitize: $(VENV)/.deps
 	      -k "not cuda" $(addprefix ../,$(SANITIZE_TESTS)) || exit 1; \
 	  done
 
+# The CUDA kernels, as written, run on the CPU (tools/cuda_emu): csrc's CUDA files rewritten
+# into host C++ on a CUDA emulator (fibers for threads, counted barriers, mask- and
+# width-checked shuffles, poisoned shared memory, launch limits), built with ASan and UBSan
+# into build-cuda-emu/, then tests/test_cuda_emu.py against the CPU kernels and the
+# references. Ends with "cuda-emu: E/T __global__ kernels executed; P passed, F failed".
+test-cuda-emu: build
+	$(PY) tools/cuda_emu/build.py build-cuda-emu
+	$(SANITIZER_PRELOAD) ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYNOTES_CUDA_EMU=$(abspath build-cuda-emu/lib) \
+	  $(PY) tools/cuda_emu/run_tests.py
+
 # On a machine with a GPU and its own torch, in under 9 minutes: build in place for that GPU,
 # CUDA tests, compute-sanitizer, quick GPU benchmarks; at most 5 files go to OUT
 # (benchmarks/gpu_check.sh says which).
@@ -89,7 +102,7 @@ gpu-check:
 	bash benchmarks/gpu_check.sh $(or $(OUT),gpu-check-results)
 
 clean:
-	rm -rf build build-cmake build-sanitize pynotes/_C*.so pynotes/.built .build-flavour
+	rm -rf build build-cmake build-sanitize build-cuda-emu pynotes/_C*.so pynotes/.built .build-flavour
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
 FORCE:

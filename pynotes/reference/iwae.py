@@ -19,20 +19,24 @@ def check(op, log_w, dim):
     return dim
 
 
-def _accumulate(log_w):
-    return log_w.float() if log_w.dtype in (torch.float16, torch.bfloat16) else log_w
+def _accumulate(log_w, dim):
+    """log_w in its accumulation dtype, each slice with a +inf entry made NaN: the kernels'
+    convention (pynotes.ops.iwae_bound), where logsumexp would give +inf. Added, not selected,
+    so that gradients are NaN there too, as the kernels'."""
+    x = log_w.float() if log_w.dtype in (torch.float16, torch.bfloat16) else log_w
+    return x + torch.where(torch.isposinf(x).any(dim, keepdim=True), torch.nan, 0.0)
 
 
 def iwae_bound(log_w, dim=0, keepdim=False):
     dim = check("iwae_bound", log_w, dim)
     k = log_w.shape[dim]
-    bound = torch.logsumexp(_accumulate(log_w), dim, keepdim=keepdim) - math.log(k)
+    bound = torch.logsumexp(_accumulate(log_w, dim), dim, keepdim=keepdim) - math.log(k)
     return bound.to(log_w.dtype)
 
 
 def importance_weights(log_w, dim=0):
     dim = check("importance_weights", log_w, dim)
-    x = _accumulate(log_w)
+    x = _accumulate(log_w, dim)
     lse = torch.logsumexp(x, dim, keepdim=True)
     weights = torch.where(lse == -torch.inf, 0.0, torch.exp(x - lse)).detach()
     squares = (weights * weights).sum(dim)

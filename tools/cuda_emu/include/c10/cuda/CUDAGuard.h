@@ -1,0 +1,31 @@
+#pragma once
+// cuda-emu's stand-in for c10's CUDA device guards: the emulated GPU's tensors are CPU tensors.
+#include <c10/core/Device.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+
+namespace c10 {
+namespace cuda {
+
+struct CUDAGuard {
+  explicit CUDAGuard(c10::Device device) {
+    TORCH_CHECK(device.is_cpu(), "cuda-emu: the emulated CUDA ops take CPU tensors, got ",
+                device);
+  }
+  explicit CUDAGuard(c10::DeviceIndex) {}
+  CUDAGuard(const CUDAGuard&) = delete;
+  CUDAGuard& operator=(const CUDAGuard&) = delete;
+};
+
+struct OptionalCUDAGuard {
+  OptionalCUDAGuard() = default;
+  explicit OptionalCUDAGuard(std::optional<c10::Device> device) {
+    if (device.has_value()) CUDAGuard check(*device);
+  }
+  OptionalCUDAGuard(const OptionalCUDAGuard&) = delete;
+  OptionalCUDAGuard& operator=(const OptionalCUDAGuard&) = delete;
+};
+
+}  // namespace cuda
+}  // namespace c10
