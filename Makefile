@@ -51,8 +51,11 @@ cpp: $(VENV)/.deps
 	cmake --build build-cmake -j $(JOBS)
 	./build-cmake/group_norm_example
 
-# Sanitized builds load in an uninstrumented Python with the sanitizer runtimes preloaded.
-SANITIZER_PRELOAD = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)"
+# Sanitized builds load in an uninstrumented Python with the sanitizer runtimes preloaded
+# (leak checking off: the interpreter keeps memory on purpose); the first error stops the run.
+SANITIZER_ENV = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 # The CPU extension once more with AddressSanitizer and UndefinedBehaviorSanitizer, as a copy
 # of the package in build-sanitize/lib, and a test subset under it: every op family forward and
@@ -75,9 +78,7 @@ sanitize: $(VENV)/.deps
 	FORCE_CPU=1 PYNOTES_SANITIZE=1 $(PY) setup.py build_ext --build-lib build-sanitize/lib \
 	  --build-temp build-sanitize/temp
 	cp -r pynotes/*.py pynotes/nn pynotes/ops pynotes/reference build-sanitize/lib/pynotes/
-	cd build-sanitize && export PYTHONPATH=lib $(SANITIZER_PRELOAD) \
-	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 && \
+	cd build-sanitize && export PYTHONPATH=lib $(SANITIZER_ENV) && \
 	  $(abspath $(PY)) -P -c "import pynotes; assert 'build-sanitize' in pynotes.__file__" && \
 	  for isa in "ATEN_CPU_CAPABILITY=default" "-u ATEN_CPU_CAPABILITY"; do \
 	    env $$isa $(abspath $(PY)) -P -m pytest -q -p no:cacheprovider --rootdir .. \
@@ -91,9 +92,7 @@ sanitize: $(VENV)/.deps
 # references. Ends with "cuda-emu: E/T __global__ kernels executed; P passed, F failed".
 test-cuda-emu: build
 	$(PY) tools/cuda_emu/build.py build-cuda-emu
-	$(SANITIZER_PRELOAD) ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYNOTES_CUDA_EMU=$(abspath build-cuda-emu/lib) \
-	  $(PY) tools/cuda_emu/run_tests.py
+	$(SANITIZER_ENV) PYNOTES_CUDA_EMU=$(abspath build-cuda-emu/lib) $(PY) tools/cuda_emu/run_tests.py
 
 # On a machine with a GPU and its own torch, in under 9 minutes: build in place for that GPU,
 # CUDA tests, compute-sanitizer, quick GPU benchmarks; at most 5 files go to OUT

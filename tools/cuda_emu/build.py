@@ -9,6 +9,7 @@ the module (after pynotes) registers torch.ops.pynotes_emu.*: every op with a CU
 taking CPU tensors. By default everything is built with AddressSanitizer and
 UndefinedBehaviorSanitizer, so that a kernel's out-of-bounds access or overflow stops the run
 as compute-sanitizer would; load it with libasan preloaded (make test-cuda-emu does).
+--no-sanitize builds it plain, for quicker runs while changing the emulator.
 """
 import os
 import sys
@@ -47,8 +48,6 @@ def main():
     setup(name="pynotes_cuda_emu", ext_modules=[ext], cmdclass={"build_ext": BuildExtension},
           script_args=["-q", "build_ext", "--build-lib", os.path.join(out, "lib"),
                        "--build-temp", os.path.join(out, "temp")])
-    with open(os.path.join(out, "lib", "BUILD_FLAVOUR"), "w") as f:
-        f.write("sanitize\n" if sanitize else "plain\n")
 
 
 if __name__ == "__main__":

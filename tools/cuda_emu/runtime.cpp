@@ -300,25 +300,21 @@ void leave(Fiber& f, bool exiting) {
   detail::g_thread_idx = &f.idx;
 }
 
-// Stops the launch with `what` about thread f; the fiber is abandoned.
-[[noreturn]] void fail(Fiber& f, const std::string& what) {
-  Grid& g = *g_grid;
-  if (g.error.empty()) {
-    g.error = std::string("cuda-emu: kernel ") + g.kernel + ", block " +
-              dim_text(detail::g_block_idx) + ", thread " + dim_text(f.idx) + ": " + what;
-  }
-  f.state = State::kExited;
-  leave(f, true);
-  std::abort();  // not reached: the scheduler never resumes a failed fiber
-}
-
-// An error found by the scheduler (no thread runs now).
+// Records the launch's error (the first one): `what` about thread f.
 void fail_block(const Fiber& f, const std::string& what) {
   Grid& g = *g_grid;
   if (g.error.empty()) {
     g.error = std::string("cuda-emu: kernel ") + g.kernel + ", block " +
               dim_text(detail::g_block_idx) + ", thread " + dim_text(f.idx) + ": " + what;
   }
+}
+
+// The same from inside fiber f, which stops and is abandoned.
+[[noreturn]] void fail(Fiber& f, const std::string& what) {
+  fail_block(f, what);
+  f.state = State::kExited;
+  leave(f, true);
+  std::abort();  // not reached: the scheduler never resumes a failed fiber
 }
 
 Fiber& current(const char* what) {
@@ -467,7 +463,7 @@ std::string launch_error(const Grid& g, int64_t max_threads, size_t dynamic_shar
 
 const DeviceProp* device_properties() {
   static DeviceProp prop;
-  prop = {g_config.sms, kMaxBlockThreads, kWarp, kSharedLimit};
+  prop = {g_config.sms};
   return &prop;
 }
 

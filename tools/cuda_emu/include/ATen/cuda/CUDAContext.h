@@ -8,12 +8,9 @@
 
 namespace pynotes_emu {
 
-// The fields of cudaDeviceProp the kernels' host code reads.
+// The fields of cudaDeviceProp the kernels' host code reads (a new one fails to compile).
 struct DeviceProp {
   int multiProcessorCount;
-  int maxThreadsPerBlock;
-  int warpSize;
-  size_t sharedMemPerBlock;
 };
 const DeviceProp* device_properties();
 
@@ -24,8 +21,8 @@ using cudaDeviceProp = pynotes_emu::DeviceProp;
 namespace c10 {
 namespace cuda {
 using CUDAStream = pynotes_emu::Stream;
-// Device 0 of the emulated GPU; its memory is the CPU's (generate.py turns at::kCUDA into
-// at::kCPU).
+// The emulated GPU's memory is the CPU's (generate.py turns at::kCUDA into at::kCPU), whose
+// device has no index.
 inline c10::DeviceIndex current_device() { return -1; }
 inline CUDAStream getCurrentCUDAStream(c10::DeviceIndex = -1) { return {}; }
 }  // namespace cuda

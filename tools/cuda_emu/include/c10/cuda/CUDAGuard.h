@@ -3,8 +3,6 @@
 #include <c10/core/Device.h>
 #include <c10/util/Exception.h>
 
-#include <optional>
-
 namespace c10 {
 namespace cuda {
 
@@ -13,18 +11,8 @@ struct CUDAGuard {
     TORCH_CHECK(device.is_cpu(), "cuda-emu: the emulated CUDA ops take CPU tensors, got ",
                 device);
   }
-  explicit CUDAGuard(c10::DeviceIndex) {}
   CUDAGuard(const CUDAGuard&) = delete;
   CUDAGuard& operator=(const CUDAGuard&) = delete;
-};
-
-struct OptionalCUDAGuard {
-  OptionalCUDAGuard() = default;
-  explicit OptionalCUDAGuard(std::optional<c10::Device> device) {
-    if (device.has_value()) CUDAGuard check(*device);
-  }
-  OptionalCUDAGuard(const OptionalCUDAGuard&) = delete;
-  OptionalCUDAGuard& operator=(const OptionalCUDAGuard&) = delete;
 };
 
 }  // namespace cuda
