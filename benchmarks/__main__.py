@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import (copy_bandwidth_gbps, describe_machine, format_table,
                                machine_info, write_reports)
 
-OPS = ["group_norm", "lstm", "gcn", "gbdt", "gbdt_distributed", "iwae"]  # a module per op family
+OPS = ["group_norm", "lstm", "gcn", "gbdt", "gbdt_distributed", "iwae", "memory"]  # a module per op family
 
 
 def main(argv=None):

@@ -86,6 +86,14 @@ def time_pair(anchor, candidate, device, warmup=5, rounds=51):
     return statistics.median(times[0]), statistics.median(times[1])
 
 
+def timed_pair(anchor, candidate, device, budget_ms=1500, min_rounds=3, max_rounds=25):
+    """time_pair with as many rounds as budget_ms allows (min_rounds to max_rounds), after one
+    warm-up round, so that long cases do not dominate a sweep's run time."""
+    first, second = time_pair(anchor, candidate, device, warmup=1, rounds=1)
+    rounds = int(min(max_rounds, max(min_rounds, budget_ms / max(first, second, 1e-3))))
+    return time_pair(anchor, candidate, device, warmup=1, rounds=rounds)
+
+
 def copy_bandwidth_gbps(device, nbytes=None):
     """Bytes read + written per second by a large tensor copy (the practical memory roof).
     On CPU the buffer is 4x the last-level cache, so the copy runs from DRAM."""
@@ -110,15 +118,23 @@ def last_level_cache_bytes():
         return 32 * 1024**2
 
 
-def cpu_model():
+def _cpuinfo(field):
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_vendor():
+    return _cpuinfo("vendor_id") or platform.machine()
+
+
+def cpu_model():
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def machine_info(device):
@@ -126,6 +142,7 @@ def machine_info(device):
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device,
         "cpu": cpu_model(),
+        "cpu_vendor": cpu_vendor(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -140,6 +157,11 @@ def machine_info(device):
     return info
 
 
+def format_speedup(speedup):
+    """Losing cells (pynotes slower than the anchor) in bold with a marker, to be found."""
+    return f"{speedup:.2f}x" if speedup >= 1.0 else f"**{speedup:.2f}x LOSES**"
+
+
 def format_table(results, copy_gbps):
     lines = ["| op | case | variant | anchor | anchor ms | pynotes ms | speedup | % of copy BW "
              "| note |",
@@ -147,7 +169,7 @@ def format_table(results, copy_gbps):
     for r in results:
         frac = r.bandwidth_fraction(copy_gbps)
         lines.append(f"| {r.op} | {r.case} | {r.variant} | {r.anchor} | {r.anchor_ms:.3f} | "
-                     f"{r.pynotes_ms:.3f} | {r.speedup:.2f}x | "
+                     f"{r.pynotes_ms:.3f} | {format_speedup(r.speedup)} | "
                      f"{'' if frac is None else f'{100 * frac:.0f}%'} | {r.note} |")
     return "\n".join(lines)
 
@@ -156,7 +178,8 @@ def describe_machine(machine, copy_gbps):
     be = machine["pynotes"]
     where = machine.get("gpu", machine["cpu"])
     bandwidth = "not measured" if copy_gbps is None else f"{copy_gbps:.1f} GB/s"
-    return (f"{machine['date']}; {where}; CPU {machine['cpu']} ({machine['cpu_cores']} cores, "
+    vendor = f", {machine['cpu_vendor']}" if machine.get("cpu_vendor") else ""
+    return (f"{machine['date']}; {where}; CPU {machine['cpu']}{vendor} ({machine['cpu_cores']} cores, "
             f"{machine['torch_threads']} torch threads); torch {machine['torch']}; pynotes CPU "
             f"kernels {be['cpu_capability']}, CUDA kernels {'yes' if be['with_cuda'] else 'no'}; "
             f"copy bandwidth {bandwidth}")
@@ -176,7 +199,9 @@ def write_reports(results, machine, copy_gbps, out_dir, name, cases=None):
             f"- {case}\n" for case in cases)
     else:
         body = (f"Speedup = anchor time / pynotes time (median of alternating rounds after "
-                f"warm-up). % of copy BW = minimal bytes moved / time / copy bandwidth.\n\n"
+                f"warm-up). % of copy BW = minimal bytes moved / time / copy bandwidth. "
+                f"Cells where pynotes loses (speedup < 1.0x): "
+                f"{sum(r.speedup < 1.0 for r in results)} of {len(results)}, marked LOSES.\n\n"
                 f"{format_table(results, copy_gbps)}\n")
     with open(base + ".json", "w") as f:
         json.dump(report, f, indent=1)

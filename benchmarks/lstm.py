@@ -15,7 +15,7 @@ import itertools
 import torch
 
 import pynotes
-from benchmarks.common import Result, time_pair
+from benchmarks.common import Result, time_pair, timed_pair
 
 # (batch, input_size, hidden_size)
 QUICK_CELLS = [(64, 256, 512)]
@@ -27,8 +27,6 @@ SWEEP = [(t, b, h, n, dtype, None) for dtype, t, n, b, h in itertools.product(
 SCALING = [(50, b, h, 1, torch.float32, 1) for b, h in ((1, 256), (8, 512), (32, 256), (256, 256))]
 FULL_GPU_LAYERS = [(64, b, h, n, torch.float32, None)
                    for b, h, n in ((32, 256, 1), (32, 256, 2), (64, 512, 1), (64, 512, 2))]
-# Milliseconds of timed calls per implementation per case: more rounds for short cases.
-ROUND_BUDGET_MS = 1500
 
 
 def full_layers(device):
@@ -64,13 +62,6 @@ def gemm_gflops(device, dtype):
     b = torch.randn(2048, 2048, device=device, dtype=dtype)
     ms, _ = time_pair(lambda: torch.mm(a, b), lambda: None, device, warmup=2, rounds=7)
     return 2 * 2048**3 / (ms * 1e-3) / 1e9
-
-
-def timed_pair(anchor, candidate, device):
-    """time_pair with as many rounds as ROUND_BUDGET_MS allows (3 to 25)."""
-    first, second = time_pair(anchor, candidate, device, warmup=1, rounds=1)
-    rounds = int(min(25, max(3, ROUND_BUDGET_MS / max(first, second, 1e-3))))
-    return time_pair(anchor, candidate, device, warmup=1, rounds=rounds)
 
 
 def bench_layers(device, layers):

@@ -59,8 +59,11 @@ def backend_info() -> dict:
 
     Keys: extension_loaded, force_fallback, with_cuda, cuda_version, cuda_archs,
     cpu_capability (SIMD instruction set of the CPU kernels in use), num_threads (CPU threads
-    the kernels use), torch_version, torch_cuda_version, and load_error when the extension
-    did not load.
+    the kernels use), torch_version, torch_cuda_version, choices (what was measured on this
+    machine so far: "matmul", the float32 CPU product backend per shape class, fixed by
+    PYNOTES_MATMUL=aten|onednn; "lstm_engine", the LSTM layer's recurrent path per shape class,
+    fixed by PYNOTES_LSTM_ENGINE=1|0; "cpu_cache", pynotes.memory's state), and load_error when
+    the extension did not load.
     """
     info = {
         "extension_loaded": _C is not None,
@@ -75,6 +78,8 @@ def backend_info() -> dict:
     }
     if _C is not None:
         info.update(_C.build_info())  # num_threads read now: torch.set_num_threads may change it
+        info["choices"] = {"matmul": _C.matmul_choices(), "lstm_engine": _C.lstm_engine_choices(),
+                           "cpu_cache": _C.cpu_cache_stats()}
     else:
         info["load_error"] = str(_load_error)
     return info

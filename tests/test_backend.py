@@ -1,4 +1,5 @@
 """The extension's build facts, and every per-ISA copy of the CPU kernels."""
+import json
 import os
 import subprocess
 import sys
@@ -56,3 +57,51 @@ def test_each_cpu_kernel_build_is_correct(capability):
     result = subprocess.run([sys.executable, "-c", CHECK_KERNELS], capture_output=True,
                             text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+# Runs in a fresh process: the choices are made once per process (and PYNOTES_MATMUL is read
+# once). Each path must give torch's results; backend_info must report what was measured.
+CHECK_CHOICES = """
+import json, os, torch, pynotes
+torch.manual_seed(0)
+forced = os.environ.get("PYNOTES_MATMUL")
+cell, ref = pynotes.nn.LSTMCell(48, 40), torch.nn.LSTMCell(48, 40)
+ref.load_state_dict(cell.state_dict())
+x, h = torch.randn(3, 48), (torch.randn(3, 40), torch.randn(3, 40))
+for a, b in zip(cell(x, h), ref(x, h)):
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+layer, ref = pynotes.nn.LSTM(24, 32), torch.nn.LSTM(24, 32)
+layer.load_state_dict(ref.state_dict())
+x = torch.randn(9, 5, 24)
+torch.testing.assert_close(layer(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
+choices = pynotes.backend_info()["choices"]
+print(json.dumps({"matmul": choices["matmul"], "lstm_engine": choices["lstm_engine"]}))
+"""
+
+
+@pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")
+@pytest.mark.parametrize("matmul", ["", "aten", "onednn"])
+def test_measured_choices_give_the_same_results_and_are_reported(matmul):
+    env = {k: v for k, v in os.environ.items() if k != "PYNOTES_LSTM_ENGINE"}
+    env["PYNOTES_MATMUL"] = matmul
+    proc = subprocess.run([sys.executable, "-c", CHECK_CHOICES], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    choices = json.loads(proc.stdout.strip().splitlines()[-1])
+    engine = choices["lstm_engine"]
+    assert [c["shape_class"] for c in engine] == [[8, 32]]  # batch 5, hidden 32: one class
+    assert all(len(c["engine_us"]) == 2 and len(c["products_us"]) == 2 for c in engine)
+    if matmul:  # fixed by the environment: nothing measured
+        assert choices["matmul"] == []
+    elif torch.backends.mkldnn.is_available():
+        assert choices["matmul"], "the float32 products measured their backends"
+        assert {c["backend"] for c in choices["matmul"]} <= {"aten", "onednn"}
+
+
+@pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")
+def test_bad_matmul_override_is_an_error():
+    env = {**os.environ, "PYNOTES_MATMUL": "mkl"}
+    proc = subprocess.run([sys.executable, "-c", "import torch, pynotes\n"
+                           "pynotes.nn.LSTMCell(4, 4)(torch.randn(2, 4))"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "PYNOTES_MATMUL must be 'aten' or 'onednn'" in proc.stderr

@@ -5,10 +5,16 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "common/calibration.h"
 
 namespace at {
 namespace native {
@@ -28,30 +34,82 @@ bool is_plain_matrix(const at::Tensor& t) {
   return t.stride(1) == 1 || t.stride(0) == 1;
 }
 
-// Float32 products go to MKL (at::mm) on Intel CPUs, where it beat oneDNN's matmul on every
-// LSTM shape we timed (a Xeon, benchmarks/lstm.py); elsewhere to oneDNN as before (MKL's code
-// paths for other vendors are generic).
-bool is_intel_cpu() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const bool intel = [] {
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
-    char vendor[13] = {};
-    std::memcpy(vendor, &ebx, 4);
-    std::memcpy(vendor + 4, &edx, 4);
-    std::memcpy(vendor + 8, &ecx, 4);
-    return std::strcmp(vendor, "GenuineIntel") == 0;
-  }();
-  return intel;
-#else
-  return false;
-#endif
+// Float32 CPU products have two backends: oneDNN's matmul, as torch's own LSTM uses, and
+// at::mm (MKL where torch has it). Which is faster depends on the CPU: MKL beat oneDNN on every
+// LSTM shape timed on a Xeon, and ran at half oneDNN's rate on an AMD EPYC (MKL's code paths
+// for other vendors are generic). So the choice is measured on the user's machine: the first
+// product of each shape class (M, N, K rounded up to powers of two, operand layouts, thread
+// count) times both on scratch output (best of two after a warm-up, on at most a few hundred
+// MFLOP of its leading rows) and keeps the faster, for the rest of the process.
+// PYNOTES_MATMUL=aten or =onednn fixes the choice (results differ in the last bits between
+// backends, as cudnn.benchmark's choices do).
+struct ShapeClass {
+  int64_t m, n, k;
+  bool a_rows, b_rows;  // row-major (else column-major) operands
+  int threads;
+  bool operator<(const ShapeClass& o) const {
+    return std::tie(m, n, k, a_rows, b_rows, threads) <
+           std::tie(o.m, o.n, o.k, o.a_rows, o.b_rows, o.threads);
+  }
+};
+
+std::mutex& choices_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+std::map<ShapeClass, MatmulChoice>& choices() {
+  static std::map<ShapeClass, MatmulChoice> table;
+  return table;
+}
+
+bool onednn_possible(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  return &at::native::mkldnn_matmul != nullptr && out.is_cpu() &&
+         out.scalar_type() == at::kFloat && at::hasMKLDNN() &&
+         at::globalContext().userEnabledMkldnn() && is_plain_matrix(a) && is_plain_matrix(b);
+}
+
+void run_backend(bool onednn, const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                 bool accumulate) {
+  if (onednn) {
+    at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
+  } else if (accumulate) {
+    at::addmm_out(const_cast<at::Tensor&>(out), out, a, b);
+  } else {
+    at::mm_out(const_cast<at::Tensor&>(out), a, b);
+  }
 }
 
 bool use_onednn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  return &at::native::mkldnn_matmul != nullptr && out.is_cpu() && !is_intel_cpu() &&
-         out.scalar_type() == at::kFloat && at::hasMKLDNN() &&
-         at::globalContext().userEnabledMkldnn() && is_plain_matrix(a) && is_plain_matrix(b);
+  if (!onednn_possible(out, a, b)) return false;
+  static const int forced = [] {
+    const char* env = std::getenv("PYNOTES_MATMUL");
+    if (env == nullptr || env[0] == '\0') return -1;
+    if (std::strcmp(env, "onednn") == 0) return 1;
+    if (std::strcmp(env, "aten") == 0) return 0;
+    TORCH_CHECK(false, "PYNOTES_MATMUL must be 'aten' or 'onednn', got '", env, "'");
+  }();
+  if (forced >= 0) return forced == 1;
+  const ShapeClass key{round_up_pow2(a.size(0)), round_up_pow2(b.size(1)),
+                       round_up_pow2(a.size(1)), a.stride(1) == 1, b.stride(1) == 1,
+                       at::get_num_threads()};
+  {
+    std::lock_guard<std::mutex> lock(choices_mutex());
+    const auto it = choices().find(key);
+    if (it != choices().end()) return it->second.onednn;
+  }
+  // Not under the lock: the products run on every thread. On the leading rows of a only, so
+  // that a calibration costs at most a few hundred MFLOP whatever the product's size.
+  const int64_t flops_per_row = std::max<int64_t>(2 * b.size(0) * b.size(1), 1);
+  const int64_t rows =
+      std::min(a.size(0), std::max<int64_t>(16, (int64_t(1) << 28) / flops_per_row));
+  const at::Tensor a_rows = a.narrow(0, 0, rows);
+  const at::Tensor scratch = at::empty({rows, out.size(1)}, out.options());
+  const double onednn_s = best_seconds(2, [&] { run_backend(true, scratch, a_rows, b, false); });
+  const double aten_s = best_seconds(2, [&] { run_backend(false, scratch, a_rows, b, false); });
+  const MatmulChoice choice{key.m, key.n, key.k, key.a_rows, key.b_rows, key.threads,
+                            onednn_s < aten_s, onednn_s, aten_s};
+  std::lock_guard<std::mutex> lock(choices_mutex());
+  return choices().emplace(key, choice).first->second.onednn;
 }
 
 }  // namespace
@@ -63,13 +121,14 @@ void matmul_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b
     if (!accumulate) out.zero_();
     return;
   }
-  if (use_onednn(out, a, b)) {
-    at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
-  } else if (accumulate) {
-    at::addmm_out(const_cast<at::Tensor&>(out), out, a, b);
-  } else {
-    at::mm_out(const_cast<at::Tensor&>(out), a, b);
-  }
+  run_backend(use_onednn(out, a, b), out, a, b, accumulate);
+}
+
+std::vector<MatmulChoice> matmul_choices() {
+  std::lock_guard<std::mutex> lock(choices_mutex());
+  std::vector<MatmulChoice> out;
+  for (const auto& kv : choices()) out.push_back(kv.second);
+  return out;
 }
 
 at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b) {

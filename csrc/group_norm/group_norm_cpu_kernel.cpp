@@ -253,6 +253,51 @@ inline void grad_sums_block(const S* dz, const S* x, int64_t n, const S* mean, c
   }
 }
 
+// Channels-last: adds the per-channel sums of dy and dy * (x - mean) over `rows` rows of C
+// (row-major, contiguous) to sum_dy[c], sum_dy_xc[c]; stores dy to dy_out unless it is null.
+// Two SIMD columns at a time, their sums held in registers while walking down the rows (the
+// rows stay in L2): per-lane sums in memory cost two loads and two stores per vector, which
+// bound the pass on CPUs with one store a cycle. Same sums, same order, as grad_sums_block.
+template <bool kSilu, typename S>
+inline void grad_column_sums(const S* dz, const S* x, int64_t rows, int64_t C, const S* mean,
+                             const S* scale, const S* shift, S* sum_dy, S* sum_dy_xc,
+                             S* dy_out) {
+  using V = Vectorized<S>;
+  constexpr int64_t W = V::size();
+  auto columns = [&](int64_t c, auto vectors, int64_t k) {  // vectors x W columns from c; the
+    constexpr int64_t U = decltype(vectors)::value;          // last vector has k lanes
+    V vmean[U], vscale[U], vshift[U], acc_dy[U], acc_dy_xc[U];
+    for (int64_t u = 0; u < U; ++u) {
+      const int64_t lanes = u + 1 < U ? W : k;
+      vmean[u] = V::loadu(mean + c + u * W, lanes);
+      vscale[u] = V::loadu(scale + c + u * W, lanes);
+      vshift[u] = V::loadu(shift + c + u * W, lanes);
+      acc_dy[u] = V(0);
+      acc_dy_xc[u] = V(0);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t u = 0; u < U; ++u) {
+        const int64_t e = r * C + c + u * W, lanes = u + 1 < U ? W : k;
+        const V vx = V::loadu(x + e, lanes);
+        // Lanes past C load dz = 0, so they add nothing.
+        const V dy = gn::pre_activation_grad<kSilu>(V::loadu(dz + e, lanes), vx, vmean[u],
+                                                    vscale[u], vshift[u], VecSigmoid{});
+        if (dy_out) dy.store(dy_out + e, lanes);
+        acc_dy[u] = acc_dy[u] + dy;
+        acc_dy_xc[u] = at::vec::fmadd(dy, vx - vmean[u], acc_dy_xc[u]);
+      }
+    }
+    for (int64_t u = 0; u < U; ++u) {
+      const int64_t i = c + u * W, lanes = u + 1 < U ? W : k;
+      (V::loadu(sum_dy + i, lanes) + acc_dy[u]).store(sum_dy + i, lanes);
+      (V::loadu(sum_dy_xc + i, lanes) + acc_dy_xc[u]).store(sum_dy_xc + i, lanes);
+    }
+  };
+  int64_t c = 0;
+  for (; c + 2 * W <= C; c += 2 * W) columns(c, std::integral_constant<int64_t, 2>{}, W);
+  for (; c < C; c += W) columns(c, std::integral_constant<int64_t, 1>{}, std::min(W, C - c));
+}
+
 // dx[i] = scale * dy + xc_coef * (x - mean) + bias_coef for a block.
 template <bool kSilu, bool kPerLane, typename S>
 inline void input_grad_block(const S* dz, const S* x, S* dx, int64_t n, const S* mean,
@@ -279,13 +324,16 @@ inline void for_each_block(int64_t begin, int64_t end, const F& f) {
   for (int64_t i = begin; i < end; i += block) f(i, std::min(block, end - i));
 }
 
-// Moments of x[begin, end) (T widened as needed), by two passes over L1-sized blocks.
+// Moments of x[begin, end) (T widened as needed), by two passes over L1-sized blocks: 16 KiB
+// of float or double (the horizontal sums and the merge per block cost as much as 512
+// elements' passes), or the kBlock elements of the widening buffer.
 template <typename T>
 inline gn::Moments<acc_t<T>> range_moments(BlockReader<T>& rd, const T* x, int64_t begin,
                                            int64_t end) {
+  constexpr int64_t block = kWiden<T> ? kBlock : 16384 / int64_t(sizeof(T));
   gn::Moments<acc_t<T>> m{0, 0, 0};
-  for (int64_t off = begin; off < end; off += kBlock) {
-    const int64_t len = std::min(kBlock, end - off);
+  for (int64_t off = begin; off < end; off += block) {
+    const int64_t len = std::min(block, end - off);
     m = gn::merge(m, block_moments(rd(x + off, len), len));
   }
   return m;
@@ -699,6 +747,16 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
   };
   // Task t's per-channel sums (and dy, left in dx, with keep_dy).
   auto chunk_sums = [&](int64_t t, Scratch& sc) {
+    if constexpr (!kWiden<T>) {  // float, double: down the task's rows by columns
+      const int64_t n = t / rt.tasks_per_sample;
+      const int64_t lo = (t % rt.tasks_per_sample) * rt.rows_per_task;
+      const int64_t rows = std::min(HxW, lo + rt.rows_per_task) - lo, e = (n * HxW + lo) * C;
+      grad_column_sums<kSilu>(dz + e, x + e, rows, C, mean_c.data() + n * C,
+                              scale_c.data() + n * C, shift_c.data() + n * C,
+                              part_dy.data() + t * C, part_dy_xc.data() + t * C,
+                              keep_dy ? dx + e : nullptr);
+      return;
+    }
     for_each_row_block(t, [&](int64_t e, int64_t p, int64_t len) {
       const int64_t off = p % C;
       S* dy_out = nullptr;

@@ -23,10 +23,17 @@
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "common/calibration.h"
 #include "common/checks.h"
 #include "common/matmul.h"
 
@@ -150,18 +157,84 @@ Steps steps_of(const char* op, const at::Tensor& input, const OptTensor& batch_s
   return s;
 }
 
+// The layer's forward with the recurrent path chosen: engine = -1 lets use_engine choose.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+              const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+              const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes,
+              bool reverse, bool train, const LstmStepKernels& kernels, int engine);
+
+struct EngineShapeClass {
+  c10::ScalarType dtype;
+  int64_t batch, hidden;  // rounded up to powers of two
+  int threads;
+  bool operator<(const EngineShapeClass& o) const {
+    return std::tie(dtype, batch, hidden, threads) <
+           std::tie(o.dtype, o.batch, o.hidden, o.threads);
+  }
+};
+
+std::mutex& engine_choices_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+std::map<EngineShapeClass, LstmEngineChoice>& engine_choices() {
+  static std::map<EngineShapeClass, LstmEngineChoice> table;
+  return table;
+}
+
+// Seconds of an inference layer of `steps` steps at this batch and hidden size on one path
+// (best of three after a warm-up), on synthetic inputs.
+double time_layer_path(const LstmStepKernels& kernels, const at::TensorOptions& opts,
+                       int64_t steps, int64_t batch, int64_t hidden, bool engine) {
+  const at::Tensor x = at::zeros({steps, batch, hidden}, opts);
+  const at::Tensor h0 = at::zeros({batch, hidden}, opts), c0 = at::zeros({batch, hidden}, opts);
+  const at::Tensor w = at::zeros({4 * hidden, hidden}, opts), bias = at::zeros({4 * hidden}, opts);
+  return best_seconds(3, [&] {
+    layer_forward(x, h0, c0, w, w, bias, bias, std::nullopt, std::nullopt, false, false,
+                  kernels, engine ? 1 : 0);
+  });
+}
+
+// A path's cost as fixed + per-step seconds, from layers of 4 and 16 steps (the engine packs
+// W_hh once per call: long sequences favour it more than short ones).
+LstmPathCost measure_path(const LstmStepKernels& kernels, const at::TensorOptions& opts,
+                          int64_t batch, int64_t hidden, bool engine) {
+  const double short_s = time_layer_path(kernels, opts, 4, batch, hidden, engine);
+  const double long_s = time_layer_path(kernels, opts, 16, batch, hidden, engine);
+  const double per_step = std::max(0.0, (long_s - short_s) / 12);
+  return {std::max(0.0, short_s - 4 * per_step), per_step};
+}
+
 // Whether a layer runs on the device's recurrent engine (lstm_step.h; the CPU has one) rather
-// than a matrix product and a step kernel per time step: without a projection, where the
-// device's measured rule prefers it. PYNOTES_LSTM_ENGINE=0 or 1 forces either path (the tests
-// run both).
-bool use_engine(const LstmStepKernels& kernels, bool project, c10::ScalarType dtype,
-                int64_t batch, int64_t hidden) {
+// than a matrix product and a step kernel per time step. Without a projection, whichever is
+// faster on this machine: which one is depends on the CPU (the engine won up to batch 32 on a
+// Xeon with AMX and on an AMD EPYC, and also at batch 64 on the Xeon; bfloat16 products on
+// AMX tiles outrun it from batch x hidden ~4096), so the first layer of each shape class
+// (dtype, batch and hidden rounded up to powers of two, threads) times both on 4- and 16-step
+// synthetic sequences (fixed and per-step cost of each path) and keeps both costs for the
+// process; each call then takes the cheaper path for its length. Training uses the same
+// choice.
+// PYNOTES_LSTM_ENGINE=0 or 1 forces either path (the tests run both).
+bool use_engine(const LstmStepKernels& kernels, bool project, const at::Tensor& input,
+                int64_t steps, int64_t batch, int64_t hidden) {
   if (kernels.engine_forward == nullptr || project) return false;
   if (const char* forced = std::getenv("PYNOTES_LSTM_ENGINE")) {
     if (forced[0] == '0') return false;
     if (forced[0] == '1') return true;
   }
-  return kernels.engine_preferred(dtype, batch, hidden);
+  const EngineShapeClass key{input.scalar_type(), round_up_pow2(batch), round_up_pow2(hidden),
+                             at::get_num_threads()};
+  {
+    std::lock_guard<std::mutex> lock(engine_choices_mutex());
+    const auto it = engine_choices().find(key);
+    if (it != engine_choices().end()) return it->second.engine_for(steps);
+  }
+  const LstmEngineChoice choice{key.dtype, key.batch, key.hidden, key.threads,
+                                measure_path(kernels, input.options(), batch, hidden, true),
+                                measure_path(kernels, input.options(), batch, hidden, false)};
+  std::lock_guard<std::mutex> lock(engine_choices_mutex());
+  return engine_choices().emplace(key, choice).first->second.engine_for(steps);
 }
 
 // (N, width) as the caller's layout: (T, B, width) for time-major input, else packed.
@@ -245,11 +318,29 @@ lstm_cell_backward_impl(const OptTensor& grad_hy, const OptTensor& grad_cy,
   return {d_input, d_hx, dc.to(input.scalar_type()), d_w_ih, d_w_hh, d_bias};
 }
 
+std::vector<LstmEngineChoice> lstm_engine_choices() {
+  std::lock_guard<std::mutex> lock(engine_choices_mutex());
+  std::vector<LstmEngineChoice> out;
+  for (const auto& kv : engine_choices()) out.push_back(kv.second);
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_layer_impl(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
                 const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
                 const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes,
                 bool reverse, bool train, const LstmStepKernels& kernels) {
+  return layer_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, train,
+                       kernels, -1);
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+              const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+              const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes,
+              bool reverse, bool train, const LstmStepKernels& kernels, int engine) {
   constexpr const char* op = "lstm_layer";
   const Steps steps = steps_of(op, input, batch_sizes);
   const LstmSizes s = check_weights(op, input, w_ih, w_hh, b_ih, b_hh, w_hr);
@@ -271,7 +362,8 @@ lstm_layer_impl(const at::Tensor& input, const at::Tensor& hx, const at::Tensor&
   at::Tensor c_prev = at::empty({train ? N : 0, H}, acc_opts);
   at::Tensor h_prev = at::empty({train ? N : 0, P}, opts);
   const int64_t T = static_cast<int64_t>(steps.rows.size());
-  if (use_engine(kernels, project, input.scalar_type(), B, H)) {
+  if (engine < 0) engine = use_engine(kernels, project, input, T, B, H);
+  if (engine) {
     const at::Tensor w = w_hh.contiguous(), h0 = hx.contiguous();
     at::Tensor h_n = at::empty({B, H}, opts), c_n = at::empty({B, H}, acc_opts);
     kernels.engine_forward({input.scalar_type(), T, B, H, steps.rows.data(),
@@ -315,6 +407,8 @@ lstm_layer_impl(const at::Tensor& input, const at::Tensor& hx, const at::Tensor&
   return {as_layer_layout(output, input), h, c.to(input.scalar_type()), gates, c_prev, h_prev,
           r};
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
@@ -360,7 +454,7 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
   at::Tensor dr = at::empty({project ? B : 0, H}, opts);
 
   const int64_t T = static_cast<int64_t>(steps.rows.size());
-  const bool engine = use_engine(kernels, project, input.scalar_type(), B, H);
+  const bool engine = use_engine(kernels, project, input, T, B, H);
   if (engine) {
     const at::Tensor w = w_hh.contiguous();
     kernels.engine_backward({input.scalar_type(), T, B, H, steps.rows.data(),

@@ -7,6 +7,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "lstm/lstm_step.h"
 
@@ -42,6 +43,24 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
                          const at::Tensor& c_prev, const at::Tensor& h_prev,
                          const at::Tensor& r, std::array<bool, 3> output_mask,
                          const LstmStepKernels& kernels);
+
+// The measured cost of an LSTM layer path (lstm_ops.cpp, use_engine): seconds per call and per
+// time step.
+struct LstmPathCost {
+  double fixed_seconds, step_seconds;
+  double seconds(int64_t steps) const { return fixed_seconds + steps * step_seconds; }
+};
+
+// The costs of the recurrent engine and of per-step products measured so far for a shape
+// class (dtype, batch and hidden rounded up to powers of two, threads).
+struct LstmEngineChoice {
+  c10::ScalarType dtype;
+  int64_t batch, hidden;
+  int threads;
+  LstmPathCost engine, products;
+  bool engine_for(int64_t steps) const { return engine.seconds(steps) <= products.seconds(steps); }
+};
+std::vector<LstmEngineChoice> lstm_engine_choices();
 
 // The ops of one device, as plain functions for TORCH_LIBRARY_IMPL.
 template <const LstmStepKernels& (*kernels)()>

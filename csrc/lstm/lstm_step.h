@@ -90,8 +90,6 @@ struct LstmStepKernels {
   LstmStepBackwardFn backward;
   LstmEngineForwardFn engine_forward = nullptr;
   LstmEngineBackwardFn engine_backward = nullptr;
-  // Whether the engine beats a product and a step kernel per time step at this size.
-  bool (*engine_preferred)(c10::ScalarType dtype, int64_t batch, int64_t hidden) = nullptr;
 };
 
 PYNOTES_DECLARE_CPU_KERNEL(void lstm_step_forward_cpu_kernel(const LstmStepForward&))

@@ -1,6 +1,7 @@
 // pynotes._C: loading it registers every operator (TORCH_LIBRARY in pynotes.cpp); the module
 // itself reports how it was built and holds what cannot be an operator: the tree of one
-// process of a data-parallel fit, which calls back into Python (torch.distributed) per level.
+// process of a data-parallel fit, which calls back into Python (torch.distributed) per level,
+// and the CPU block cache (pynotes.memory).
 // Compiled by setup.py only, not by CMakeLists.txt.
 #include <ATen/ops/from_blob.h>
 #include <pybind11/pybind11.h>
@@ -8,7 +9,10 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include "build_info.h"
+#include "common/cpu_cache.h"
+#include "common/matmul.h"
 #include "gbdt/gbdt_ops.h"
+#include "lstm/lstm_ops.h"
 
 namespace py = pybind11;
 
@@ -25,6 +29,62 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["num_threads"] = info.num_threads;
     return d;
   }, "How this extension was built and what it runs with.");
+  m.def("matmul_choices", [] {
+    py::list out;
+    for (const pynotes::MatmulChoice& c : pynotes::matmul_choices()) {
+      py::dict d;
+      d["shape_class"] = py::make_tuple(c.m, c.n, c.k);
+      d["layouts"] = std::string(c.a_row_major ? "row" : "col") + "," +
+                     (c.b_row_major ? "row" : "col");
+      d["threads"] = c.threads;
+      d["backend"] = c.onednn ? "onednn" : "aten";
+      d["onednn_us"] = c.onednn_seconds * 1e6;
+      d["aten_us"] = c.aten_seconds * 1e6;
+      out.append(d);
+    }
+    return out;
+  }, "The float32 CPU matrix-product backends chosen so far, by measurement (matmul.cpp).");
+  m.def("lstm_engine_choices", [] {
+    py::list out;
+    for (const pynotes::LstmEngineChoice& c : pynotes::lstm_engine_choices()) {
+      py::dict d;
+      d["dtype"] = std::string(c10::toString(c.dtype));
+      d["shape_class"] = py::make_tuple(c.batch, c.hidden);
+      d["threads"] = c.threads;
+      d["engine_us"] = py::make_tuple(c.engine.fixed_seconds * 1e6, c.engine.step_seconds * 1e6);
+      d["products_us"] =
+          py::make_tuple(c.products.fixed_seconds * 1e6, c.products.step_seconds * 1e6);
+      // Sequences of at least this many steps run on the engine (None: never).
+      d["engine_from_steps"] = [&]() -> py::object {
+        if (c.engine_for(1)) return py::int_(1);
+        const double gain = c.products.step_seconds - c.engine.step_seconds;
+        if (gain <= 0) return py::none();
+        int64_t t = static_cast<int64_t>((c.engine.fixed_seconds - c.products.fixed_seconds) / gain);
+        while (!c.engine_for(t)) ++t;
+        return py::int_(t);
+      }();
+      out.append(d);
+    }
+    return out;
+  }, "The LSTM layer paths (recurrent engine or per-step products) chosen so far, by "
+     "measurement (lstm_ops.cpp).");
+  m.def("cpu_cache_enable", &pynotes::cpu_cache::enable, py::arg("limit_bytes"),
+        py::arg("min_block_bytes"));
+  m.def("cpu_cache_disable", &pynotes::cpu_cache::disable);
+  m.def("cpu_cache_empty", &pynotes::cpu_cache::empty);
+  m.def("cpu_cache_stats", [] {
+    const pynotes::cpu_cache::Stats s = pynotes::cpu_cache::stats();
+    py::dict d;
+    d["enabled"] = s.enabled;
+    d["limit_bytes"] = s.limit_bytes;
+    d["min_block_bytes"] = s.min_block_bytes;
+    d["cached_bytes"] = s.cached_bytes;
+    d["cached_blocks"] = s.cached_blocks;
+    d["live_blocks"] = s.live_blocks;
+    d["hits"] = s.hits;
+    d["misses"] = s.misses;
+    return d;
+  });
   m.def(
       "gbdt_grow_tree_all_reduce",
       [](const at::Tensor& bins, const at::Tensor& grad, const at::Tensor& hess,
