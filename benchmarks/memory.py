@@ -33,8 +33,10 @@ FULL_LSTM = [(32, 256, 256)]
 
 
 def _preload(name):
-    for path in sorted(glob.glob(f"/usr/lib/*/lib{name}.so*") + glob.glob(f"/usr/lib/lib{name}.so*")):
-        return path
+    """The path of lib<name>.so for LD_PRELOAD, or None where it is not installed."""
+    paths = sorted(glob.glob(f"/usr/lib/*/lib{name}.so*") + glob.glob(f"/usr/lib/lib{name}.so*"))
+    if paths:
+        return paths[0]
     found = ctypes.util.find_library(name)
     return found if found and os.path.isabs(found) else None
 

@@ -4,6 +4,7 @@
 // through LstmOps<kernels> (lstm_cpu.cpp, lstm_cuda.cu). Schemas are in pynotes.cpp.
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
@@ -59,6 +60,16 @@ struct LstmEngineChoice {
   int threads;
   LstmPathCost engine, products;
   bool engine_for(int64_t steps) const { return engine.seconds(steps) <= products.seconds(steps); }
+  // The shortest sequence that runs on the engine, or -1 when none does (both costs linear).
+  int64_t engine_from_steps() const {
+    const double gain = products.step_seconds - engine.step_seconds;
+    if (engine_for(1)) return 1;
+    if (gain <= 0) return -1;
+    int64_t t = std::max<int64_t>(1, static_cast<int64_t>(
+                                         (engine.fixed_seconds - products.fixed_seconds) / gain));
+    while (!engine_for(t)) ++t;
+    return t;
+  }
 };
 std::vector<LstmEngineChoice> lstm_engine_choices();
 

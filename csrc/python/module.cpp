@@ -54,15 +54,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       d["engine_us"] = py::make_tuple(c.engine.fixed_seconds * 1e6, c.engine.step_seconds * 1e6);
       d["products_us"] =
           py::make_tuple(c.products.fixed_seconds * 1e6, c.products.step_seconds * 1e6);
-      // Sequences of at least this many steps run on the engine (None: never).
-      d["engine_from_steps"] = [&]() -> py::object {
-        if (c.engine_for(1)) return py::int_(1);
-        const double gain = c.products.step_seconds - c.engine.step_seconds;
-        if (gain <= 0) return py::none();
-        int64_t t = static_cast<int64_t>((c.engine.fixed_seconds - c.products.fixed_seconds) / gain);
-        while (!c.engine_for(t)) ++t;
-        return py::int_(t);
-      }();
+      const int64_t from = c.engine_from_steps();  // None: the engine never wins
+      d["engine_from_steps"] = from < 0 ? py::object(py::none()) : py::object(py::int_(from));
       out.append(d);
     }
     return out;
