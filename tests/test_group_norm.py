@@ -223,7 +223,10 @@ def test_large_mean_stays_accurate(device, layout, dtype, mean, std, atol):
     grad_out = torch.randn_like(x64)
     (gx,) = torch.autograd.grad(pynotes.ops.group_norm(x, 4), x, grad_out.to(dtype))
     (ex,) = torch.autograd.grad(expected, x64, grad_out)
-    torch.testing.assert_close(gx.double(), ex, atol=atol, rtol=10 * atol)
+    # x - mean keeps only ~|mean| / std * eps of x's precision (1e-8 relative in float64 at
+    # 1e8), scaled by rstd in the gradient: 10 * atol is that floor, far below the O(1) error
+    # of E[x^2] - E[x]^2 (atol alone failed for some seeds, with any kernel version).
+    torch.testing.assert_close(gx.double(), ex, atol=10 * atol, rtol=10 * atol)
 
 
 @pytest.mark.parametrize("shape", [(0, 8, 4, 4), (2, 8, 0), (3, 0, 5)])
