@@ -61,9 +61,12 @@ def backend_info() -> dict:
     cpu_capability (SIMD instruction set of the CPU kernels in use), num_threads (CPU threads
     the kernels use), torch_version, torch_cuda_version, choices (what was measured on this
     machine so far: "matmul", the float32 CPU product backend per shape class, fixed by
-    PYNOTES_MATMUL=aten|onednn; "lstm_engine", the LSTM layer's recurrent path per shape class,
-    fixed by PYNOTES_LSTM_ENGINE=1|0; "cpu_cache", pynotes.memory's state), and load_error when
-    the extension did not load.
+    PYNOTES_MATMUL=aten|onednn, with "onednn_float32", whether torch's oneDNN matmul runs
+    float32 on this CPU at all (else every product is at::mm); "lstm_engine", the LSTM layer's
+    recurrent path per shape class, fixed by PYNOTES_LSTM_ENGINE=1|0; "group_norm_sums", how
+    the channels-last group norm backward takes its per-channel sums per shape class, fixed by
+    PYNOTES_GROUP_NORM_SUMS=rows|columns; "cpu_cache", pynotes.memory's state), and load_error
+    when the extension did not load.
     """
     info = {
         "extension_loaded": _C is not None,
@@ -78,7 +81,10 @@ def backend_info() -> dict:
     }
     if _C is not None:
         info.update(_C.build_info())  # num_threads read now: torch.set_num_threads may change it
-        info["choices"] = {"matmul": _C.matmul_choices(), "lstm_engine": _C.lstm_engine_choices(),
+        info["choices"] = {"matmul": _C.matmul_choices(),
+                           "onednn_float32": _C.onednn_runs_float32(),
+                           "lstm_engine": _C.lstm_engine_choices(),
+                           "group_norm_sums": _C.group_norm_sums_choices(),
                            "cpu_cache": _C.cpu_cache_stats()}
     else:
         info["load_error"] = str(_load_error)

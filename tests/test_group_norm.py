@@ -185,6 +185,55 @@ def test_channels_last_keeps_layout(device, batch, layout, num_groups, silu):
         torch.testing.assert_close(g.double(), e, **tolerance(torch.float32))
 
 
+@pytest.mark.skipif(not _ext.extension_loaded(), reason="extension not built")
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 16])
+def test_channels_last_backward_sums_both_ways(device, batch, dtype, silu, monkeypatch):
+    """The channels-last backward takes its per-channel sums along the rows or down them,
+    whichever measured faster (group_norm_cpu.cpp): both give the same bits, and torch's
+    gradients. C = 40 has a SIMD tail on every ISA; at batch 1 the rows span several tasks."""
+    if device != "cpu":
+        pytest.skip("a CPU kernel choice")
+    x, w, b = make_inputs((batch, 40, 37, 29), dtype, device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn_like(x)
+    _, mean, rstd = torch.ops.pynotes.group_norm(x, 8, w, b, 1e-5, silu)
+    results = {}
+    for sums in ("rows", "columns"):
+        monkeypatch.setenv("PYNOTES_GROUP_NORM_SUMS", sums)
+        results[sums] = torch.ops.pynotes.group_norm_backward(grad_out, x, mean, rstd, 8, w, b,
+                                                              silu)
+    for along_rows, down_columns in zip(results["rows"], results["columns"]):
+        assert torch.equal(along_rows, down_columns)
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
+    expected = grads(torch_group_norm(x64, 8, w64, b64, 1e-5, silu), (x64, w64, b64),
+                     grad_out.double())
+    torch.testing.assert_close(results["rows"][0].double(), expected[0], **tolerance(dtype))
+    # The parameter gradients sum batch x 1073 terms per channel (17k at batch 16).
+    param_tol = {"rtol": 2e-4, "atol": 2e-4} if dtype == torch.float32 else tolerance(dtype)
+    for g, e in zip(results["rows"][1:], expected[1:]):
+        torch.testing.assert_close(g.double(), e, **param_tol)
+
+
+@pytest.mark.skipif(not _ext.extension_loaded(), reason="extension not built")
+def test_channels_last_backward_sums_choice_is_reported(device, monkeypatch):
+    if device != "cpu":
+        pytest.skip("a CPU kernel choice")
+    monkeypatch.delenv("PYNOTES_GROUP_NORM_SUMS", raising=False)
+    x, w, b = make_inputs((3, 24, 9, 7), torch.float32, device)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    pynotes.ops.group_norm(x, 6, w, b).sum().backward()
+    choices = pynotes.backend_info()["choices"]["group_norm_sums"]
+    mine = [c for c in choices if c["shape_class"] == (4, 32, 64) and c["dtype"] == "Float"
+            and not c["silu"] and c["threads"] == torch.get_num_threads()]
+    assert len(mine) == 1 and mine[0]["sums"] in ("rows", "columns"), choices
+    assert (mine[0]["sums"] == "rows") == (mine[0]["rows_us"] < mine[0]["columns_us"])
+    monkeypatch.setenv("PYNOTES_GROUP_NORM_SUMS", "diagonal")
+    with pytest.raises(RuntimeError, match="PYNOTES_GROUP_NORM_SUMS must be 'rows' or 'columns'"):
+        pynotes.ops.group_norm(x, 6, w, b).sum().backward()
+
+
 def test_non_contiguous_inputs(device):
     base, w, b = make_inputs((4, 16, 10, 12), torch.float32, device)
     x = base[:, ::2, ::2, 1:].requires_grad_()  # neither contiguous nor channels-last

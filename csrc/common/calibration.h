@@ -1,9 +1,14 @@
 #pragma once
-// What the choices measured on the user's machine share (common/matmul.cpp, lstm/lstm_ops.cpp):
-// shape classes and the timing of a candidate.
+// What the choices measured on the user's machine share (common/matmul.cpp, lstm/lstm_ops.cpp,
+// group_norm/group_norm_cpu.cpp): shape classes, the table of choices made, and the timing of
+// a candidate.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <vector>
 
 namespace pynotes {
 
@@ -13,6 +18,35 @@ inline int64_t round_up_pow2(int64_t v) {
   while (p < v) p *= 2;
   return p;
 }
+
+// The choices of one kind made so far in this process, by shape class; safe to share between
+// threads (a measurement runs outside the lock: two threads may measure one class, and the
+// first to insert wins).
+template <typename Key, typename Choice>
+class ChoiceTable {
+ public:
+  std::optional<Choice> find(const Key& key) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = table_.find(key);
+    if (it == table_.end()) return std::nullopt;
+    return it->second;
+  }
+  // The choice kept for key: `choice`, or the one another thread inserted first.
+  Choice insert(const Key& key, const Choice& choice) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return table_.emplace(key, choice).first->second;
+  }
+  std::vector<Choice> all() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<Choice> out;
+    for (const auto& kv : table_) out.push_back(kv.second);
+    return out;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<Key, Choice> table_;
+};
 
 // Seconds of the fastest of `runs` calls of f, after one warm-up call.
 template <typename F>

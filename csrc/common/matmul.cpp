@@ -4,14 +4,13 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/ones.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <map>
-#include <mutex>
 #include <tuple>
 
 #include "common/calibration.h"
@@ -41,8 +40,8 @@ bool is_plain_matrix(const at::Tensor& t) {
 // product of each shape class (M, N, K rounded up to powers of two, operand layouts, thread
 // count) times both on scratch output (best of two after a warm-up, on at most a few hundred
 // MFLOP of its leading rows) and keeps the faster, for the rest of the process.
-// PYNOTES_MATMUL=aten or =onednn fixes the choice (results differ in the last bits between
-// backends, as cudnn.benchmark's choices do).
+// PYNOTES_MATMUL=aten or =onednn fixes the choice where oneDNN can run (results differ in the
+// last bits between backends, as cudnn.benchmark's choices do).
 struct ShapeClass {
   int64_t m, n, k;
   bool a_rows, b_rows;  // row-major (else column-major) operands
@@ -53,19 +52,37 @@ struct ShapeClass {
   }
 };
 
-std::mutex& choices_mutex() {
-  static std::mutex mutex;
-  return mutex;
-}
-std::map<ShapeClass, MatmulChoice>& choices() {
-  static std::map<ShapeClass, MatmulChoice> table;
+ChoiceTable<ShapeClass, MatmulChoice>& choices() {
+  static ChoiceTable<ShapeClass, MatmulChoice> table;
   return table;
 }
 
+}  // namespace
+
+// torch 2.14's mkldnn_matmul refuses every dtype on CPUs without AVX512BW/VL/DQ or
+// AVX-NE-CONVERT (an AVX2-only AMD EPYC, Zen 3), with an error meant for its bfloat16 path.
+// Probed once on a 1 x 1 product.
+bool onednn_runs_float32() {
+  static const bool runs = [] {
+    if (&at::native::mkldnn_matmul == nullptr || !at::hasMKLDNN()) return false;
+    const at::Tensor one = at::ones({1, 1}, at::kFloat);
+    const at::Tensor out = at::empty({1, 1}, at::kFloat);
+    try {
+      at::native::mkldnn_matmul(one, one, out, 0.0f, 1.0f);
+    } catch (const c10::Error&) {
+      return false;
+    }
+    return out.item<float>() == 1.0f;
+  }();
+  return runs;
+}
+
+namespace {
+
 bool onednn_possible(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  return &at::native::mkldnn_matmul != nullptr && out.is_cpu() &&
-         out.scalar_type() == at::kFloat && at::hasMKLDNN() &&
-         at::globalContext().userEnabledMkldnn() && is_plain_matrix(a) && is_plain_matrix(b);
+  return out.is_cpu() && out.scalar_type() == at::kFloat &&
+         at::globalContext().userEnabledMkldnn() && is_plain_matrix(a) && is_plain_matrix(b) &&
+         onednn_runs_float32();
 }
 
 void run_backend(bool onednn, const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
@@ -80,7 +97,6 @@ void run_backend(bool onednn, const at::Tensor& out, const at::Tensor& a, const 
 }
 
 bool use_onednn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (!onednn_possible(out, a, b)) return false;
   static const int forced = [] {
     const char* env = std::getenv("PYNOTES_MATMUL");
     if (env == nullptr || env[0] == '\0') return -1;
@@ -88,15 +104,12 @@ bool use_onednn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b)
     if (std::strcmp(env, "aten") == 0) return 0;
     TORCH_CHECK(false, "PYNOTES_MATMUL must be 'aten' or 'onednn', got '", env, "'");
   }();
+  if (!onednn_possible(out, a, b)) return false;
   if (forced >= 0) return forced == 1;
   const ShapeClass key{round_up_pow2(a.size(0)), round_up_pow2(b.size(1)),
                        round_up_pow2(a.size(1)), a.stride(1) == 1, b.stride(1) == 1,
                        at::get_num_threads()};
-  {
-    std::lock_guard<std::mutex> lock(choices_mutex());
-    const auto it = choices().find(key);
-    if (it != choices().end()) return it->second.onednn;
-  }
+  if (const auto known = choices().find(key)) return known->onednn;
   // Not under the lock: the products run on every thread. On the leading rows of a only, so
   // that a calibration costs at most a few hundred MFLOP whatever the product's size.
   const int64_t flops_per_row = std::max<int64_t>(2 * b.size(0) * b.size(1), 1);
@@ -108,8 +121,7 @@ bool use_onednn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b)
   const double aten_s = best_seconds(2, [&] { run_backend(false, scratch, a_rows, b, false); });
   const MatmulChoice choice{key.m, key.n, key.k, key.a_rows, key.b_rows, key.threads,
                             onednn_s < aten_s, onednn_s, aten_s};
-  std::lock_guard<std::mutex> lock(choices_mutex());
-  return choices().emplace(key, choice).first->second.onednn;
+  return choices().insert(key, choice).onednn;
 }
 
 }  // namespace
@@ -124,12 +136,7 @@ void matmul_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b
   run_backend(use_onednn(out, a, b), out, a, b, accumulate);
 }
 
-std::vector<MatmulChoice> matmul_choices() {
-  std::lock_guard<std::mutex> lock(choices_mutex());
-  std::vector<MatmulChoice> out;
-  for (const auto& kv : choices()) out.push_back(kv.second);
-  return out;
-}
+std::vector<MatmulChoice> matmul_choices() { return choices().all(); }
 
 at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());

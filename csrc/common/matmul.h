@@ -26,6 +26,9 @@ struct MatmulChoice {
 };
 std::vector<MatmulChoice> matmul_choices();
 
+// Whether torch's oneDNN matmul runs float32 on this CPU (it does not on some; matmul.cpp).
+bool onednn_runs_float32();
+
 // a @ b as a new contiguous tensor, by matmul_into.
 at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b);
 

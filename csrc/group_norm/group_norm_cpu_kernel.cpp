@@ -17,6 +17,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -256,8 +257,13 @@ inline void grad_sums_block(const S* dz, const S* x, int64_t n, const S* mean, c
 // Channels-last: adds the per-channel sums of dy and dy * (x - mean) over `rows` rows of C
 // (row-major, contiguous) to sum_dy[c], sum_dy_xc[c]; stores dy to dy_out unless it is null.
 // Two SIMD columns at a time, their sums held in registers while walking down the rows (the
-// rows stay in L2): per-lane sums in memory cost two loads and two stores per vector, which
-// bound the pass on CPUs with one store a cycle. Same sums, same order, as grad_sums_block.
+// rows stay in L2): per-lane sums in memory (grad_sums_block along each row) cost two loads
+// and two stores per vector, which bound the pass on CPUs with one store a cycle (Zen 4's
+// 512-bit stores take two). But the walk down the rows reads 2 x rows streams at once, which
+// ran at half the speed of the walk along them on a Zen 3 (AVX2). So the kernel does either,
+// as measured (GroupNormCpuBackwardArgs::sums_along_rows). Same sums, same order, same bits.
+// (The forward's moments, one stream and a second pass in cache, were slower along the rows
+// on that Zen 3: they stay in column_sums.)
 template <bool kSilu, typename S>
 inline void grad_column_sums(const S* dz, const S* x, int64_t rows, int64_t C, const S* mean,
                              const S* scale, const S* shift, S* sum_dy, S* sum_dy_xc,
@@ -340,6 +346,20 @@ inline gn::Moments<acc_t<T>> range_moments(BlockReader<T>& rd, const T* x, int64
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// n values of S that the tasks initialize themselves, from torch's CPU allocator (pynotes.memory's
+// cache when enabled) and not zeroed: a std::vector of the channels-last backward's per-task
+// sums (1/32 of x at C = 512) cost 1.3 ms of page faults and zeroing on one thread in a 7 ms
+// backward.
+template <typename S>
+class TaskScratch {
+ public:
+  explicit TaskScratch(int64_t n) : data_(c10::GetCPUAllocator()->allocate(n * sizeof(S))) {}
+  S* data() const { return static_cast<S*>(data_.get()); }
+
+ private:
+  at::DataPtr data_;
+};
 
 // NCHW with few groups: a task per (n, c, chunk of the channel's spatial extent), with enough
 // tasks for every thread. Task t covers spatial [lo(t), hi(t)) of row (n * C + c) = row(t).
@@ -725,7 +745,9 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
       shift_c[n * C + c] = affine.shift(c);
     }
   }
-  std::vector<S> part_dy(tasks * C, S(0)), part_dy_xc(tasks * C, S(0));
+  const TaskScratch<S> parts(2 * tasks * C);  // task t's sums at t * C, zeroed by the task
+  S* const part_dy = parts.data();
+  S* const part_dy_xc = part_dy + tasks * C;
   std::vector<S> sum_dy(N * C, S(0)), sum_dy_xc(N * C, S(0)), xc_coef(N * C), bias_coef(N * C);
 
   auto for_each_row_block = [&](int64_t t, const auto& f) {  // f(element offset, nc offset, len)
@@ -747,15 +769,19 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
   };
   // Task t's per-channel sums (and dy, left in dx, with keep_dy).
   auto chunk_sums = [&](int64_t t, Scratch& sc) {
-    if constexpr (!kWiden<T>) {  // float, double: down the task's rows by columns
-      const int64_t n = t / rt.tasks_per_sample;
-      const int64_t lo = (t % rt.tasks_per_sample) * rt.rows_per_task;
-      const int64_t rows = std::min(HxW, lo + rt.rows_per_task) - lo, e = (n * HxW + lo) * C;
-      grad_column_sums<kSilu>(dz + e, x + e, rows, C, mean_c.data() + n * C,
-                              scale_c.data() + n * C, shift_c.data() + n * C,
-                              part_dy.data() + t * C, part_dy_xc.data() + t * C,
-                              keep_dy ? dx + e : nullptr);
-      return;
+    std::fill_n(part_dy + t * C, C, S(0));
+    std::fill_n(part_dy_xc + t * C, C, S(0));
+    if constexpr (!kWiden<T>) {  // float, double: down the task's rows by columns, or along
+      if (!a.sums_along_rows) {  // the rows below
+        const int64_t n = t / rt.tasks_per_sample;
+        const int64_t lo = (t % rt.tasks_per_sample) * rt.rows_per_task;
+        const int64_t rows = std::min(HxW, lo + rt.rows_per_task) - lo, e = (n * HxW + lo) * C;
+        grad_column_sums<kSilu>(dz + e, x + e, rows, C, mean_c.data() + n * C,
+                                scale_c.data() + n * C, shift_c.data() + n * C,
+                                part_dy + t * C, part_dy_xc + t * C,
+                                keep_dy ? dx + e : nullptr);
+        return;
+      }
     }
     for_each_row_block(t, [&](int64_t e, int64_t p, int64_t len) {
       const int64_t off = p % C;
@@ -763,7 +789,7 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
       if constexpr (kKeepDy) dy_out = keep_dy ? dx + e : nullptr;
       grad_sums_block<kSilu, true>(sc.rd_dz(dz + e, len), sc.rd_x(x + e, len), len,
                                    mean_c.data() + p, scale_c.data() + p, shift_c.data() + p,
-                                   part_dy.data() + t * C + off, part_dy_xc.data() + t * C + off,
+                                   part_dy + t * C + off, part_dy_xc + t * C + off,
                                    dy_out);
     });
   };

@@ -37,6 +37,10 @@ struct GroupNormCpuBackwardArgs {
   void* dx;
   void* dweight;  // (C), at::opmath_type of dtype
   void* dbias;    // (C), at::opmath_type of dtype
+  // Channels-last float/double: the per-channel sums walk along the rows, kept in memory,
+  // rather than down them a few SIMD columns at a time in registers. Same sums in the same
+  // order, so the same bits; which is faster depends on the CPU (group_norm_cpu.cpp).
+  bool sums_along_rows = false;
 };
 
 PYNOTES_DECLARE_CPU_KERNEL(void group_norm_forward_cpu_kernel(const GroupNormCpuForwardArgs&))

@@ -27,8 +27,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <map>
-#include <mutex>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -174,12 +172,8 @@ struct EngineShapeClass {
   }
 };
 
-std::mutex& engine_choices_mutex() {
-  static std::mutex mutex;
-  return mutex;
-}
-std::map<EngineShapeClass, LstmEngineChoice>& engine_choices() {
-  static std::map<EngineShapeClass, LstmEngineChoice> table;
+ChoiceTable<EngineShapeClass, LstmEngineChoice>& engine_choices() {
+  static ChoiceTable<EngineShapeClass, LstmEngineChoice> table;
   return table;
 }
 
@@ -225,16 +219,11 @@ bool use_engine(const LstmStepKernels& kernels, bool project, const at::Tensor& 
   }
   const EngineShapeClass key{input.scalar_type(), round_up_pow2(batch), round_up_pow2(hidden),
                              at::get_num_threads()};
-  {
-    std::lock_guard<std::mutex> lock(engine_choices_mutex());
-    const auto it = engine_choices().find(key);
-    if (it != engine_choices().end()) return it->second.engine_for(steps);
-  }
+  if (const auto known = engine_choices().find(key)) return known->engine_for(steps);
   const LstmEngineChoice choice{key.dtype, key.batch, key.hidden, key.threads,
                                 measure_path(kernels, input.options(), batch, hidden, true),
                                 measure_path(kernels, input.options(), batch, hidden, false)};
-  std::lock_guard<std::mutex> lock(engine_choices_mutex());
-  return engine_choices().emplace(key, choice).first->second.engine_for(steps);
+  return engine_choices().insert(key, choice).engine_for(steps);
 }
 
 // (N, width) as the caller's layout: (T, B, width) for time-major input, else packed.
@@ -319,10 +308,7 @@ lstm_cell_backward_impl(const OptTensor& grad_hy, const OptTensor& grad_cy,
 }
 
 std::vector<LstmEngineChoice> lstm_engine_choices() {
-  std::lock_guard<std::mutex> lock(engine_choices_mutex());
-  std::vector<LstmEngineChoice> out;
-  for (const auto& kv : engine_choices()) out.push_back(kv.second);
-  return out;
+  return engine_choices().all();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>

@@ -12,6 +12,7 @@
 #include "common/cpu_cache.h"
 #include "common/matmul.h"
 #include "gbdt/gbdt_ops.h"
+#include "group_norm/group_norm_cpu.h"
 #include "lstm/lstm_ops.h"
 
 namespace py = pybind11;
@@ -44,6 +45,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     }
     return out;
   }, "The float32 CPU matrix-product backends chosen so far, by measurement (matmul.cpp).");
+  m.def("onednn_runs_float32", &pynotes::onednn_runs_float32,
+        "Whether torch's oneDNN matmul runs float32 on this CPU (else products use at::mm).");
   m.def("lstm_engine_choices", [] {
     py::list out;
     for (const pynotes::LstmEngineChoice& c : pynotes::lstm_engine_choices()) {
@@ -61,6 +64,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return out;
   }, "The LSTM layer paths (recurrent engine or per-step products) chosen so far, by "
      "measurement (lstm_ops.cpp).");
+  m.def("group_norm_sums_choices", [] {
+    py::list out;
+    for (const pynotes::GroupNormSumsChoice& c : pynotes::group_norm_sums_choices()) {
+      py::dict d;
+      d["dtype"] = std::string(c10::toString(c.dtype));
+      d["silu"] = c.silu;
+      d["shape_class"] = py::make_tuple(c.n, c.c, c.hxw);
+      d["threads"] = c.threads;
+      d["sums"] = c.along_rows ? "rows" : "columns";
+      d["rows_us"] = c.along_rows_seconds * 1e6;
+      d["columns_us"] = c.down_columns_seconds * 1e6;
+      out.append(d);
+    }
+    return out;
+  }, "How the channels-last group norm backward takes its per-channel sums, chosen so far by "
+     "measurement (group_norm_cpu.cpp).");
   m.def("cpu_cache_enable", &pynotes::cpu_cache::enable, py::arg("limit_bytes"),
         py::arg("min_block_bytes"));
   m.def("cpu_cache_disable", &pynotes::cpu_cache::disable);
