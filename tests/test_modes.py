@@ -278,7 +278,13 @@ def test_autocast(device, case):
     low = torch.bfloat16 if device == "cpu" else torch.float16
     args = case.make(device, torch.float32)
     with torch.autocast(device, dtype=low):
-        out, expected_out = case.fn(*args), case.ref(*args)
+        out = case.fn(*args)
+        try:
+            expected_out = case.ref(*args)
+        except RuntimeError as e:  # torch's bfloat16 LSTM is oneDNN's, which needs AVX-512
+            if device == "cpu" and "could not create a primitive descriptor" in str(e):
+                pytest.skip(f"torch's own op cannot run under autocast on this CPU: {e}")
+            raise
     assert [o.dtype for o in floating(out)] == [o.dtype for o in floating(expected_out)]
     assert_matches(out, expected_out, low, case)
 
