@@ -48,17 +48,20 @@ class ChoiceTable {
   std::map<Key, Choice> table_;
 };
 
+// Seconds one call of f takes.
+template <typename F>
+double seconds_of(const F& f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 // Seconds of the fastest of `runs` calls of f, after one warm-up call.
 template <typename F>
 double best_seconds(int runs, const F& f) {
   f();
   double best = 1e300;
-  for (int run = 0; run < runs; ++run) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    best = std::min(best,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
+  for (int run = 0; run < runs; ++run) best = std::min(best, seconds_of(f));
   return best;
 }
 
@@ -67,9 +70,7 @@ double best_seconds(int runs, const F& f) {
 // start-up state (fresh pages, threads not yet spinning) that lasts several calls.
 template <typename F>
 double best_seconds_within(double budget_seconds, int min_runs, int max_runs, const F& f) {
-  const auto t0 = std::chrono::steady_clock::now();
-  f();
-  const double first = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double first = seconds_of(f);
   const int runs = static_cast<int>(
       std::clamp(budget_seconds / std::max(first, 1e-9), double(min_runs), double(max_runs)));
   return best_seconds(runs, f);

@@ -5,7 +5,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
@@ -70,9 +69,7 @@ void run_backward_kernel(GroupNormCpuBackwardArgs args) {
   }
   auto seconds = [&](bool along_rows) {
     args.sums_along_rows = along_rows;
-    const auto t0 = std::chrono::steady_clock::now();
-    kernel(args);
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return seconds_of([&] { kernel(args); });
   };
   double rows_s = 1e300, columns_s = 1e300;
   for (int round = 0; round < 2; ++round) {
