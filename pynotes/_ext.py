@@ -62,7 +62,10 @@ def backend_info() -> dict:
     the kernels use), torch_version, torch_cuda_version, choices (what was measured on this
     machine so far: "matmul", the float32 CPU product backend per shape class, fixed by
     PYNOTES_MATMUL=aten|onednn, with "onednn_float32", whether torch's oneDNN matmul runs
-    float32 on this CPU at all (else every product is at::mm); "lstm_engine", the LSTM layer's
+    float32 on this CPU at all (else every product is at::mm); "packed_matmul", whether the
+    LSTM layer's per-step float32 products pack their weight once for MKL per shape class,
+    fixed by PYNOTES_PACKED_MATMUL=1|0, with "mkl_packed_gemm", whether torch's MKL has a
+    packed GEMM at all; "lstm_engine", the LSTM layer's
     recurrent path per shape class, fixed by PYNOTES_LSTM_ENGINE=1|0; "group_norm_sums", how
     the channels-last group norm backward takes its per-channel sums per shape class, fixed by
     PYNOTES_GROUP_NORM_SUMS=rows|columns; "cpu_cache", pynotes.memory's state), and load_error
@@ -83,6 +86,8 @@ def backend_info() -> dict:
         info.update(_C.build_info())  # num_threads read now: torch.set_num_threads may change it
         info["choices"] = {"matmul": _C.matmul_choices(),
                            "onednn_float32": _C.onednn_runs_float32(),
+                           "packed_matmul": _C.packed_matmul_choices(),
+                           "mkl_packed_gemm": _C.mkl_packed_gemm_available(),
                            "lstm_engine": _C.lstm_engine_choices(),
                            "group_norm_sums": _C.group_norm_sums_choices(),
                            "cpu_cache": _C.cpu_cache_stats()}

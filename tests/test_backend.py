@@ -80,14 +80,17 @@ x = torch.randn(9, 5, 24)
 torch.testing.assert_close(layer(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
 choices = pynotes.backend_info()["choices"]
 print(json.dumps({"matmul": choices["matmul"], "onednn_float32": choices["onednn_float32"],
-                  "lstm_engine": choices["lstm_engine"]}))
+                  "lstm_engine": choices["lstm_engine"],
+                  "packed_matmul": choices["packed_matmul"],
+                  "mkl_packed_gemm": choices["mkl_packed_gemm"]}))
 """
 
 
 @pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")
 @pytest.mark.parametrize("matmul", ["", "aten", "onednn"])
 def test_measured_choices_give_the_same_results_and_are_reported(matmul):
-    env = {k: v for k, v in os.environ.items() if k != "PYNOTES_LSTM_ENGINE"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYNOTES_LSTM_ENGINE", "PYNOTES_PACKED_MATMUL")}
     env["PYNOTES_MATMUL"] = matmul
     proc = subprocess.run([sys.executable, "-c", CHECK_CHOICES], env=env, capture_output=True,
                           text=True, timeout=300)
@@ -103,6 +106,29 @@ def test_measured_choices_give_the_same_results_and_are_reported(matmul):
         assert {c["backend"] for c in choices["matmul"]} <= {"aten", "onednn"}
     else:  # oneDNN refuses float32 on this CPU: nothing to choose between
         assert choices["matmul"] == []
+    # The layer's per-step products (h W_hh^T: 5 rows, N 128, K 32) measured packing where MKL
+    # can.
+    packed = choices["packed_matmul"]
+    assert [c["shape_class"] for c in packed] == ([[8, 128, 32]] if choices["mkl_packed_gemm"]
+                                                  else [])
+    assert all(c["packed_us"] > 0 and c["unpacked_us"] > 0 for c in packed)
+
+
+@pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")
+def test_bad_packed_matmul_override_is_an_error(monkeypatch):
+    monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "0")  # the per-step products, where it is read
+    monkeypatch.setenv("PYNOTES_PACKED_MATMUL", "yes")
+    with pytest.raises(RuntimeError, match="PYNOTES_PACKED_MATMUL must be '1' or '0', got 'yes'"):
+        pynotes.nn.LSTM(4, 4)(torch.randn(3, 2, 4))
+
+
+@pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")
+def test_mkl_packed_gemm_is_found_where_torch_has_mkl():
+    # The probe (matmul.cpp) multiplies through MKL's packed GEMM and checks the result: a torch
+    # with MKL that fails it would mean our declaration of MKL's interface is wrong.
+    if not torch.backends.mkl.is_available():
+        pytest.skip("this torch has no MKL")
+    assert pynotes.backend_info()["choices"]["mkl_packed_gemm"]
 
 
 @pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")

@@ -22,11 +22,13 @@ LSTM_CONFIGS = [
 ]
 
 
-@pytest.fixture(params=["engine", "per-step"])
+@pytest.fixture(params=["engine", "per-step", "per-step-packed"])
 def recurrent_path(request, monkeypatch):
-    """Runs a layer test on the CPU's recurrent engine and on the per-step products (each is
-    the default for some shapes: lstm_ops.cpp, use_engine)."""
+    """Runs a layer test on the CPU's recurrent engine and on the per-step products, with the
+    float32 weight packed once for MKL where torch's MKL has that (common/matmul.cpp) and not
+    (each is the default for some shapes: lstm_ops.cpp, use_engine)."""
     monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "1" if request.param == "engine" else "0")
+    monkeypatch.setenv("PYNOTES_PACKED_MATMUL", "1" if request.param.endswith("packed") else "0")
     return request.param
 
 

@@ -2,15 +2,21 @@
 
 #include <ATen/Context.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/zeros.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <limits>
 #include <tuple>
 
 #include "common/calibration.h"
@@ -24,6 +30,17 @@ TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tenso
                              float beta, float alpha) __attribute__((weak));
 }  // namespace native
 }  // namespace at
+
+extern "C" {
+// MKL's packed float32 GEMM (mkl_cblas.h; the LP64 interface: 32-bit sizes, its enums passed as
+// int). Exported by libtorch_cpu where torch is built with MKL; weak, as mkldnn_matmul above.
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                      const float* src, int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc)
+    __attribute__((weak));
+}
 
 namespace pynotes {
 namespace {
@@ -137,6 +154,129 @@ void matmul_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b
 }
 
 std::vector<MatmulChoice> matmul_choices() { return choices().all(); }
+
+namespace {
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+
+bool fits_int(std::initializer_list<int64_t> sizes) {
+  return std::all_of(sizes.begin(), sizes.end(),
+                     [](int64_t v) { return v < std::numeric_limits<int>::max(); });
+}
+
+// b (K x N float32, one unit stride) in MKL's packed layout for products with m rows of a.
+// MKL's bytes must not move: they stay in the returned tensor.
+at::Tensor mkl_pack(const at::Tensor& b, int64_t m) {
+  const int64_t K = b.size(0), N = b.size(1);
+  const bool rows = b.stride(1) == 1;  // else b^T is row-major
+  const int64_t ld = rows ? std::max(b.stride(0), N) : std::max(b.stride(1), K);
+  const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, m, N, K);
+  at::Tensor packed = at::empty({static_cast<int64_t>(bytes)}, b.options().dtype(at::kByte));
+  cblas_sgemm_pack(kRowMajor, kBMatrix, rows ? kNoTrans : kTrans, m, N, K, 1.0f,
+                   b.const_data_ptr<float>(), ld, static_cast<float*>(packed.mutable_data_ptr()));
+  return packed;
+}
+
+// out (+)= a @ b with b packed by mkl_pack for a's rows; a and out with unit column stride.
+void mkl_packed_product(const at::Tensor& packed, int64_t K, int64_t N, const at::Tensor& out,
+                        const at::Tensor& a, bool accumulate) {
+  cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, a.size(0), N, K, a.const_data_ptr<float>(),
+                      std::max(a.stride(0), K), static_cast<const float*>(packed.const_data_ptr()),
+                      N, accumulate ? 1.0f : 0.0f, out.mutable_data_ptr<float>(),
+                      std::max(out.stride(0), N));
+}
+
+bool packable(const at::Tensor& b, int64_t rows) {
+  return rows > 0 && b.defined() && b.is_cpu() && b.scalar_type() == at::kFloat && b.size(0) > 0 &&
+         b.size(1) > 0 && (b.stride(0) == 1 || b.stride(1) == 1) &&
+         fits_int({rows, b.size(0), b.size(1), b.stride(0), b.stride(1)}) &&
+         mkl_packed_gemm_available();
+}
+
+struct PackedShapeClass {
+  int64_t m, n, k;
+  int threads;
+  bool operator<(const PackedShapeClass& o) const {
+    return std::tie(m, n, k, threads) < std::tie(o.m, o.n, o.k, o.threads);
+  }
+};
+
+ChoiceTable<PackedShapeClass, PackedMatmulChoice>& packed_choices() {
+  static ChoiceTable<PackedShapeClass, PackedMatmulChoice> table;
+  return table;
+}
+
+// PYNOTES_PACKED_MATMUL=1 or 0 forces packing or not (read at every call; the tests run both):
+// 1, 0, or -1 when unset.
+int forced_packing() {
+  const char* env = std::getenv("PYNOTES_PACKED_MATMUL");
+  if (env == nullptr || env[0] == '\0') return -1;
+  TORCH_CHECK(std::strcmp(env, "1") == 0 || std::strcmp(env, "0") == 0,
+              "PYNOTES_PACKED_MATMUL must be '1' or '0', got '", env, "'");
+  return env[0] == '1';
+}
+
+// Whether products with b at `rows` rows are faster with `packed` (b packed for them). On Intel
+// MKL packs once what every GEMM call re-packs (1.1-1.6x a product at 8-256 rows of LSTM
+// shapes, 2-core Xeon); on other vendors MKL's code paths may be slower than oneDNN's, so the
+// first product of each shape class (rows, N, K rounded up to powers of two, threads) times
+// both, best of 2 after a warm-up on zero rows, and keeps the faster for the process.
+bool packing_measured_faster(const at::Tensor& b, const at::Tensor& packed, int64_t rows) {
+  const int64_t K = b.size(0), N = b.size(1);
+  const PackedShapeClass key{round_up_pow2(rows), round_up_pow2(N), round_up_pow2(K),
+                             at::get_num_threads()};
+  if (const auto known = packed_choices().find(key)) return known->packed;
+  const at::Tensor a = at::zeros({rows, K}, b.options());
+  const at::Tensor out = at::empty({rows, N}, b.options());
+  const double packed_s =
+      best_seconds(2, [&] { mkl_packed_product(packed, K, N, out, a, false); });
+  const double unpacked_s = best_seconds(2, [&] { matmul_into(out, a, b, false); });
+  const PackedMatmulChoice choice{key.m, key.n, key.k, key.threads, packed_s < unpacked_s,
+                                  packed_s, unpacked_s};
+  return packed_choices().insert(key, choice).packed;
+}
+
+}  // namespace
+
+bool mkl_packed_gemm_available() {
+  static const bool available = [] {
+    if (cblas_sgemm_pack_get_size == nullptr || cblas_sgemm_pack == nullptr ||
+        cblas_sgemm_compute == nullptr || !at::hasMKL()) {
+      return false;
+    }
+    // A 3 x 2 times 2 x 3 product with b in both layouts, exact in float: checks the interface
+    // (LP64 sizes, the enums) before any result depends on it.
+    const at::Tensor a = at::arange(1, 7, at::kFloat).view({3, 2});
+    const at::Tensor b = at::arange(-3, 3, at::kFloat).view({2, 3});
+    const at::Tensor expected = at::mm(a, b);
+    for (const at::Tensor& bl : {b, b.t().contiguous().t()}) {
+      const at::Tensor out = at::full({3, 3}, 7.0f, at::kFloat);
+      mkl_packed_product(mkl_pack(bl, 3), 2, 3, out, a, false);
+      if (!at::equal(out, expected)) return false;
+    }
+    return true;
+  }();
+  return available;
+}
+
+RepeatedMatmul::RepeatedMatmul(const at::Tensor& b, int64_t rows) : b_(b), rows_(rows) {
+  if (!packable(b, rows)) return;
+  const int forced = forced_packing();
+  if (forced == 0) return;
+  at::Tensor packed = mkl_pack(b, rows);
+  if (forced == 1 || packing_measured_faster(b, packed, rows)) packed_ = std::move(packed);
+}
+
+void RepeatedMatmul::into(const at::Tensor& out, const at::Tensor& a, bool accumulate) const {
+  if (packed_.defined() && a.size(0) == rows_ && a.stride(1) == 1 && out.stride(1) == 1 &&
+      fits_int({a.stride(0), out.stride(0)})) {
+    mkl_packed_product(packed_, b_.size(0), b_.size(1), out, a, accumulate);
+    return;
+  }
+  matmul_into(out, a, b_, accumulate);
+}
+
+std::vector<PackedMatmulChoice> packed_matmul_choices() { return packed_choices().all(); }
 
 at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());

@@ -32,4 +32,33 @@ bool onednn_runs_float32();
 // a @ b as a new contiguous tensor, by matmul_into.
 at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b);
 
+// One right-hand matrix b (K x N) for many products a @ b whose a has `rows` rows, as the
+// steps of a recurrence multiply by one weight. For float32 on CPU, b is packed once into MKL's
+// internal layout (cblas_sgemm_pack, exported by torch's MKL) where that measured faster than
+// matmul_into for the shape class (matmul.cpp): the products then skip the re-packing that
+// every GEMM call does. Other row counts, dtypes and devices go to matmul_into.
+class RepeatedMatmul {
+ public:
+  RepeatedMatmul(const at::Tensor& b, int64_t rows);
+  // out = a @ b, or out += a @ b when `accumulate`; as matmul_into.
+  void into(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
+
+ private:
+  at::Tensor b_, packed_;  // packed_: MKL's bytes, undefined when not packed
+  int64_t rows_;
+};
+
+// A packing choice made so far: the shape class (rows, N, K rounded up to powers of two,
+// threads), the winner and both measured seconds of one product.
+struct PackedMatmulChoice {
+  int64_t m, n, k;
+  int threads;
+  bool packed;
+  double packed_seconds, unpacked_seconds;
+};
+std::vector<PackedMatmulChoice> packed_matmul_choices();
+
+// Whether MKL's packed float32 GEMM is there and gives a @ b (probed once on a small product).
+bool mkl_packed_gemm_available();
+
 }  // namespace pynotes

@@ -365,6 +365,7 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
   }
   // Projection inputs r = o * tanh(c): saved per step for training, else one step's worth.
   at::Tensor r = at::empty({project ? (train ? N : B) : 0, H}, opts);
+  const RepeatedMatmul recurrent(w_hh_t, B);  // W_hh packed once for the steps' products
 
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = reverse ? T - 1 - k : k, n = steps.rows[t], o = steps.offset[t];
@@ -376,7 +377,7 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
       saved.copy_(h_in);
       h_in = saved;
     }
-    matmul_into(g, h_in, w_hh_t, true);
+    recurrent.into(g, h_in, true);
     at::Tensor h_out = project ? r.narrow(0, train ? o : 0, n) : output.narrow(0, o, n);
     kernels.forward({input.scalar_type(), n, H, g.mutable_data_ptr(), data_or_null(bias),
                      c.const_data_ptr(), c.mutable_data_ptr(),
@@ -449,6 +450,7 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
                              dgates.mutable_data_ptr(), dh.mutable_data_ptr(),
                              dc.mutable_data_ptr()});
   }
+  const RepeatedMatmul recurrent(engine ? at::Tensor() : w_hh, engine ? 0 : B);  // packed once
   for (int64_t k = engine ? -1 : T - 1; k >= 0; --k) {
     const int64_t t = reverse ? T - 1 - k : k, n = steps.rows[t], o = steps.offset[t];
     if (n == 0) continue;
@@ -471,7 +473,7 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
     kernels.backward({input.scalar_type(), n, H, g_saved.narrow(0, o, n).const_data_ptr(),
                       c_saved.narrow(0, o, n).const_data_ptr(), step_dh, step_dh_extra,
                       dc.const_data_ptr(), dc.mutable_data_ptr(), dg.mutable_data_ptr()});
-    matmul_into(dh_n, dg, w_hh, false);
+    recurrent.into(dh_n, dg, false);
   }
 
   at::Tensor d_input, d_w_ih, d_w_hh, d_bias, d_w_hr;

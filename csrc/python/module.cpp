@@ -45,6 +45,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     }
     return out;
   }, "The float32 CPU matrix-product backends chosen so far, by measurement (matmul.cpp).");
+  m.def("packed_matmul_choices", [] {
+    py::list out;
+    for (const pynotes::PackedMatmulChoice& c : pynotes::packed_matmul_choices()) {
+      py::dict d;
+      d["shape_class"] = py::make_tuple(c.m, c.n, c.k);
+      d["threads"] = c.threads;
+      d["packed"] = c.packed;
+      d["packed_us"] = c.packed_seconds * 1e6;
+      d["unpacked_us"] = c.unpacked_seconds * 1e6;
+      out.append(d);
+    }
+    return out;
+  }, "Whether repeated float32 products with one weight pack it for MKL, per shape class, "
+     "chosen so far by measurement (matmul.cpp).");
+  m.def("mkl_packed_gemm_available", &pynotes::mkl_packed_gemm_available,
+        "Whether torch's MKL exports a packed float32 GEMM that works (matmul.cpp).");
   m.def("onednn_runs_float32", &pynotes::onednn_runs_float32,
         "Whether torch's oneDNN matmul runs float32 on this CPU (else products use at::mm).");
   m.def("lstm_engine_choices", [] {
