@@ -130,33 +130,32 @@ inline void for_each_vector(int64_t n, const F& body) {
   if (i < n) body(i, n - i);
 }
 
-// Moments of x[0:n] by two passes over the block (exact even when |mean| >> std).
+// Moments of x[0:n] in one pass, by sums of x - x[0] and of its squares: shifted by a value of
+// the block, the sums are of size std (not |mean|), so M2 = sum d^2 - (sum d)^2 / n keeps its
+// digits even when |mean| >> std (a second pass from L1 cost ~15 % of an in-cache forward).
 template <typename S>
 gn::Moments<S> block_moments(const S* x, int64_t n) {
   using V = Vectorized<S>;
   constexpr int64_t W = V::size();
-  V sum0(0), sum1(0);
+  const V shift(x[0]);
+  V sum0(0), sum1(0), sq0(0), sq1(0);
   int64_t i = 0;
   for (; i + 2 * W <= n; i += 2 * W) {
-    sum0 = sum0 + V::loadu(x + i);
-    sum1 = sum1 + V::loadu(x + i + W);
-  }
-  for (; i < n; i += W) sum0 = sum0 + V::loadu(x + i, std::min(W, n - i));
-  const S mean = horizontal_sum(sum0 + sum1) / S(n);
-  const V vmean(mean);
-  V m0(0), m1(0);
-  for (i = 0; i + 2 * W <= n; i += 2 * W) {
-    const V d0 = V::loadu(x + i) - vmean;
-    const V d1 = V::loadu(x + i + W) - vmean;
-    m0 = at::vec::fmadd(d0, d0, m0);
-    m1 = at::vec::fmadd(d1, d1, m1);
+    const V d0 = V::loadu(x + i) - shift;
+    const V d1 = V::loadu(x + i + W) - shift;
+    sum0 = sum0 + d0;
+    sum1 = sum1 + d1;
+    sq0 = at::vec::fmadd(d0, d0, sq0);
+    sq1 = at::vec::fmadd(d1, d1, sq1);
   }
   for (; i < n; i += W) {
     const int64_t k = std::min(W, n - i);
-    const V d = V::set(V(0), V::loadu(x + i, k) - vmean, k);  // zero the lanes past n
-    m0 = at::vec::fmadd(d, d, m0);
+    const V d = V::set(V(0), V::loadu(x + i, k) - shift, k);  // zero the lanes past n
+    sum0 = sum0 + d;
+    sq0 = at::vec::fmadd(d, d, sq0);
   }
-  return {S(n), mean, horizontal_sum(m0 + m1)};
+  const S sum = horizontal_sum(sum0 + sum1), sq = horizontal_sum(sq0 + sq1);
+  return {S(n), x[0] + sum / S(n), std::max(S(0), sq - sum * (sum / S(n)))};
 }
 
 // out[c] = sum over rows r of f(x[r * C + c], c), for c < C: four SIMD columns at a time
