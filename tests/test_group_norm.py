@@ -252,6 +252,22 @@ def test_non_contiguous_inputs(device):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("groups", [32, 2])  # a task per group, and groups split into chunks
+def test_non_finite_values_poison_their_group_as_in_torch(device, layout, groups):
+    """An inf or NaN anywhere in a group (first element or not) makes the whole group NaN, as
+    torch's group norm does; the other groups are unaffected."""
+    x = torch.randn(2, 64, 24, 24, device=device)
+    x[0, 3, 2, 2] = float("inf")
+    x[0, 10, 0, 0] = float("-inf")
+    x[1, 20, 1, 1] = float("nan")
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    expected = torch.nn.functional.group_norm(x, groups)
+    out = pynotes.ops.group_norm(x, groups)
+    assert torch.equal(out.isnan(), expected.isnan())
+    torch.testing.assert_close(out, expected, equal_nan=True, **tolerance(torch.float32))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype,mean,std,atol", [(torch.float32, 100.0, 0.1, 1e-3),
                                                  (torch.float64, 1e6, 1e-2, 1e-6)])
 def test_large_mean_stays_accurate(device, layout, dtype, mean, std, atol):

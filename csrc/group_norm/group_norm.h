@@ -68,7 +68,7 @@ C10_HOST_DEVICE inline void welford_add(Moments<T>& m, T x) {
 template <typename T>
 C10_HOST_DEVICE inline T rstd_of(const Moments<T>& m, T eps) {
   const T var = m.count > T(0) ? m.m2 / m.count : T(0);
-  return T(1) / std::sqrt((var > T(0) ? var : T(0)) + eps);
+  return T(1) / std::sqrt((var < T(0) ? T(0) : var) + eps);  // NaN (an inf in x) stays NaN
 }
 
 // y before the activation. T is a scalar or a SIMD vector.

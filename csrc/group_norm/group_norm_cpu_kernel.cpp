@@ -155,7 +155,9 @@ gn::Moments<S> block_moments(const S* x, int64_t n) {
     sq0 = at::vec::fmadd(d, d, sq0);
   }
   const S sum = horizontal_sum(sum0 + sum1), sq = horizontal_sum(sq0 + sq1);
-  return {S(n), x[0] + sum / S(n), std::max(S(0), sq - sum * (sum / S(n)))};
+  S m2 = sq - sum * (sum / S(n));
+  if (m2 < S(0)) m2 = S(0);  // rounding; a NaN (an inf in x) stays NaN, as torch's does
+  return {S(n), x[0] + sum / S(n), m2};
 }
 
 // out[c] = sum over rows r of f(x[r * C + c], c), for c < C: four SIMD columns at a time
