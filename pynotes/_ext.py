@@ -62,9 +62,10 @@ def backend_info() -> dict:
     the kernels use), torch_version, torch_cuda_version, choices (what was measured on this
     machine so far: "matmul", the float32 CPU product backend per shape class, fixed by
     PYNOTES_MATMUL=aten|onednn, with "onednn_float32", whether torch's oneDNN matmul runs
-    float32 on this CPU at all (else every product is at::mm); "packed_matmul", whether the
-    LSTM layer's per-step float32 products pack their weight once for MKL per shape class,
-    fixed by PYNOTES_PACKED_MATMUL=1|0, with "mkl_packed_gemm", whether torch's MKL has a
+    float32 on this CPU at all (else every product is at::mm); "packed_matmul", how the
+    LSTM layer's per-step products run per shape class: their weight packed once for MKL's
+    packed GEMM (float32) or for oneDNN's linear, or re-packed every call ("unpacked"), fixed
+    by PYNOTES_PACKED_MATMUL=mkl|onednn|0, with "mkl_packed_gemm", whether torch's MKL has a
     packed GEMM at all; "lstm_engine", the LSTM layer's
     recurrent path per shape class, fixed by PYNOTES_LSTM_ENGINE=1|0; "group_norm_sums", how
     the channels-last group norm backward takes its per-channel sums per shape class, fixed by

@@ -82,7 +82,8 @@ choices = pynotes.backend_info()["choices"]
 print(json.dumps({"matmul": choices["matmul"], "onednn_float32": choices["onednn_float32"],
                   "lstm_engine": choices["lstm_engine"],
                   "packed_matmul": choices["packed_matmul"],
-                  "mkl_packed_gemm": choices["mkl_packed_gemm"]}))
+                  "mkl_packed_gemm": choices["mkl_packed_gemm"],
+                  "onednn_packed_float32": pynotes._C.onednn_packed_linear_available(torch.float32)}))
 """
 
 
@@ -110,15 +111,17 @@ def test_measured_choices_give_the_same_results_and_are_reported(matmul):
     # can.
     packed = choices["packed_matmul"]
     assert [c["shape_class"] for c in packed] == ([[8, 128, 32]] if choices["mkl_packed_gemm"]
-                                                  else [])
-    assert all(c["packed_us"] > 0 and c["unpacked_us"] > 0 for c in packed)
+                                                  or choices["onednn_packed_float32"] else [])
+    assert all(c["unpacked_us"] > 0 and c["backend"] in ("unpacked", "mkl", "onednn")
+               for c in packed)
 
 
 @pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")
 def test_bad_packed_matmul_override_is_an_error(monkeypatch):
     monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "0")  # the per-step products, where it is read
     monkeypatch.setenv("PYNOTES_PACKED_MATMUL", "yes")
-    with pytest.raises(RuntimeError, match="PYNOTES_PACKED_MATMUL must be '1' or '0', got 'yes'"):
+    with pytest.raises(RuntimeError,
+                       match="PYNOTES_PACKED_MATMUL must be 'mkl', 'onednn' or '0', got 'yes'"):
         pynotes.nn.LSTM(4, 4)(torch.randn(3, 2, 4))
 
 

@@ -2,6 +2,7 @@
 // Matrix products for ops that keep their GEMMs in ATen's BLAS (cuBLAS on CUDA, oneDNN or
 // MKL on CPU) and fuse only what comes after them.
 #include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
 
 #include <vector>
 
@@ -33,32 +34,39 @@ bool onednn_runs_float32();
 at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b);
 
 // One right-hand matrix b (K x N) for many products a @ b whose a has `rows` rows, as the
-// steps of a recurrence multiply by one weight. For float32 on CPU, b is packed once into MKL's
-// internal layout (cblas_sgemm_pack, exported by torch's MKL) where that measured faster than
-// matmul_into for the shape class (matmul.cpp): the products then skip the re-packing that
-// every GEMM call does. Other row counts, dtypes and devices go to matmul_into.
+// steps of a recurrence multiply by one weight. On CPU, b can be packed once into a GEMM's
+// internal layout, so that the products skip the re-packing every GEMM call does: MKL's packed
+// GEMM (cblas_sgemm_pack, float32, exported by torch's MKL) or oneDNN's packed linear weight
+// (torch's mkldnn::_reorder_linear_weight / _linear_pointwise, float32 and the half types).
+// Which of those and matmul_into is fastest depends on the CPU, so it is measured per shape
+// class (matmul.cpp). Products with other row counts go to matmul_into.
 class RepeatedMatmul {
  public:
+  enum class Backend { unpacked, mkl, onednn };
   RepeatedMatmul(const at::Tensor& b, int64_t rows);
   // out = a @ b, or out += a @ b when `accumulate`; as matmul_into.
   void into(const at::Tensor& out, const at::Tensor& a, bool accumulate) const;
 
  private:
-  at::Tensor b_, packed_;  // packed_: MKL's bytes, undefined when not packed
+  at::Tensor b_, packed_;  // packed_: the backend's packed b, undefined when unpacked
   int64_t rows_;
+  Backend backend_ = Backend::unpacked;
 };
 
-// A packing choice made so far: the shape class (rows, N, K rounded up to powers of two,
-// threads), the winner and both measured seconds of one product.
+// A packing choice made so far: the shape class (rows, N, K rounded up to powers of two, dtype,
+// threads), the winner and the measured seconds of one product per backend (< 0: unavailable).
 struct PackedMatmulChoice {
   int64_t m, n, k;
+  c10::ScalarType dtype;
   int threads;
-  bool packed;
-  double packed_seconds, unpacked_seconds;
+  RepeatedMatmul::Backend backend;
+  double unpacked_seconds, mkl_seconds, onednn_seconds;
 };
 std::vector<PackedMatmulChoice> packed_matmul_choices();
 
 // Whether MKL's packed float32 GEMM is there and gives a @ b (probed once on a small product).
 bool mkl_packed_gemm_available();
+// Whether torch's oneDNN packed linear runs in dtype on this CPU (probed once per dtype).
+bool onednn_packed_linear_available(c10::ScalarType dtype);
 
 }  // namespace pynotes

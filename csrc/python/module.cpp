@@ -49,18 +49,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     py::list out;
     for (const pynotes::PackedMatmulChoice& c : pynotes::packed_matmul_choices()) {
       py::dict d;
+      using Backend = pynotes::RepeatedMatmul::Backend;
       d["shape_class"] = py::make_tuple(c.m, c.n, c.k);
+      d["dtype"] = std::string(c10::toString(c.dtype));
       d["threads"] = c.threads;
-      d["packed"] = c.packed;
-      d["packed_us"] = c.packed_seconds * 1e6;
-      d["unpacked_us"] = c.unpacked_seconds * 1e6;
+      d["backend"] = c.backend == Backend::mkl      ? "mkl"
+                     : c.backend == Backend::onednn ? "onednn"
+                                                    : "unpacked";
+      auto us = [](double s) { return s < 0 ? py::object(py::none()) : py::object(py::float_(s * 1e6)); };
+      d["unpacked_us"] = us(c.unpacked_seconds);
+      d["mkl_us"] = us(c.mkl_seconds);
+      d["onednn_us"] = us(c.onednn_seconds);
       out.append(d);
     }
     return out;
-  }, "Whether repeated float32 products with one weight pack it for MKL, per shape class, "
-     "chosen so far by measurement (matmul.cpp).");
+  }, "How repeated products with one weight run (packed for MKL or oneDNN, or not), per "
+     "shape class, chosen so far by measurement (matmul.cpp).");
   m.def("mkl_packed_gemm_available", &pynotes::mkl_packed_gemm_available,
         "Whether torch's MKL exports a packed float32 GEMM that works (matmul.cpp).");
+  m.def("onednn_packed_linear_available", &pynotes::onednn_packed_linear_available,
+        "Whether torch's oneDNN packed linear runs in this dtype on this CPU (matmul.cpp).");
   m.def("onednn_runs_float32", &pynotes::onednn_runs_float32,
         "Whether torch's oneDNN matmul runs float32 on this CPU (else products use at::mm).");
   m.def("lstm_engine_choices", [] {
