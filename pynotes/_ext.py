@@ -67,7 +67,9 @@ def backend_info() -> dict:
     packed GEMM (float32) or for oneDNN's linear, or re-packed every call ("unpacked"), fixed
     by PYNOTES_PACKED_MATMUL=mkl|onednn|0, with "mkl_packed_gemm", whether torch's MKL has a
     packed GEMM at all; "lstm_engine", the LSTM layer's
-    recurrent path per shape class, fixed by PYNOTES_LSTM_ENGINE=1|0; "group_norm_sums", how
+    recurrent path per shape class, fixed by PYNOTES_LSTM_ENGINE=1|0|onednn, with
+    "lstm_onednn_rnn", the inference cost of torch's own oneDNN RNN layer per class, which an
+    inference layer takes where it is cheapest; "group_norm_sums", how
     the channels-last group norm backward takes its per-channel sums per shape class, fixed by
     PYNOTES_GROUP_NORM_SUMS=rows|columns; "cpu_cache", pynotes.memory's state), and load_error
     when the extension did not load.
@@ -90,6 +92,7 @@ def backend_info() -> dict:
                            "packed_matmul": _C.packed_matmul_choices(),
                            "mkl_packed_gemm": _C.mkl_packed_gemm_available(),
                            "lstm_engine": _C.lstm_engine_choices(),
+                           "lstm_onednn_rnn": _C.lstm_onednn_rnn_costs(),
                            "group_norm_sums": _C.group_norm_sums_choices(),
                            "cpu_cache": _C.cpu_cache_stats()}
     else:

@@ -78,9 +78,12 @@ layer, ref = pynotes.nn.LSTM(24, 32), torch.nn.LSTM(24, 32)
 layer.load_state_dict(ref.state_dict())
 x = torch.randn(9, 5, 24)
 torch.testing.assert_close(layer(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
+with torch.no_grad():  # inference: torch's oneDNN RNN layer is measured too
+    torch.testing.assert_close(layer(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
 choices = pynotes.backend_info()["choices"]
 print(json.dumps({"matmul": choices["matmul"], "onednn_float32": choices["onednn_float32"],
                   "lstm_engine": choices["lstm_engine"],
+                  "lstm_onednn_rnn": choices["lstm_onednn_rnn"],
                   "packed_matmul": choices["packed_matmul"],
                   "mkl_packed_gemm": choices["mkl_packed_gemm"],
                   "onednn_packed_float32": pynotes._C.onednn_packed_linear_available(torch.float32)}))
@@ -100,6 +103,10 @@ def test_measured_choices_give_the_same_results_and_are_reported(matmul):
     engine = choices["lstm_engine"]
     assert [c["shape_class"] for c in engine] == [[8, 32]]  # batch 5, hidden 32: one class
     assert all(len(c["engine_us"]) == 2 and len(c["products_us"]) == 2 for c in engine)
+    rnn = choices["lstm_onednn_rnn"]
+    assert [c["shape_class"] for c in rnn] == ([[8, 32]] if torch.backends.mkldnn.is_available()
+                                               else [])
+    assert all(c["rnn_us"] is None or len(c["rnn_us"]) == 2 for c in rnn)
     if matmul:  # fixed by the environment: nothing measured
         assert choices["matmul"] == []
     elif choices["onednn_float32"]:
@@ -114,6 +121,14 @@ def test_measured_choices_give_the_same_results_and_are_reported(matmul):
                                                   or choices["onednn_packed_float32"] else [])
     assert all(c["unpacked_us"] > 0 and c["backend"] in ("unpacked", "mkl", "onednn")
                for c in packed)
+
+
+@pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")
+def test_bad_lstm_engine_override_is_an_error(monkeypatch):
+    monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "yes")
+    with pytest.raises(RuntimeError,
+                       match="PYNOTES_LSTM_ENGINE must be '0', '1' or 'onednn', got 'yes'"):
+        pynotes.nn.LSTM(4, 4)(torch.randn(3, 2, 4))
 
 
 @pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")

@@ -22,13 +22,15 @@ LSTM_CONFIGS = [
 ]
 
 
-@pytest.fixture(params=["engine", "per-step", "per-step-mkl", "per-step-onednn"])
+@pytest.fixture(params=["engine", "per-step", "per-step-mkl", "per-step-onednn", "onednn-rnn"])
 def recurrent_path(request, monkeypatch):
-    """Runs a layer test on the CPU's recurrent engine and on the per-step products, with the
+    """Runs a layer test on the CPU's recurrent engine; on the per-step products, with the
     weight re-packed every step, packed once for MKL's GEMM (float32) or for oneDNN's linear
-    where torch has them (common/matmul.cpp, RepeatedMatmul; each is the default for some
-    shapes: lstm_ops.cpp, use_engine)."""
-    monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "1" if request.param == "engine" else "0")
+    where torch has them (common/matmul.cpp, RepeatedMatmul); and, for inference over dense
+    sequences, on torch's oneDNN RNN layer (training and packed sequences then take the
+    products). Each is the default for some shapes (lstm_ops.cpp, choose_path)."""
+    engine = {"engine": "1", "onednn-rnn": "onednn"}.get(request.param, "0")
+    monkeypatch.setenv("PYNOTES_LSTM_ENGINE", engine)
     monkeypatch.setenv("PYNOTES_PACKED_MATMUL", request.param.removeprefix("per-step-")
                        if request.param.startswith("per-step-") else "0")
     return request.param
@@ -304,6 +306,29 @@ def test_layer_op_noncontiguous_inputs(device):
     expected = reference.lstm_layer(x, hx, cx, w_ih, w_hh, b, b)
     for a, e in zip(actual, expected):
         assert_close(a, e, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reverse,bias", [(False, True), (True, False)])
+def test_inference_on_torchs_onednn_rnn(device, monkeypatch, dtype, reverse, bias):
+    """Inference layers may run torch's oneDNN RNN layer (lstm_ops.cpp): same results as the
+    float64 reference; where oneDNN has no primitive for the dtype, our own path runs."""
+    monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "onednn")
+    torch.manual_seed(3)
+    seq, batch, inputs, hidden = 6, 5, 7, 33
+    args = [torch.randn(seq, batch, inputs), torch.randn(batch, hidden),
+            torch.randn(batch, hidden), 0.3 * torch.randn(4 * hidden, inputs),
+            0.3 * torch.randn(4 * hidden, hidden)]
+    args += [torch.randn(4 * hidden), torch.randn(4 * hidden)] if bias else [None, None]
+    args = [None if a is None else a.to(device) for a in args]
+    got = pynotes.ops.lstm_layer(*[None if a is None else a.to(dtype) for a in args],
+                                 reverse=reverse)
+    expected = reference.lstm_layer(*[None if a is None else a.double() for a in args],
+                                    reverse=reverse)
+    for g, e in zip(got, expected):
+        assert g.dtype == dtype and g.shape == e.shape
+        error = (g.double() - e).abs().max().item()
+        assert error <= PATH_TOLERANCE[dtype] * (1 + e.abs().max().item()), error
 
 
 def test_measured_packing_suits_each_weight(device, monkeypatch):

@@ -39,7 +39,8 @@ at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b);
 // GEMM (cblas_sgemm_pack, float32, exported by torch's MKL) or oneDNN's packed linear weight
 // (torch's mkldnn::_reorder_linear_weight / _linear_pointwise, float32 and the half types).
 // Which of those and matmul_into is fastest depends on the CPU, so it is measured per shape
-// class (matmul.cpp). Products with other row counts go to matmul_into.
+// class (matmul.cpp). Products with other row counts (all of them for rows = 0) go to
+// matmul_into.
 class RepeatedMatmul {
  public:
   enum class Backend { unpacked, mkl, onednn };

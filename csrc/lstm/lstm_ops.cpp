@@ -17,9 +17,11 @@
 // dW_hh = dG^T h_prev, dW_hr = dH^T r, dbias = column sums of dG.
 #include "lstm/lstm_ops.h"
 
+#include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mkldnn_rnn_layer.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/DeviceGuard.h>
 
@@ -27,6 +29,9 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -155,12 +160,17 @@ Steps steps_of(const char* op, const at::Tensor& input, const OptTensor& batch_s
   return s;
 }
 
-// The layer's forward with the recurrent path chosen: engine = -1 lets use_engine choose.
+// A layer's recurrent paths: per-step products and step kernels, the device's recurrent engine
+// (lstm_step.h), or, for inference on CPU, torch's own oneDNN RNN layer (what torch.nn.LSTM
+// runs there).
+enum LayerPath : int { kProducts = 0, kEngine = 1, kOnednnRnn = 2 };
+
+// The layer's forward with the recurrent path chosen: path = -1 lets choose_path choose.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
               const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
               const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes,
-              bool reverse, bool train, const LstmStepKernels& kernels, int engine);
+              bool reverse, bool train, const LstmStepKernels& kernels, int path);
 
 struct EngineShapeClass {
   c10::ScalarType dtype;
@@ -177,53 +187,108 @@ ChoiceTable<EngineShapeClass, LstmEngineChoice>& engine_choices() {
   return table;
 }
 
+ChoiceTable<EngineShapeClass, LstmOnednnRnnCost>& onednn_rnn_costs() {
+  static ChoiceTable<EngineShapeClass, LstmOnednnRnnCost> table;
+  return table;
+}
+
+// An inference layer by torch's oneDNN RNN layer (at::mkldnn_rnn_layer, one layer and
+// direction): output (T, B, H), h_n, c_n. Absent biases are zeros, as torch passes them.
+Tensor3 onednn_rnn_layer(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                         const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+                         const OptTensor& b_hh, bool reverse) {
+  const at::Tensor zeros = at::zeros({w_ih.size(0)}, w_ih.options());
+  auto [output, hy, cy, workspace] = at::mkldnn_rnn_layer(
+      input.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
+      has_tensor(b_ih) ? b_ih->contiguous() : zeros, has_tensor(b_hh) ? b_hh->contiguous() : zeros,
+      hx.contiguous(), cx.contiguous(), reverse, /*batch_sizes=*/{}, /*mode: LSTM=*/2,
+      w_hh.size(1), /*num_layers=*/1, /*has_biases=*/true, /*bidirectional=*/false,
+      /*batch_first=*/false, /*train=*/false);
+  return {output, hy, cy};
+}
+
 // Seconds of an inference layer of `steps` steps at this batch and hidden size on one path
 // (best of 3 to 16 runs after a warm-up, as many as 20 ms allow), on synthetic inputs.
 double time_layer_path(const LstmStepKernels& kernels, const at::TensorOptions& opts,
-                       int64_t steps, int64_t batch, int64_t hidden, bool engine) {
+                       int64_t steps, int64_t batch, int64_t hidden, LayerPath path) {
   const at::Tensor x = at::zeros({steps, batch, hidden}, opts);
   const at::Tensor h0 = at::zeros({batch, hidden}, opts), c0 = at::zeros({batch, hidden}, opts);
   const at::Tensor w = at::zeros({4 * hidden, hidden}, opts), bias = at::zeros({4 * hidden}, opts);
   return best_seconds_within(0.02, 3, 16, [&] {
     layer_forward(x, h0, c0, w, w, bias, bias, std::nullopt, std::nullopt, false, false,
-                  kernels, engine ? 1 : 0);
+                  kernels, path);
   });
 }
 
 // A path's cost as fixed + per-step seconds, from layers of 4 and 16 steps (the engine packs
 // W_hh once per call: long sequences favour it more than short ones).
 LstmPathCost measure_path(const LstmStepKernels& kernels, const at::TensorOptions& opts,
-                          int64_t batch, int64_t hidden, bool engine) {
-  const double short_s = time_layer_path(kernels, opts, 4, batch, hidden, engine);
-  const double long_s = time_layer_path(kernels, opts, 16, batch, hidden, engine);
+                          int64_t batch, int64_t hidden, LayerPath path) {
+  const double short_s = time_layer_path(kernels, opts, 4, batch, hidden, path);
+  const double long_s = time_layer_path(kernels, opts, 16, batch, hidden, path);
   const double per_step = std::max(0.0, (long_s - short_s) / 12);
   return {std::max(0.0, short_s - 4 * per_step), per_step};
 }
 
-// Whether a layer runs on the device's recurrent engine (lstm_step.h; the CPU has one) rather
-// than a matrix product and a step kernel per time step. Without a projection, whichever is
-// faster on this machine: which one is depends on the CPU (the engine won up to batch 32 on a
-// Xeon with AMX and on an AMD EPYC, and also at batch 64 on the Xeon; bfloat16 products on
+// Which path a layer takes. Engine or per-step products, without a projection, is whichever
+// is faster on this machine: which one is depends on the CPU (the engine won up to batch 32 on
+// a Xeon with AMX and on an AMD EPYC, and also at batch 64 on the Xeon; bfloat16 products on
 // AMX tiles outrun it from batch x hidden ~4096), so the first layer of each shape class
 // (dtype, batch and hidden rounded up to powers of two, threads) times both on 4- and 16-step
 // synthetic sequences (fixed and per-step cost of each path) and keeps both costs for the
 // process; each call then takes the cheaper path for its length. Training uses the same
-// choice.
-// PYNOTES_LSTM_ENGINE=0 or 1 forces either path (the tests run both).
-bool use_engine(const LstmStepKernels& kernels, bool project, const at::Tensor& input,
-                int64_t steps, int64_t batch, int64_t hidden) {
-  if (kernels.engine_forward == nullptr || project) return false;
-  if (const char* forced = std::getenv("PYNOTES_LSTM_ENGINE")) {
-    if (forced[0] == '0') return false;
-    if (forced[0] == '1') return true;
+// choice. An inference layer on CPU over a dense sequence without projection may also take
+// torch's oneDNN RNN layer: its cost is measured the same way at the first such call of the
+// class (lstm_onednn_rnn_costs), and it runs where it is the cheapest of the three. On a Xeon
+// with AMX that is bfloat16 from batch 32 (ours ran at 0.55-0.72x of it there); in float32
+// from batch 32 the three were within a few % of each other.
+// PYNOTES_LSTM_ENGINE=0, 1 or onednn forces the products, the engine, or torch's RNN where it
+// can run (else the products); the tests run each.
+int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok,
+                const at::Tensor& input, int64_t steps, int64_t batch, int64_t hidden) {
+  const bool engine_ok = kernels.engine_forward != nullptr && !project;
+  if (const char* forced = std::getenv("PYNOTES_LSTM_ENGINE"); forced && forced[0] != '\0') {
+    if (std::strcmp(forced, "onednn") == 0) return onednn_rnn_ok ? kOnednnRnn : kProducts;
+    TORCH_CHECK(std::strcmp(forced, "0") == 0 || std::strcmp(forced, "1") == 0,
+                "PYNOTES_LSTM_ENGINE must be '0', '1' or 'onednn', got '", forced, "'");
+    return forced[0] == '1' && engine_ok ? kEngine : kProducts;
   }
   const EngineShapeClass key{input.scalar_type(), round_up_pow2(batch), round_up_pow2(hidden),
                              at::get_num_threads()};
-  if (const auto known = engine_choices().find(key)) return known->engine_for(steps);
-  const LstmEngineChoice choice{key.dtype, key.batch, key.hidden, key.threads,
-                                measure_path(kernels, input.options(), batch, hidden, true),
-                                measure_path(kernels, input.options(), batch, hidden, false)};
-  return engine_choices().insert(key, choice).engine_for(steps);
+  LstmPathCost best{0, 0};
+  int path = kProducts;
+  if (engine_ok) {
+    std::optional<LstmEngineChoice> choice = engine_choices().find(key);
+    if (!choice) {
+      choice = engine_choices().insert(
+          key, {key.dtype, key.batch, key.hidden, key.threads,
+                measure_path(kernels, input.options(), batch, hidden, kEngine),
+                measure_path(kernels, input.options(), batch, hidden, kProducts)});
+    }
+    path = choice->engine_for(steps) ? kEngine : kProducts;
+    best = path == kEngine ? choice->engine : choice->products;
+  }
+  if (!engine_ok || !onednn_rnn_ok) return path;  // (the CPU, which has oneDNN, has an engine)
+  std::optional<LstmOnednnRnnCost> rnn = onednn_rnn_costs().find(key);
+  if (!rnn) {
+    LstmOnednnRnnCost cost{key.dtype, key.batch, key.hidden, key.threads, std::nullopt};
+    try {
+      cost.rnn = measure_path(kernels, input.options(), batch, hidden, kOnednnRnn);
+    } catch (const std::exception&) {  // oneDNN cannot run the dtype on this CPU (dnnl::error)
+    }
+    rnn = onednn_rnn_costs().insert(key, cost);
+  }
+  return rnn->rnn && rnn->rnn->seconds(steps) < best.seconds(steps) ? kOnednnRnn : path;
+}
+
+// Whether torch's oneDNN RNN layer can run this layer: inference on CPU, a dense
+// (T, B, input) sequence, no projection, a floating dtype oneDNN has.
+bool onednn_rnn_possible(const at::Tensor& input, bool project, const OptTensor& batch_sizes,
+                         bool train) {
+  const auto dtype = input.scalar_type();
+  return !train && !project && !has_tensor(batch_sizes) && input.is_cpu() &&
+         input.dim() == 3 && (dtype == at::kFloat || at::isReducedFloatingType(dtype)) &&
+         at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
 }
 
 // (N, width) as the caller's layout: (T, B, width) for time-major input, else packed.
@@ -311,6 +376,10 @@ std::vector<LstmEngineChoice> lstm_engine_choices() {
   return engine_choices().all();
 }
 
+std::vector<LstmOnednnRnnCost> lstm_onednn_rnn_costs() {
+  return onednn_rnn_costs().all();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_layer_impl(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
                 const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
@@ -326,7 +395,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
               const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
               const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes,
-              bool reverse, bool train, const LstmStepKernels& kernels, int engine) {
+              bool reverse, bool train, const LstmStepKernels& kernels, int path) {
   constexpr const char* op = "lstm_layer";
   const Steps steps = steps_of(op, input, batch_sizes);
   const LstmSizes s = check_weights(op, input, w_ih, w_hh, b_ih, b_hh, w_hr);
@@ -336,6 +405,20 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
   const c10::OptionalDeviceGuard device_guard(input.device());
   const auto opts = input.options();
   const auto acc_opts = opts.dtype(at::toOpMathType(input.scalar_type()));
+  const int64_t T = static_cast<int64_t>(steps.rows.size());
+  const bool onednn_rnn_ok = onednn_rnn_possible(input, project, batch_sizes, train) && N > 0;
+  const bool path_chosen_here = path < 0;
+  if (path_chosen_here) path = choose_path(kernels, project, onednn_rnn_ok, input, T, B, H);
+  if (path == kOnednnRnn && onednn_rnn_ok) {
+    try {
+      auto [out, h_n, c_n] = onednn_rnn_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse);
+      return {out, h_n, c_n, at::empty({0, 4 * H}, opts), at::empty({0, H}, acc_opts),
+              at::empty({0, P}, opts), at::empty({0, H}, opts)};
+    } catch (const std::exception&) {  // oneDNN has no primitive for this dtype on this CPU
+      if (!path_chosen_here) throw;  // a measurement of this path (choose_path) learns from it
+      path = kProducts;
+    }
+  }
 
   const at::Tensor x = input.reshape({N, s.I});
   const at::Tensor w_hh_t = w_hh.t(), w_hr_t = project ? w_hr->t() : at::Tensor();
@@ -347,9 +430,7 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
   at::Tensor output = at::empty({N, P}, opts);
   at::Tensor c_prev = at::empty({train ? N : 0, H}, acc_opts);
   at::Tensor h_prev = at::empty({train ? N : 0, P}, opts);
-  const int64_t T = static_cast<int64_t>(steps.rows.size());
-  if (engine < 0) engine = use_engine(kernels, project, input, T, B, H);
-  if (engine) {
+  if (path == kEngine) {
     const at::Tensor w = w_hh.contiguous(), h0 = hx.contiguous();
     at::Tensor h_n = at::empty({B, H}, opts), c_n = at::empty({B, H}, acc_opts);
     kernels.engine_forward({input.scalar_type(), T, B, H, steps.rows.data(),
@@ -365,7 +446,8 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
   }
   // Projection inputs r = o * tanh(c): saved per step for training, else one step's worth.
   at::Tensor r = at::empty({project ? (train ? N : B) : 0, H}, opts);
-  const RepeatedMatmul recurrent(w_hh_t, B);  // W_hh packed once for the steps' products
+  // W_hh packed once for the steps' products (a single step would only pay for the packing).
+  const RepeatedMatmul recurrent(w_hh_t, T > 1 ? B : 0);
 
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = reverse ? T - 1 - k : k, n = steps.rows[t], o = steps.offset[t];
@@ -441,7 +523,7 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
   at::Tensor dr = at::empty({project ? B : 0, H}, opts);
 
   const int64_t T = static_cast<int64_t>(steps.rows.size());
-  const bool engine = use_engine(kernels, project, input, T, B, H);
+  const bool engine = choose_path(kernels, project, false, input, T, B, H) == kEngine;
   if (engine) {
     const at::Tensor w = w_hh.contiguous();
     kernels.engine_backward({input.scalar_type(), T, B, H, steps.rows.data(),
@@ -450,7 +532,7 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
                              dgates.mutable_data_ptr(), dh.mutable_data_ptr(),
                              dc.mutable_data_ptr()});
   }
-  const RepeatedMatmul recurrent(engine ? at::Tensor() : w_hh, engine ? 0 : B);  // packed once
+  const RepeatedMatmul recurrent(w_hh, engine || T == 1 ? 0 : B);  // as in the forward
   for (int64_t k = engine ? -1 : T - 1; k >= 0; --k) {
     const int64_t t = reverse ? T - 1 - k : k, n = steps.rows[t], o = steps.offset[t];
     if (n == 0) continue;

@@ -73,6 +73,16 @@ struct LstmEngineChoice {
 };
 std::vector<LstmEngineChoice> lstm_engine_choices();
 
+// The cost of torch's oneDNN RNN layer for inference, measured so far for a shape class (the
+// same classes), or nullopt where it could not run.
+struct LstmOnednnRnnCost {
+  c10::ScalarType dtype;
+  int64_t batch, hidden;
+  int threads;
+  std::optional<LstmPathCost> rnn;
+};
+std::vector<LstmOnednnRnnCost> lstm_onednn_rnn_costs();
+
 // The ops of one device, as plain functions for TORCH_LIBRARY_IMPL.
 template <const LstmStepKernels& (*kernels)()>
 struct LstmOps {

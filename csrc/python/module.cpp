@@ -56,7 +56,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       d["backend"] = c.backend == Backend::mkl      ? "mkl"
                      : c.backend == Backend::onednn ? "onednn"
                                                     : "unpacked";
-      auto us = [](double s) { return s < 0 ? py::object(py::none()) : py::object(py::float_(s * 1e6)); };
+      auto us = [](double s) {  // < 0: the backend cannot run here
+        return s < 0 ? py::object(py::none()) : py::object(py::float_(s * 1e6));
+      };
       d["unpacked_us"] = us(c.unpacked_seconds);
       d["mkl_us"] = us(c.mkl_seconds);
       d["onednn_us"] = us(c.onednn_seconds);
@@ -88,6 +90,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return out;
   }, "The LSTM layer paths (recurrent engine or per-step products) chosen so far, by "
      "measurement (lstm_ops.cpp).");
+  m.def("lstm_onednn_rnn_costs", [] {
+    py::list out;
+    for (const pynotes::LstmOnednnRnnCost& c : pynotes::lstm_onednn_rnn_costs()) {
+      py::dict d;
+      d["dtype"] = std::string(c10::toString(c.dtype));
+      d["shape_class"] = py::make_tuple(c.batch, c.hidden);
+      d["threads"] = c.threads;
+      d["rnn_us"] = c.rnn ? py::object(py::make_tuple(c.rnn->fixed_seconds * 1e6,
+                                                        c.rnn->step_seconds * 1e6))
+                          : py::object(py::none());  // None: oneDNN could not run it
+      out.append(d);
+    }
+    return out;
+  }, "The inference cost of torch's oneDNN RNN layer per LSTM shape class, measured so far "
+     "(lstm_ops.cpp); compared with lstm_engine_choices.");
   m.def("group_norm_sums_choices", [] {
     py::list out;
     for (const pynotes::GroupNormSumsChoice& c : pynotes::group_norm_sums_choices()) {
