@@ -221,6 +221,26 @@ class LineAlignedBuffer {
   std::unique_ptr<T[], Free> data_;
 };
 
+// n values of T on cache-line boundaries, this thread's to reuse from call to call, not zeroed:
+// the engine rewrites its packed weights every call, and a fresh buffer of that size (512 KB a
+// thread at hidden 256) cost its allocation and zero fill every call, a fixed cost that short
+// sequences at batch 1 pay in full. Kept until the thread ends (the largest size so far).
+template <typename T>
+T* thread_scratch(int64_t n) {
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<void, Free> data;
+  thread_local size_t capacity = 0;
+  const size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
+  if (bytes > capacity) {
+    data.reset(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(data != nullptr, "lstm engine: could not allocate ", bytes, " bytes");
+    capacity = bytes;
+  }
+  return static_cast<T*>(data.get());
+}
+
 // Hidden units [begin, end) of thread `thread` of `threads`: whole vectors of L, the last slice
 // the rest (possibly empty).
 struct UnitSlice {
@@ -488,11 +508,14 @@ void engine_forward(const LstmEngineForward& a) {
     const UnitSlice slice(H, L, thread, threads);
     const int64_t blocks = (slice.end - slice.begin + L - 1) / L;
     // This thread's w_hh rows, packed per block of L units as P lays them out (zero past the
-    // slice's end).
-    LineAlignedBuffer<T> packed(blocks * K * 4 * L);
+    // slice's end and past H: only there does packing leave values unwritten).
+    T* packed = thread_scratch<T>(blocks * K * 4 * L);
+    if ((slice.end - slice.begin) % L != 0 || K != H) {
+      std::fill_n(packed, blocks * K * 4 * L, T(0));
+    }
     for (int64_t block = 0; block < blocks; ++block) {
       const int64_t j = slice.begin + block * L;
-      P::pack_gates(w_hh, H, j, std::min(L, slice.end - j), packed.data() + block * K * 4 * L);
+      P::pack_gates(w_hh, H, j, std::min(L, slice.end - j), packed + block * K * 4 * L);
     }
     const T* h0 = static_cast<const T*>(a.h0);
     const A* c0 = static_cast<const A*>(a.c0);
@@ -513,7 +536,7 @@ void engine_forward(const LstmEngineForward& a) {
       const int64_t chunk = n > kBatch<A> ? kChunk<T> : K;
       for (int64_t block = 0; block < blocks; ++block) {
         const int64_t j = slice.begin + block * L, width = std::min(L, slice.end - j);
-        const T* w = packed.data() + block * K * 4 * L;
+        const T* w = packed + block * K * 4 * L;
         for (int64_t k0 = 0; k0 < K; k0 += chunk) {
         const int64_t kc = std::min(chunk, K - k0);
         for (int64_t b0 = 0; b0 < n; b0 += kBatch<A>) {
