@@ -24,6 +24,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "common/calibration.h"
 
@@ -258,6 +259,12 @@ std::optional<RepeatedMatmul::Backend> forced_backend() {
   return RepeatedMatmul::Backend::unpacked;
 }
 
+// The probes' product: 3 x 2 times 2 x 3 in small integers, exact in every floating dtype.
+std::pair<at::Tensor, at::Tensor> probe_operands(c10::ScalarType dtype) {
+  return {at::arange(1, 7, at::kFloat).view({3, 2}).to(dtype),
+          at::arange(-3, 3, at::kFloat).view({2, 3}).to(dtype)};
+}
+
 }  // namespace
 
 bool mkl_packed_gemm_available() {
@@ -266,10 +273,9 @@ bool mkl_packed_gemm_available() {
         cblas_sgemm_compute == nullptr || !at::hasMKL()) {
       return false;
     }
-    // A 3 x 2 times 2 x 3 product with b in both layouts, exact in float: checks the interface
-    // (LP64 sizes, the enums) before any result depends on it.
-    const at::Tensor a = at::arange(1, 7, at::kFloat).view({3, 2});
-    const at::Tensor b = at::arange(-3, 3, at::kFloat).view({2, 3});
+    // b in both layouts: checks the interface (LP64 sizes, the enums) before any result
+    // depends on it.
+    const auto [a, b] = probe_operands(at::kFloat);
     const at::Tensor expected = at::mm(a, b);
     for (const at::Tensor& bl : {b, b.t().contiguous().t()}) {
       const at::Tensor out = at::full({3, 3}, 7.0f, at::kFloat);
@@ -288,13 +294,12 @@ bool onednn_packed_linear_available(c10::ScalarType dtype) {
   if (const auto it = known.find(dtype); it != known.end()) return it->second;
   bool runs = at::hasMKLDNN() && onednn_op("mkldnn::_reorder_linear_weight").has_value() &&
               onednn_op("mkldnn::_linear_pointwise").has_value();
-  if (runs) {  // 3 x 2 times 2 x 3 in small integers: exact in every dtype
+  if (runs) {
     try {
-      const at::Tensor a = at::arange(1, 7, at::kFloat).view({3, 2}).to(dtype);
-      const at::Tensor b = at::arange(-3, 3, at::kFloat).view({2, 3}).to(dtype);
+      const auto [a, b] = probe_operands(dtype);
       runs = at::equal(onednn_packed_product(onednn_pack(b, 3), a).to(at::kFloat),
                        at::mm(a.to(at::kFloat), b.to(at::kFloat)));
-    } catch (const c10::Error&) {  // oneDNN refuses the dtype on this CPU
+    } catch (const std::exception&) {  // oneDNN refuses the dtype here (c10 or dnnl error)
       runs = false;
     }
   }

@@ -197,11 +197,12 @@ ChoiceTable<EngineShapeClass, LstmOnednnRnnCost>& onednn_rnn_costs() {
 Tensor3 onednn_rnn_layer(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
                          const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
                          const OptTensor& b_hh, bool reverse) {
-  const at::Tensor zeros = at::zeros({w_ih.size(0)}, w_ih.options());
+  auto bias_or_zeros = [&](const OptTensor& b) {
+    return has_tensor(b) ? b->contiguous() : at::zeros({w_ih.size(0)}, w_ih.options());
+  };
   auto [output, hy, cy, workspace] = at::mkldnn_rnn_layer(
-      input.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
-      has_tensor(b_ih) ? b_ih->contiguous() : zeros, has_tensor(b_hh) ? b_hh->contiguous() : zeros,
-      hx.contiguous(), cx.contiguous(), reverse, /*batch_sizes=*/{}, /*mode: LSTM=*/2,
+      input.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias_or_zeros(b_ih),
+      bias_or_zeros(b_hh), hx.contiguous(), cx.contiguous(), reverse, /*batch_sizes=*/{}, /*mode: LSTM=*/2,
       w_hh.size(1), /*num_layers=*/1, /*has_biases=*/true, /*bidirectional=*/false,
       /*batch_first=*/false, /*train=*/false);
   return {output, hy, cy};
