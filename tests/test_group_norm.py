@@ -217,6 +217,40 @@ def test_channels_last_backward_sums_both_ways(device, batch, dtype, silu, monke
 
 
 @pytest.mark.skipif(not _ext.extension_loaded(), reason="extension not built")
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("groups", [32, 2])  # a task per group, and groups split into chunks
+def test_streamed_outputs_are_the_same_bits(device, groups, layout, dtype, silu, monkeypatch):
+    """Outputs larger than the last-level cache are written with non-temporal stores
+    (PYNOTES_GROUP_NORM_STREAM forces either way): the same bits as ordinary stores, and
+    torch's values. With 9 x 7 spatial, some NCHW channels start on a vector boundary (those
+    are streamed) and most do not (ordinary stores); channels-last rows of 64 all do."""
+    if device != "cpu":
+        pytest.skip("a CPU kernel choice")
+    x, w, b = make_inputs((2, 64, 9, 7), dtype, device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn_like(x)
+    results = {}
+    for stream in ("0", "1"):
+        monkeypatch.setenv("PYNOTES_GROUP_NORM_STREAM", stream)
+        y, mean, rstd = torch.ops.pynotes.group_norm(x, groups, w, b, 1e-5, silu)
+        results[stream] = (y, *torch.ops.pynotes.group_norm_backward(grad_out, x, mean, rstd,
+                                                                     groups, w, b, silu))
+    for plain, streamed in zip(results["0"], results["1"]):
+        assert torch.equal(plain, streamed)
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
+    expected_y = torch_group_norm(x64, groups, w64, b64, 1e-5, silu)
+    torch.testing.assert_close(results["1"][0].double(), expected_y, **tolerance(dtype))
+    expected_dx = grads(expected_y, (x64,), grad_out.double())[0]
+    torch.testing.assert_close(results["1"][1].double(), expected_dx, **tolerance(dtype))
+    monkeypatch.setenv("PYNOTES_GROUP_NORM_STREAM", "yes")
+    with pytest.raises(RuntimeError, match="PYNOTES_GROUP_NORM_STREAM must be '0' or '1'"):
+        torch.ops.pynotes.group_norm(x, groups, w, b, 1e-5, silu)
+
+
+@pytest.mark.skipif(not _ext.extension_loaded(), reason="extension not built")
 def test_channels_last_backward_sums_choice_is_reported(device, monkeypatch):
     if device != "cpu":
         pytest.skip("a CPU kernel choice")

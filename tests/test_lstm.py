@@ -389,6 +389,49 @@ def test_repeated_backward_with_retain_graph(device):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("used", ["output", "h_n", "c_n"])
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_gradients_through_one_output(device, used, create_graph):
+    """Outputs that the loss does not use get no gradient: the autograd Functions do not
+    materialize zeros for them, and the backward (and the differentiable backward of double
+    backward) treats them as zero. The loss here is a random projection of one output."""
+    theirs = torch.nn.LSTM(5, 6).to(device, torch.float64)
+    ours = copy_of(theirs, pynotes.nn.LSTM, 5, 6)
+    x = torch.randn(4, 3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    results = []
+    for lstm in (theirs, ours):
+        out, (h_n, c_n) = lstm(x)
+        picked = {"output": out, "h_n": h_n, "c_n": c_n}[used]
+        torch.manual_seed(1)
+        loss = (picked * torch.randn_like(picked)).sum()
+        g = torch.autograd.grad(loss, [x, *lstm.parameters()], create_graph=create_graph)
+        if create_graph:  # a second derivative, through the first one
+            g = g + torch.autograd.grad(g[0].square().sum(), [x])
+        results.append(g)
+    for a, e in zip(results[1], results[0]):
+        torch.testing.assert_close(a, e)
+
+
+def test_bias_gradient_same_bits_for_any_thread_count(device):
+    """The bias gradient is the column sums of dgates over T x B rows (several blocks of 128
+    rows here), summed in an order that does not depend on the thread count. One step, so that
+    dgates comes from the pointwise backward alone (a GEMM's bits may follow the threads)."""
+    lstm = pynotes.nn.LSTM(8, 24).to(device)
+    x = torch.randn(1, 333, 8, device=device)
+    grads = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out, _ = lstm(x)
+            torch.manual_seed(2)
+            grads.append(torch.autograd.grad((out * torch.randn_like(out)).sum(),
+                                             [lstm.bias_ih_l0])[0])
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
+
+
 def test_opcheck(device):
     if not _ext.extension_loaded():
         pytest.skip("needs the compiled extension")

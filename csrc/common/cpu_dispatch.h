@@ -6,6 +6,8 @@
 // the widest copy the CPU supports at run time: the one torch itself uses (which honours
 // ATEN_CPU_CAPABILITY=default|avx2|avx512).
 
+#include <cstdint>
+
 namespace pynotes {
 
 enum class CpuCapability { DEFAULT = 0, AVX2 = 1, AVX512 = 2 };
@@ -13,6 +15,10 @@ enum class CpuCapability { DEFAULT = 0, AVX2 = 1, AVX512 = 2 };
 // The kernels' instruction set in this process (torch's choice, capped to what we compiled).
 CpuCapability cpu_capability();
 const char* cpu_capability_name(CpuCapability capability);
+
+// Bytes of this CPU's last-level cache (as Linux's sysfs describes cpu0's, else sysconf's
+// answer, else 32 MiB): outputs larger than this are written with non-temporal stores.
+int64_t last_level_cache_bytes();
 
 template <typename Fn>
 Fn select_cpu_kernel(Fn default_fn, Fn avx2_fn, Fn avx512_fn) {

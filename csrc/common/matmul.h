@@ -33,6 +33,11 @@ bool onednn_runs_float32();
 // a @ b as a new contiguous tensor, by matmul_into.
 at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b);
 
+// m (rows x cols) summed over its rows (a bias gradient: ones^T m), in m's dtype. On CPU for a
+// contiguous m: fixed blocks of rows summed in parallel, then the blocks' sums in order, so
+// the same bits for any thread count; elsewhere m.sum(0).
+at::Tensor column_sums(const at::Tensor& m);
+
 // One right-hand matrix b (K x N) for many products a @ b whose a has `rows` rows, as the
 // steps of a recurrence multiply by one weight. On CPU, b can be packed once into a GEMM's
 // internal layout, so that the products skip the re-packing every GEMM call does: MKL's packed

@@ -22,8 +22,13 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
+
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 
 #include "group_norm/group_norm.h"
 
@@ -130,6 +135,44 @@ inline void for_each_vector(int64_t n, const F& body) {
   if (i < n) body(i, n - i);
 }
 
+// Non-temporal stores, for outputs larger than the last-level cache: written through the
+// write-combining buffers, a line is not read from memory first (write-allocate), so the
+// output costs one pass over memory instead of two. stream_fence() before other threads read.
+template <typename V>
+inline void stream_store(const V& v, typename V::value_type* p) {
+  using S = typename V::value_type;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<S, float>) _mm512_stream_ps(p, v); else _mm512_stream_pd(p, v);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<S, float>) _mm256_stream_ps(p, v); else _mm256_stream_pd(p, v);
+#else
+  v.store(p);
+#endif
+}
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  _mm_sfence();
+#endif
+}
+
+// out[i, i + k) = value(i, k) for each vector of [0, n), as for_each_vector. With kStream and
+// out aligned to a vector, the full vectors are stored non-temporally. (Not from a partial
+// head up to the next aligned address: the head's values would come from the partial-vector
+// code, which may differ from the full-vector code in the last bit, as fused multiply-adds are
+// formed by the compiler.)
+template <bool kStream, typename V, typename F>
+inline void store_each_vector(typename V::value_type* out, int64_t n, const F& value) {
+  constexpr int64_t W = V::size();
+  int64_t i = 0;
+  if (kStream && reinterpret_cast<std::uintptr_t>(out) % sizeof(V) == 0) {
+    for (; i + W <= n; i += W) stream_store(value(i, W), out + i);
+  } else {
+    for (; i + W <= n; i += W) value(i, W).store(out + i);
+  }
+  if (i < n) value(i, n - i).store(out + i, n - i);
+}
+
 // Moments of x[0:n] in one pass, by sums of x - x[0] and of its squares: shifted by a value of
 // the block, the sums are of size std (not |mean|), so M2 = sum d^2 - (sum d)^2 / n keeps its
 // digits even when |mean| >> std (a second pass from L1 cost ~15 % of an in-cache forward).
@@ -190,15 +233,15 @@ inline void column_sums(const S* x, int64_t rows, int64_t C, S* out, const F& f)
 }
 
 // y[i] = normalize(x[i]) (then SiLU) for a block.
-template <bool kSilu, bool kPerLane, typename S>
+template <bool kSilu, bool kPerLane, bool kStream, typename S>
 inline void normalize_block(const S* x, S* y, int64_t n, const S* mean, const S* scale,
                             const S* shift) {
   using V = Vectorized<S>;
   const Param<kPerLane, V> pmean(mean), pscale(scale), pshift(shift);
-  for_each_vector<V::size()>(n, [&](int64_t i, int64_t k) {
+  store_each_vector<kStream, V>(y, n, [&](int64_t i, int64_t k) {
     const V out = gn::normalize(V::loadu(x + i, k), pmean.at(i, k), pscale.at(i, k),
                                 pshift.at(i, k));
-    gn::activate<kSilu>(out, VecSigmoid{}).store(y + i, k);
+    return gn::activate<kSilu>(out, VecSigmoid{});
   });
 }
 
@@ -306,20 +349,20 @@ inline void grad_column_sums(const S* dz, const S* x, int64_t rows, int64_t C, c
 }
 
 // dx[i] = scale * dy + xc_coef * (x - mean) + bias_coef for a block.
-template <bool kSilu, bool kPerLane, typename S>
+template <bool kSilu, bool kPerLane, bool kStream, typename S>
 inline void input_grad_block(const S* dz, const S* x, S* dx, int64_t n, const S* mean,
                              const S* scale, const S* shift, const S* xc_coef,
                              const S* bias_coef) {
   using V = Vectorized<S>;
   const Param<kPerLane, V> pmean(mean), pscale(scale), pshift(shift), pxc(xc_coef),
       pbias(bias_coef);
-  for_each_vector<V::size()>(n, [&](int64_t i, int64_t k) {
+  store_each_vector<kStream, V>(dx, n, [&](int64_t i, int64_t k) {
     const V vmean = pmean.at(i, k);
     const V vscale = pscale.at(i, k);
     const V vx = V::loadu(x + i, k);
     const V dy = gn::pre_activation_grad<kSilu>(V::loadu(dz + i, k), vx, vmean, vscale,
                                                 pshift.at(i, k), VecSigmoid{});
-    gn::input_grad(dy, vx, vmean, vscale, pxc.at(i, k), pbias.at(i, k)).store(dx + i, k);
+    return gn::input_grad(dy, vx, vmean, vscale, pxc.at(i, k), pbias.at(i, k));
   });
 }
 
@@ -390,7 +433,7 @@ struct Affine {
 
 // ---------------------------------------------------------------------------- forward ---
 
-template <typename T, bool kSilu>
+template <typename T, bool kSilu, bool kStream>
 void forward_nchw(const GroupNormCpuForwardArgs& a) {
   using S = acc_t<T>;
   const int64_t Cg = a.C / a.G, D = Cg * a.HxW, HxW = a.HxW, groups = a.N * a.G;
@@ -408,8 +451,8 @@ void forward_nchw(const GroupNormCpuForwardArgs& a) {
     const S mean = mean_out[ng], scale = affine.scale(c, rstd_out[ng]), shift = affine.shift(c);
     const int64_t base = (n * a.C + c) * HxW;
     for_each_block<T>(begin, end, [&](int64_t off, int64_t len) {
-      normalize_block<kSilu, false>(rd(x + base + off, len), wr.dest(y + base + off), len, &mean,
-                                    &scale, &shift);
+      normalize_block<kSilu, false, kStream>(rd(x + base + off, len), wr.dest(y + base + off),
+                                             len, &mean, &scale, &shift);
       wr.commit(y + base + off, len);
     });
   };
@@ -425,6 +468,7 @@ void forward_nchw(const GroupNormCpuForwardArgs& a) {
         const int64_t n = ng / a.G, c0 = (ng % a.G) * Cg;
         for (int64_t c = c0; c < c0 + Cg; ++c) normalize_channel(rd, wr, n, c, 0, HxW);
       }
+      if (kStream) stream_fence();
     });
     return;
   }
@@ -451,6 +495,7 @@ void forward_nchw(const GroupNormCpuForwardArgs& a) {
     for (int64_t t = begin; t < end; ++t) {
       normalize_channel(rd, wr, cc.row(t) / a.C, cc.row(t) % a.C, cc.lo(t), cc.hi(t));
     }
+    if (kStream) stream_fence();
   });
 }
 
@@ -502,7 +547,7 @@ struct RowTasks {
   }
 };
 
-template <typename T, bool kSilu>
+template <typename T, bool kSilu, bool kStream>
 void forward_channels_last(const GroupNormCpuForwardArgs& a) {
   using S = acc_t<T>;
   using V = Vectorized<S>;
@@ -578,11 +623,13 @@ void forward_channels_last(const GroupNormCpuForwardArgs& a) {
       const int64_t base = (n * HxW + r) * C;
       for_each_block<T>(0, C, [&](int64_t off, int64_t len) {
         const int64_t p = n * C + off;
-        normalize_block<kSilu, true>(sc.rd(x + base + off, len), sc.wr.dest(y + base + off), len,
-                                     mean_c.data() + p, scale_c.data() + p, shift_c.data() + p);
+        normalize_block<kSilu, true, kStream>(sc.rd(x + base + off, len),
+                                              sc.wr.dest(y + base + off), len, mean_c.data() + p,
+                                              scale_c.data() + p, shift_c.data() + p);
         sc.wr.commit(y + base + off, len);
       });
     }
+    if (kStream) stream_fence();
   };
   rt.run(N, make_scratch, chunk_moments, finish_sample, normalize_rows);
 }
@@ -627,7 +674,7 @@ void param_grads(const GroupNormCpuBackwardArgs& a, const acc_t<T>* sum_dy,
   }
 }
 
-template <typename T, bool kSilu>
+template <typename T, bool kSilu, bool kStream>
 void backward_nchw(const GroupNormCpuBackwardArgs& a) {
   using S = acc_t<T>;
   const int64_t C = a.C, G = a.G, Cg = C / G, HxW = a.HxW, groups = a.N * G;
@@ -662,7 +709,7 @@ void backward_nchw(const GroupNormCpuBackwardArgs& a) {
     const S scale = affine.scale(c, rstd[ng]), shift = affine.shift(c);
     const T* grad = kDyInDx ? dx : dz;
     for_each_block<T>(begin, end, [&](int64_t off, int64_t len) {
-      input_grad_block<kSilu && !kDyInDx, false>(
+      input_grad_block<kSilu && !kDyInDx, false, kStream>(
           rd_dz(grad + base + off, len), rd_x(x + base + off, len), wr.dest(dx + base + off), len,
           &mean[ng], &scale, &shift, &k.xc_coef, &k.bias_coef);
       wr.commit(dx + base + off, len);
@@ -687,6 +734,7 @@ void backward_nchw(const GroupNormCpuBackwardArgs& a) {
           channel_input_grad(std::bool_constant<kKeepDy>{}, rd_dz, rd_x, wr, n, c, 0, HxW, k);
         }
       }
+      if (kStream) stream_fence();
     });
     param_grads<T>(a, sum_dy.data(), sum_dy_xc.data());
     return;
@@ -719,10 +767,11 @@ void backward_nchw(const GroupNormCpuBackwardArgs& a) {
       channel_input_grad(std::false_type{}, rd_dz, rd_x, wr, n, c, cc.lo(t), cc.hi(t),
                          coefs[n * G + c / Cg]);
     }
+    if (kStream) stream_fence();
   });
 }
 
-template <typename T, bool kSilu>
+template <typename T, bool kSilu, bool kStream>
 void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
   using S = acc_t<T>;
   const int64_t N = a.N, C = a.C, G = a.G, Cg = C / G, HxW = a.HxW;
@@ -811,8 +860,8 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
     }
   };
   // With dy kept in dx, the block reads it as is (no SiLU derivative again).
-  const auto grad_block = keep_dy ? &input_grad_block<false, true, S>
-                                  : &input_grad_block<kSilu, true, S>;
+  const auto grad_block = keep_dy ? &input_grad_block<false, true, kStream, S>
+                                  : &input_grad_block<kSilu, true, kStream, S>;
   auto input_grad = [&](int64_t t, Scratch& sc) {
     const T* grad = keep_dy ? dx : dz;
     for_each_row_block(t, [&](int64_t e, int64_t p, int64_t len) {
@@ -821,6 +870,7 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
                  bias_coef.data() + p);
       sc.wr.commit(dx + e, len);
     });
+    if (kStream) stream_fence();
   };
   rt.run(N, [] { return Scratch{}; }, chunk_sums, finish_sample, input_grad);
   param_grads<T>(a, sum_dy.data(), sum_dy_xc.data());
@@ -829,18 +879,22 @@ void backward_channels_last(const GroupNormCpuBackwardArgs& a) {
 // The kernel for a layout; run() is overloaded on forward / backward arguments.
 template <typename T, bool kSilu>
 struct LayoutKernel {
+  // Non-temporal stores where asked and the output is written directly (not widened).
   static void run(const GroupNormCpuForwardArgs& a) {
+    const bool stream = a.stream_output && !kWiden<T>;
     if (a.channels_last) {
-      forward_channels_last<T, kSilu>(a);
+      stream ? forward_channels_last<T, kSilu, true>(a) : forward_channels_last<T, kSilu, false>(a);
     } else {
-      forward_nchw<T, kSilu>(a);
+      stream ? forward_nchw<T, kSilu, true>(a) : forward_nchw<T, kSilu, false>(a);
     }
   }
   static void run(const GroupNormCpuBackwardArgs& a) {
+    const bool stream = a.stream_output && !kWiden<T>;
     if (a.channels_last) {
-      backward_channels_last<T, kSilu>(a);
+      stream ? backward_channels_last<T, kSilu, true>(a)
+             : backward_channels_last<T, kSilu, false>(a);
     } else {
-      backward_nchw<T, kSilu>(a);
+      stream ? backward_nchw<T, kSilu, true>(a) : backward_nchw<T, kSilu, false>(a);
     }
   }
 };

@@ -21,6 +21,9 @@ struct GroupNormCpuForwardArgs {
   void* y;
   void* mean;  // (N, G)
   void* rstd;  // (N, G)
+  // y (float/double) written with non-temporal stores, bypassing the caches: for outputs
+  // larger than the last-level cache (group_norm_cpu.cpp). The same values either way.
+  bool stream_output = false;
 };
 
 struct GroupNormCpuBackwardArgs {
@@ -41,6 +44,7 @@ struct GroupNormCpuBackwardArgs {
   // rather than down them a few SIMD columns at a time in registers. Same sums in the same
   // order, so the same bits; which is faster depends on the CPU (group_norm_cpu.cpp).
   bool sums_along_rows = false;
+  bool stream_output = false;  // dx, as GroupNormCpuForwardArgs::stream_output
 };
 
 PYNOTES_DECLARE_CPU_KERNEL(void group_norm_forward_cpu_kernel(const GroupNormCpuForwardArgs&))

@@ -78,9 +78,12 @@ def reference_vjp(reference, inputs, cotangents, needs_input_grad):
             args[i] = v
         return reference(*args)
 
-    _, pullback = torch.func.vjp(partial, *[inputs[i] for i in wanted])
+    outputs, pullback = torch.func.vjp(partial, *[inputs[i] for i in wanted])
+    # None for an unused output where the Function does not materialize gradients
+    cotangents = tuple(torch.zeros_like(o) if c is None else c
+                       for o, c in zip(outputs, cotangents))
     grads = [None] * len(inputs)
-    for i, g in zip(wanted, pullback(tuple(cotangents))):
+    for i, g in zip(wanted, pullback(cotangents)):
         grads[i] = g
     return tuple(grads)
 
