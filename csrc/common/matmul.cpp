@@ -154,8 +154,10 @@ bool use_onednn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b)
   const at::Tensor a_part = a.narrow(0, 0, rows).narrow(1, 0, inner);
   const at::Tensor b_part = b.narrow(0, 0, inner);
   const at::Tensor scratch = at::empty({rows, out.size(1)}, out.options());
-  const double onednn_s = best_seconds(2, [&] { run_backend(true, scratch, a_part, b_part, false); });
-  const double aten_s = best_seconds(2, [&] { run_backend(false, scratch, a_part, b_part, false); });
+  auto seconds = [&](bool onednn) {
+    return best_seconds(2, [&] { run_backend(onednn, scratch, a_part, b_part, false); });
+  };
+  const double onednn_s = seconds(true), aten_s = seconds(false);
   const MatmulChoice choice{key.m, key.n, key.k, key.a_rows, key.b_rows, key.threads,
                             onednn_s < aten_s, onednn_s, aten_s};
   return choices().insert(key, choice).onednn;
@@ -403,7 +405,7 @@ at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b) {
 // torch's sum(0) of a tall matrix read it at ~12 GB/s on 2 cores of an AMD EPYC (2.6 ms for the
 // (8192, 1024) dgates of T32 B256 H256, where a whole-tensor sum took 0.4 ms): each block of
 // rows here streams contiguously into its own partial sums.
-at::Tensor column_sums(const at::Tensor& m) {
+at::Tensor sum_over_rows(const at::Tensor& m) {
   if (!m.is_cpu() || !m.is_contiguous() || m.dim() != 2 || m.is_complex()) return m.sum(0);
   const int64_t rows = m.size(0), cols = m.size(1);
   // At least 128 rows a block and at most 256 blocks (partial sums of bounded size); set by the
@@ -411,7 +413,8 @@ at::Tensor column_sums(const at::Tensor& m) {
   const int64_t block_rows = std::max<int64_t>(128, (rows + 255) / 256);
   const int64_t blocks = (rows + block_rows - 1) / block_rows;
   at::Tensor out = at::empty({cols}, m.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, m.scalar_type(), "column_sums", [&] {
+  const auto dtype = m.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "sum_over_rows", [&] {
     using A = at::opmath_type<scalar_t>;
     const scalar_t* x = m.const_data_ptr<scalar_t>();
     std::vector<A> partial(static_cast<size_t>(std::max<int64_t>(blocks, 1) * cols), A(0));

@@ -36,7 +36,7 @@ at::Tensor matrix_product(const at::Tensor& a, const at::Tensor& b);
 // m (rows x cols) summed over its rows (a bias gradient: ones^T m), in m's dtype. On CPU for a
 // contiguous m: fixed blocks of rows summed in parallel, then the blocks' sums in order, so
 // the same bits for any thread count; elsewhere m.sum(0).
-at::Tensor column_sums(const at::Tensor& m);
+at::Tensor sum_over_rows(const at::Tensor& m);
 
 // One right-hand matrix b (K x N) for many products a @ b whose a has `rows` rows, as the
 // steps of a recurrence multiply by one weight. On CPU, b can be packed once into a GEMM's

@@ -369,7 +369,7 @@ lstm_cell_backward_impl(const OptTensor& grad_hy, const OptTensor& grad_cy,
     d_w_ih = matrix_product(dgates.t(), input);
     d_w_hh = matrix_product(dgates.t(), hx);
   }
-  if (output_mask[3]) d_bias = column_sums(dgates);
+  if (output_mask[3]) d_bias = sum_over_rows(dgates);
   return {d_input, d_hx, dc.to(input.scalar_type()), d_w_ih, d_w_hh, d_bias};
 }
 
@@ -566,7 +566,7 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
     d_w_hh = matrix_product(dgates.t(), h_prev);
     if (project) d_w_hr = matrix_product(dh_all.t(), r);
   }
-  if (output_mask[2]) d_bias = column_sums(dgates);
+  if (output_mask[2]) d_bias = sum_over_rows(dgates);
   return {d_input, dh, dc.to(input.scalar_type()), d_w_ih, d_w_hh, d_bias, d_w_hr};
 }
 

@@ -17,6 +17,20 @@
 
 namespace py = pybind11;
 
+namespace {
+
+// The fields of an LSTM shape class (lstm_ops.h: dtype, batch and hidden rounded up, threads).
+template <typename Choice>
+py::dict lstm_shape_class(const Choice& c) {
+  py::dict d;
+  d["dtype"] = std::string(c10::toString(c.dtype));
+  d["shape_class"] = py::make_tuple(c.batch, c.hidden);
+  d["threads"] = c.threads;
+  return d;
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pynotes C++/CUDA kernels";
   m.def("build_info", [] {
@@ -76,10 +90,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_engine_choices", [] {
     py::list out;
     for (const pynotes::LstmEngineChoice& c : pynotes::lstm_engine_choices()) {
-      py::dict d;
-      d["dtype"] = std::string(c10::toString(c.dtype));
-      d["shape_class"] = py::make_tuple(c.batch, c.hidden);
-      d["threads"] = c.threads;
+      py::dict d = lstm_shape_class(c);
       d["engine_us"] = py::make_tuple(c.engine.fixed_seconds * 1e6, c.engine.step_seconds * 1e6);
       d["products_us"] =
           py::make_tuple(c.products.fixed_seconds * 1e6, c.products.step_seconds * 1e6);
@@ -93,10 +104,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_onednn_rnn_costs", [] {
     py::list out;
     for (const pynotes::LstmOnednnRnnCost& c : pynotes::lstm_onednn_rnn_costs()) {
-      py::dict d;
-      d["dtype"] = std::string(c10::toString(c.dtype));
-      d["shape_class"] = py::make_tuple(c.batch, c.hidden);
-      d["threads"] = c.threads;
+      py::dict d = lstm_shape_class(c);
       d["rnn_us"] = c.rnn ? py::object(py::make_tuple(c.rnn->fixed_seconds * 1e6,
                                                         c.rnn->step_seconds * 1e6))
                           : py::object(py::none());  // None: oneDNN could not run it
