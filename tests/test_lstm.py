@@ -308,6 +308,45 @@ def test_layer_op_noncontiguous_inputs(device):
         assert_close(a, e, torch.float64)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seq,batch,inputs,hidden,packed", [
+    (9, 8, 67, 37, False),   # 72 rows: two groups of rows; 67 inputs: a partial chunk of k
+    (5, 1, 130, 16, True),   # one row a step, three chunks of k
+    (3, 2, 1, 70, False),    # a single input
+])
+def test_engine_input_projection(device, monkeypatch, threads, dtype, seq, batch, inputs,
+                                 hidden, packed):
+    """On the engine, float32 and float64 layers compute x w_ih^T themselves, each thread for
+    its units (lstm_cpu_kernel.cpp, input_products): outputs and gradients as the float64
+    reference's, for any thread count (unit slices of whole and partial SIMD vectors)."""
+    if device != "cpu":
+        pytest.skip("the recurrent engine is the CPU's")
+    monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "1")
+    torch.manual_seed(seq * 100 + inputs)
+    batch_sizes = torch.tensor([batch] * (seq - 1) + [max(1, batch // 2)]) if packed else None
+    rows = int(batch_sizes.sum()) if packed else seq * batch
+    x = torch.randn(rows, inputs) if packed else torch.randn(seq, batch, inputs)
+    inputs_ = [x, torch.randn(batch, hidden), torch.randn(batch, hidden),
+               0.3 * torch.randn(4 * hidden, inputs), 0.3 * torch.randn(4 * hidden, hidden),
+               torch.randn(4 * hidden), torch.randn(4 * hidden)]
+    results = []
+    for t, layer in ((dtype, pynotes.ops.lstm_layer), (torch.float64, reference.lstm_layer)):
+        args = [a.to(t).requires_grad_() for a in inputs_]
+        previous = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            out = layer(*args, batch_sizes=batch_sizes, reverse=packed)
+            torch.manual_seed(8)  # the same output weights for both (drawn in float64)
+            weights = [torch.randn(o.shape, dtype=torch.float64) for o in out]
+            loss = sum((o * w.to(t)).sum() for o, w in zip(out, weights))
+            results.append([*out, *torch.autograd.grad(loss, args)])
+        finally:
+            torch.set_num_threads(previous)
+    for a, e in zip(*results):
+        assert_close(a, e, dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reverse,bias", [(False, True), (True, False)])
 def test_inference_on_torchs_onednn_rnn(device, monkeypatch, dtype, reverse, bias):

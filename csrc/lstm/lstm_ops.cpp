@@ -425,7 +425,11 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
   const at::Tensor w_hh_t = w_hh.t(), w_hr_t = project ? w_hr->t() : at::Tensor();
   const at::Tensor bias = combined_bias(b_ih, b_hh);
   at::Tensor gates = at::empty({N, 4 * H}, opts);
-  matmul_into(gates, x, w_ih.t(), false);
+  // The engine makes the input projection itself where it reads the rows as they are.
+  const bool engine_projects = path == kEngine && s.I > 0 &&
+                               (input.scalar_type() == at::kFloat ||
+                                input.scalar_type() == at::kDouble);
+  if (!engine_projects) matmul_into(gates, x, w_ih.t(), false);
   at::Tensor h = hx.clone(at::MemoryFormat::Contiguous);
   at::Tensor c = cx.to(acc_opts.dtype(), false, true, at::MemoryFormat::Contiguous);
   at::Tensor output = at::empty({N, P}, opts);
@@ -433,10 +437,13 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
   at::Tensor h_prev = at::empty({train ? N : 0, P}, opts);
   if (path == kEngine) {
     const at::Tensor w = w_hh.contiguous(), h0 = hx.contiguous();
+    const at::Tensor x_rows = engine_projects ? x.contiguous() : at::Tensor();
+    const at::Tensor w_in = engine_projects ? w_ih.contiguous() : at::Tensor();
     at::Tensor h_n = at::empty({B, H}, opts), c_n = at::empty({B, H}, acc_opts);
     kernels.engine_forward({input.scalar_type(), T, B, H, steps.rows.data(),
                             steps.offset.data(), reverse, gates.mutable_data_ptr(),
-                            data_or_null(bias), w.const_data_ptr(), h0.const_data_ptr(),
+                            data_or_null(bias), w.const_data_ptr(), data_or_null(x_rows),
+                            data_or_null(w_in), s.I, h0.const_data_ptr(),
                             c.const_data_ptr(), output.mutable_data_ptr(),
                             h_n.mutable_data_ptr(), c_n.mutable_data_ptr(), train,
                             train ? c_prev.mutable_data_ptr() : nullptr,

@@ -48,9 +48,16 @@ struct LstmEngineForward {
   const int64_t* rows;     // per step
   const int64_t* offset;   // per step
   bool reverse;
-  void* gates;             // (N, 4H) in: x w_ih^T; out: the activated gates if `train`
+  void* gates;             // (N, 4H) in: x w_ih^T, unless `input`; out: the activated gates
+                           // if `train`
   const void* bias;        // (4H) opmath (b_ih + b_hh), or nullptr
   const void* w_hh;        // (4H, H), row-major
+  // The input rows (N, input_size) and w_ih (4H, input_size), row-major, for the engine to
+  // compute x w_ih^T into gates itself (each thread its units, before the steps); or nullptr
+  // when gates hold it already. float32 and float64 only.
+  const void* input;
+  const void* w_ih;
+  int64_t input_size;
   const void* h0;          // (B, H)
   const void* c0;          // (B, H) opmath
   void* output;            // (N, H)

@@ -68,10 +68,11 @@ class LSTM(torch.nn.LSTM):
                 input = input.unsqueeze(batch_dim)
             batch = input.shape[batch_dim]
             data = input
-        if hx is None:
+        if hx is None:  # (the layers only read their initial states: one zero tensor may serve)
             layers = self.num_layers * num_directions
-            hx = (data.new_zeros((layers, batch, h_size)),
-                  data.new_zeros((layers, batch, self.hidden_size)))
+            zeros = data.new_zeros((layers, batch, self.hidden_size))
+            hx = (zeros if h_size == self.hidden_size else data.new_zeros((layers, batch, h_size)),
+                  zeros)
         elif not packed:
             want = 3 if is_batched else 2
             if hx[0].dim() != want or hx[1].dim() != want:
@@ -99,7 +100,8 @@ class LSTM(torch.nn.LSTM):
             data = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 data = F.dropout(data, self.dropout, training=True)
-        hidden = self.permute_hidden((torch.stack(h_n), torch.stack(c_n)), unsorted_indices)
+        stack = (lambda t: t[0].unsqueeze(0)) if len(h_n) == 1 else torch.stack
+        hidden = self.permute_hidden((stack(h_n), stack(c_n)), unsorted_indices)
 
         if packed:
             return PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices), hidden
