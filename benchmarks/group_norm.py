@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import pynotes
-from benchmarks.common import Result, timed_pair
+from benchmarks.common import Result, release_freed_memory, timed_pair
 
 # (N, C, spatial, G): the reference shape first; then a larger, a small-batch and a
 # 1-D (sequence) shape for the full run.
@@ -81,6 +81,8 @@ def run(device, quick=True, dtypes=(torch.float32,)):
                                     lambda: train_step(ours, params), device)
                     results.append(Result(op, case, "forward+backward", anchor, *ms,
                                           min_bytes=5 * numel_bytes))
+                    for r in results[-2:]:  # progress, for sweeps that run an hour
+                        print(f"{op} {case} {r.variant} vs {anchor}: {r.speedup:.2f}x", flush=True)
 
                 for silu in (False, True):
                     theirs = torch.nn.GroupNorm(g, c, device=device, dtype=dtype)
@@ -102,4 +104,6 @@ def run(device, quick=True, dtypes=(torch.float32,)):
                             add("group_norm+silu", ours, params, torch.compile(eager),
                                 list(theirs.parameters()), "torch.compile(GroupNorm then SiLU)")
                 del x, grad, xg
+                torch._dynamo.reset()
+                release_freed_memory()
     return results

@@ -14,7 +14,7 @@ faults its pages in once. It serves every torch CPU allocation in the process, n
 pynotes' own. Like CUDA's caching allocator, it makes memory freed by tensors look in use to the
 OS (`empty_cpu_cache` gives it back), and torch's profiler does not see reuses from it.
 
-Alternatives measured in benchmarks/allocators.py: glibc tunables (MALLOC_MMAP_THRESHOLD_ or
+Alternatives measured in benchmarks/memory.py: glibc tunables (MALLOC_MMAP_THRESHOLD_ or
 mallopt), jemalloc or tcmalloc through LD_PRELOAD (PyTorch's CPU performance guide), and
 torch's THP_MEM_ALLOC_ENABLE=1 (huge pages: fewer faults, but every page is still cleared).
 """
