@@ -658,17 +658,20 @@ void forward_channels_last(const GroupNormCpuForwardArgs& a) {
   std::vector<gn::Moments<S>> partial(N * rt.tasks_per_sample * G);
   std::vector<S> mean_c(N * C), scale_c(N * C), shift_c(N * C);  // per (n, c), for normalize
   // How the passes walk a task's rows. Where the samples re-read between the two passes fit in
-  // half the last-level cache: down columns of channels, with the moments' sums and the
-  // normalize parameters in registers, one pass each. Beyond it x comes from memory twice, and
-  // a walk down the columns defeats the hardware prefetchers: the moments prefetch the next
-  // chunk in memory order and walk this one down its columns twice (the second time from L2),
-  // and the normalize goes row by row. (Zen 4, float32, against torch in the same run: in
-  // cache, 8-16 MB, 1.16-1.62x where the row walks gave 0.85-1.02x; beyond, 32-128 MB, the
-  // prefetch took 0.96-1.08x to 1.00-1.16x, and one pass down the columns was no faster.)
+  // half the last-level cache and a row is short (C * sizeof(S) <= 512 bytes, at most two
+  // walks of four AVX-512 columns): down columns of channels, with the moments' sums and the
+  // normalize parameters in registers, one pass each (by_columns). Otherwise a walk down long
+  // rows' columns strides through memory in a way the hardware prefetchers and the L1's sets
+  // serve badly: the moments walk a chunk down its columns twice (the second time from L2), and
+  // the normalize goes row by row; beyond the cache, the moments first prefetch the next chunk
+  // in memory order. (Zen 4, float32, against torch in the same run: C 64-128 in cache, 8-16
+  // MB, 1.16-1.62x where the row walks gave 0.85-1.02x, but C 256-512 0.83-0.94x where they
+  // gave 1.0-1.18x; beyond the cache, 32-128 MB, the prefetch took 0.96-1.08x to 1.00-1.16x.)
   const int64_t resident = (rt.per_sample ? std::min<int64_t>(N, at::get_num_threads()) : 1) *
                            HxW * C * static_cast<int64_t>(sizeof(T));
-  const bool in_cache =
-      a.in_cache >= 0 ? a.in_cache == 1 : 2 * resident <= last_level_cache_bytes();
+  const bool fits = 2 * resident <= last_level_cache_bytes();
+  const bool by_columns =
+      a.in_cache >= 0 ? a.in_cache == 1 : fits && C * sizeof(S) <= 512;
 
   // Scratch of one thread: per-channel mean and M2, Half/BFloat16 rows widened to float.
   struct Scratch {
@@ -697,14 +700,15 @@ void forward_channels_last(const GroupNormCpuForwardArgs& a) {
     } else {
       xs = chunk;
     }
-    if (in_cache) {
+    if (by_columns) {
       column_moments(xs, rows, C, sc.mean.data(), sc.m2.data());
     } else {
-      // The next chunk in memory order, fetched while this one is walked down its columns.
-      const char* next = reinterpret_cast<const char*>(chunk + rows * C);
-      const int64_t ahead = std::min<int64_t>(rows * C, x + N * HxW * C - (chunk + rows * C));
-      for (int64_t b = 0; b < ahead * static_cast<int64_t>(sizeof(T)); b += 64) {
-        __builtin_prefetch(next + b, 0, 2);
+      if (!fits) {  // the next chunk in memory order, fetched while this one is walked
+        const char* next = reinterpret_cast<const char*>(chunk + rows * C);
+        const int64_t ahead = std::min<int64_t>(rows * C, x + N * HxW * C - (chunk + rows * C));
+        for (int64_t b = 0; b < ahead * static_cast<int64_t>(sizeof(T)); b += 64) {
+          __builtin_prefetch(next + b, 0, 2);
+        }
       }
       using V = Vectorized<S>;
       column_sums(xs, rows, C, sc.mean.data(), [](const V& v, int64_t, int64_t) { return v; });
@@ -739,7 +743,7 @@ void forward_channels_last(const GroupNormCpuForwardArgs& a) {
     int64_t n, lo, rows;
     rows_of(t, n, lo, rows);
     if constexpr (!kWiden<T>) {
-      if (in_cache) {
+      if (by_columns) {
         const int64_t base = (n * HxW + lo) * C;
         normalize_columns<kSilu, kStream>(x + base, y + base, rows, C, mean_c.data() + n * C,
                                           scale_c.data() + n * C, shift_c.data() + n * C);

@@ -25,8 +25,8 @@ struct GroupNormCpuForwardArgs {
   // larger than the last-level cache (group_norm_cpu.cpp). The same values either way.
   bool stream_output = false;
   // Channels-last: how the passes walk the rows (group_norm_cpu_kernel.cpp): -1 by the
-  // kernel's rule (whether the samples re-read between the passes stay in cache), 0 or 1
-  // forced (group_norm_cpu.cpp).
+  // kernel's rule (whether the samples re-read between the passes stay in cache, and rows are
+  // short), 0 or 1 forced (group_norm_cpu.cpp).
   int in_cache = -1;
 };
 
