@@ -221,8 +221,8 @@ def test_channels_last_backward_sums_both_ways(device, batch, dtype, silu, monke
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("groups", [32, 2])  # a task per group, and groups split into chunks
-@pytest.mark.parametrize("in_cache", ["0", "1"])  # the channels-last forward's two walks
-def test_streamed_outputs_are_the_same_bits(device, groups, layout, dtype, silu, in_cache,
+@pytest.mark.parametrize("by_columns", ["0", "1"])  # the channels-last forward's two walks
+def test_streamed_outputs_are_the_same_bits(device, groups, layout, dtype, silu, by_columns,
                                              monkeypatch):
     """Outputs larger than the last-level cache are written with non-temporal stores
     (PYNOTES_GROUP_NORM_STREAM forces either way): the same bits as ordinary stores, and
@@ -230,9 +230,9 @@ def test_streamed_outputs_are_the_same_bits(device, groups, layout, dtype, silu,
     are streamed) and most do not (ordinary stores); channels-last rows of 64 all do."""
     if device != "cpu":
         pytest.skip("a CPU kernel choice")
-    if layout == "contiguous" and in_cache == "0":
+    if layout == "contiguous" and by_columns == "0":
         pytest.skip("a channels-last choice")
-    monkeypatch.setenv("PYNOTES_GROUP_NORM_IN_CACHE", in_cache)
+    monkeypatch.setenv("PYNOTES_GROUP_NORM_COLUMNS", by_columns)
     x, w, b = make_inputs((2, 64, 9, 7), dtype, device)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -256,23 +256,23 @@ def test_streamed_outputs_are_the_same_bits(device, groups, layout, dtype, silu,
 
 
 @pytest.mark.skipif(not _ext.extension_loaded(), reason="extension not built")
-@pytest.mark.parametrize("in_cache", ["0", "1"])
+@pytest.mark.parametrize("by_columns", ["0", "1"])
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("shape,groups,mean", [((3, 70, 5, 7), 10, 0.0), ((1, 24, 33), 4, 1e3),
                                                ((2, 130, 4, 4), 13, 0.0)])
-def test_channels_last_forward_walks(device, in_cache, silu, dtype, shape, groups, mean,
+def test_channels_last_forward_walks(device, by_columns, silu, dtype, shape, groups, mean,
                                      monkeypatch):
     """The channels-last forward walks a task's rows down columns of channels, in one pass each
-    for the moments and the output, where the samples stay in cache, and otherwise in two passes
-    for the moments, with the next chunk prefetched, and row by row for the output
-    (PYNOTES_GROUP_NORM_IN_CACHE forces either): both as torch in float64, also for channels
+    for the moments and the output, where the samples stay in cache and rows are short, and
+    otherwise in two passes for the moments and row by row for the output
+    (PYNOTES_GROUP_NORM_COLUMNS forces either): both as torch in float64, also for channels
     that are not whole vectors (70, 130) and |mean| >> std."""
     if device != "cpu":
         pytest.skip("a CPU kernel choice")
     if mean and dtype == torch.bfloat16:
         pytest.skip("bfloat16 keeps 3 digits: 1e3 + x is 1e3")
-    monkeypatch.setenv("PYNOTES_GROUP_NORM_IN_CACHE", in_cache)
+    monkeypatch.setenv("PYNOTES_GROUP_NORM_COLUMNS", by_columns)
     x, w, b = make_inputs(shape, dtype, device)
     x = (x.double() + mean).to(dtype)
     x = (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else
@@ -290,8 +290,8 @@ def test_channels_last_forward_walks(device, in_cache, silu, dtype, shape, group
     torch.testing.assert_close(mean_out.double(), expected_mean, **tolerance(dtype))
     torch.testing.assert_close(rstd.double(), torch.rsqrt(var + 1e-5), rtol=1e-3 if mean else
                                tolerance(dtype)["rtol"], atol=0)
-    monkeypatch.setenv("PYNOTES_GROUP_NORM_IN_CACHE", "yes")
-    with pytest.raises(RuntimeError, match="PYNOTES_GROUP_NORM_IN_CACHE must be '0' or '1'"):
+    monkeypatch.setenv("PYNOTES_GROUP_NORM_COLUMNS", "yes")
+    with pytest.raises(RuntimeError, match="PYNOTES_GROUP_NORM_COLUMNS must be '0' or '1'"):
         torch.ops.pynotes.group_norm(x, groups, w, b, 1e-5, silu)
 
 

@@ -64,15 +64,15 @@ bool stream_output(const at::Tensor& out, int64_t tensors) {
   TORCH_CHECK(false, "PYNOTES_GROUP_NORM_STREAM must be '0' or '1', got '", env, "'");
 }
 
-// PYNOTES_GROUP_NORM_IN_CACHE=0 or =1 fixes how the channels-last forward walks its rows (the
-// kernel decides by the last-level cache otherwise: GroupNormCpuForwardArgs::in_cache); read
-// every call, so that a test can run both.
-int forced_in_cache() {
-  const char* env = std::getenv("PYNOTES_GROUP_NORM_IN_CACHE");
+// PYNOTES_GROUP_NORM_COLUMNS=0 or =1 fixes how the channels-last forward walks its rows (the
+// kernel decides by a rule otherwise: GroupNormCpuForwardArgs::by_columns); read every call,
+// so that a test can run both.
+int forced_by_columns() {
+  const char* env = std::getenv("PYNOTES_GROUP_NORM_COLUMNS");
   if (env == nullptr || env[0] == '\0') return -1;
   if (std::strcmp(env, "1") == 0) return 1;
   if (std::strcmp(env, "0") == 0) return 0;
-  TORCH_CHECK(false, "PYNOTES_GROUP_NORM_IN_CACHE must be '0' or '1', got '", env, "'");
+  TORCH_CHECK(false, "PYNOTES_GROUP_NORM_COLUMNS must be '0' or '1', got '", env, "'");
 }
 
 // Runs the backward kernel with args.sums_along_rows chosen, where the kernel has the choice
@@ -120,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cpu(
         f.bias.defined() ? f.bias.const_data_ptr() : nullptr,
         f.y.mutable_data_ptr(), f.mean.mutable_data_ptr(), f.rstd.mutable_data_ptr()};
     args.stream_output = stream_output(f.y, 2);  // x, y
-    args.in_cache = forced_in_cache();
+    args.by_columns = forced_by_columns();
     PYNOTES_CPU_KERNEL(group_norm_forward_cpu_kernel)(args);
   }
   return {f.y, f.mean, f.rstd};

@@ -671,7 +671,7 @@ void forward_channels_last(const GroupNormCpuForwardArgs& a) {
                            HxW * C * static_cast<int64_t>(sizeof(T));
   const bool fits = 2 * resident <= last_level_cache_bytes();
   const bool by_columns =
-      a.in_cache >= 0 ? a.in_cache == 1 : fits && C * sizeof(S) <= 512;
+      a.by_columns >= 0 ? a.by_columns == 1 : fits && C * sizeof(S) <= 512;
 
   // Scratch of one thread: per-channel mean and M2, Half/BFloat16 rows widened to float.
   struct Scratch {

@@ -27,7 +27,7 @@ struct GroupNormCpuForwardArgs {
   // Channels-last: how the passes walk the rows (group_norm_cpu_kernel.cpp): -1 by the
   // kernel's rule (whether the samples re-read between the passes stay in cache, and rows are
   // short), 0 or 1 forced (group_norm_cpu.cpp).
-  int in_cache = -1;
+  int by_columns = -1;
 };
 
 struct GroupNormCpuBackwardArgs {
