@@ -49,30 +49,25 @@ int forced_sums_along_rows() {
   TORCH_CHECK(false, "PYNOTES_GROUP_NORM_SUMS must be 'rows' or 'columns', got '", env, "'");
 }
 
+// An override read from the environment every call (so that a test can run both ways): -1
+// where `name` is unset or empty, else 0 or 1; any other value raises.
+int forced_flag(const char* name) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || env[0] == '\0') return -1;
+  if (std::strcmp(env, "1") == 0) return 1;
+  if (std::strcmp(env, "0") == 0) return 0;
+  TORCH_CHECK(false, name, " must be '0' or '1', got '", env, "'");
+}
+
 // Whether the output is written with non-temporal stores: where the tensors the kernel reads
 // and writes (`tensors` of the output's size) exceed the last-level cache, so that the output's
 // lines would not stay there for whoever reads them next anyway. Measured on an AMD EPYC (Zen
 // 4, 32 MiB L3): forward 1.2-1.4x faster from 16 MiB tensors up, 0.7x at 4 MiB (in cache).
-// PYNOTES_GROUP_NORM_STREAM=0 or =1 fixes it (read every call, so that a test can run both).
+// PYNOTES_GROUP_NORM_STREAM=0 or =1 fixes it.
 bool stream_output(const at::Tensor& out, int64_t tensors) {
-  const char* env = std::getenv("PYNOTES_GROUP_NORM_STREAM");
-  if (env == nullptr || env[0] == '\0') {
-    return tensors * static_cast<int64_t>(out.nbytes()) >= last_level_cache_bytes();
-  }
-  if (std::strcmp(env, "1") == 0) return true;
-  if (std::strcmp(env, "0") == 0) return false;
-  TORCH_CHECK(false, "PYNOTES_GROUP_NORM_STREAM must be '0' or '1', got '", env, "'");
-}
-
-// PYNOTES_GROUP_NORM_COLUMNS=0 or =1 fixes how the channels-last forward walks its rows (the
-// kernel decides by a rule otherwise: GroupNormCpuForwardArgs::by_columns); read every call,
-// so that a test can run both.
-int forced_by_columns() {
-  const char* env = std::getenv("PYNOTES_GROUP_NORM_COLUMNS");
-  if (env == nullptr || env[0] == '\0') return -1;
-  if (std::strcmp(env, "1") == 0) return 1;
-  if (std::strcmp(env, "0") == 0) return 0;
-  TORCH_CHECK(false, "PYNOTES_GROUP_NORM_COLUMNS must be '0' or '1', got '", env, "'");
+  const int forced = forced_flag("PYNOTES_GROUP_NORM_STREAM");
+  if (forced >= 0) return forced == 1;
+  return tensors * static_cast<int64_t>(out.nbytes()) >= last_level_cache_bytes();
 }
 
 // Runs the backward kernel with args.sums_along_rows chosen, where the kernel has the choice
@@ -120,7 +115,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cpu(
         f.bias.defined() ? f.bias.const_data_ptr() : nullptr,
         f.y.mutable_data_ptr(), f.mean.mutable_data_ptr(), f.rstd.mutable_data_ptr()};
     args.stream_output = stream_output(f.y, 2);  // x, y
-    args.by_columns = forced_by_columns();
+    // PYNOTES_GROUP_NORM_COLUMNS=0 or =1 fixes how the channels-last forward walks its rows
+    // (GroupNormCpuForwardArgs::by_columns; the kernel decides by a rule otherwise).
+    args.by_columns = forced_flag("PYNOTES_GROUP_NORM_COLUMNS");
     PYNOTES_CPU_KERNEL(group_norm_forward_cpu_kernel)(args);
   }
   return {f.y, f.mean, f.rstd};
