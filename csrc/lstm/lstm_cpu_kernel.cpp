@@ -545,6 +545,11 @@ void engine_forward(const LstmEngineForward& a) {
   using R = typename P::Row;
   // h of the step and of the next, rows of K (H, whole pairs of k for P; zero past H).
   const int64_t K = (H + P::kPair - 1) / P::kPair * P::kPair;
+  // Whether the micro-kernel reads input rows as they are stored, as input_products needs
+  // (checked here: an exception must not leave the parallel region below).
+  constexpr bool kRowsAsStored = P::kPair == 1 && std::is_same_v<R, T>;
+  TORCH_INTERNAL_ASSERT(kRowsAsStored || a.input == nullptr,
+                        "lstm engine: input products in float32 or float64 only");
   LineAlignedBuffer<R> h_buffers(2 * B * K);
   A* c = static_cast<A*>(a.c_n);
   SpinBarrier barrier;
@@ -555,12 +560,8 @@ void engine_forward(const LstmEngineForward& a) {
     // slice's end and past H: only there does packing leave values unwritten). The same buffer
     // holds a block of w_ih's rows before, for the input products.
     T* packed = thread_scratch<T>(std::max(blocks * K, a.input ? a.input_size : 0) * 4 * L);
-    if (a.input) {
-      if constexpr (P::kPair == 1 && std::is_same_v<R, T>) {
-        input_products<T, P>(a, slice, packed);
-      } else {
-        TORCH_INTERNAL_ASSERT(false, "lstm engine: input products in float32 or float64 only");
-      }
+    if constexpr (kRowsAsStored) {
+      if (a.input) input_products<T, P>(a, slice, packed);
     }
     if ((slice.end - slice.begin) % L != 0 || K != H) {
       std::fill_n(packed, blocks * K * 4 * L, T(0));
