@@ -71,7 +71,9 @@ def backend_info() -> dict:
     "lstm_onednn_rnn", the inference cost of torch's own oneDNN RNN layer per class, which an
     inference layer takes where it is cheapest; "group_norm_sums", how
     the channels-last group norm backward takes its per-channel sums per shape class, fixed by
-    PYNOTES_GROUP_NORM_SUMS=rows|columns; "cpu_cache", pynotes.memory's state), and load_error
+    PYNOTES_GROUP_NORM_SUMS=rows|columns; "group_norm_walks", how the channels-last float32/
+    float64 forward walks its rows per shape class, fixed by PYNOTES_GROUP_NORM_COLUMNS=0|1;
+    "cpu_cache", pynotes.memory's state), and load_error
     when the extension did not load.
     """
     info = {
@@ -94,6 +96,7 @@ def backend_info() -> dict:
                            "lstm_engine": _C.lstm_engine_choices(),
                            "lstm_onednn_rnn": _C.lstm_onednn_rnn_costs(),
                            "group_norm_sums": _C.group_norm_sums_choices(),
+                           "group_norm_walks": _C.group_norm_forward_walks(),
                            "cpu_cache": _C.cpu_cache_stats()}
     else:
         info["load_error"] = str(_load_error)

@@ -306,11 +306,31 @@ def test_channels_last_backward_sums_choice_is_reported(device, monkeypatch):
     choices = pynotes.backend_info()["choices"]["group_norm_sums"]
     mine = [c for c in choices if c["shape_class"] == (4, 32, 64) and c["dtype"] == "Float"
             and not c["silu"] and c["threads"] == torch.get_num_threads()]
-    assert len(mine) == 1 and mine[0]["sums"] in ("rows", "columns"), choices
-    assert (mine[0]["sums"] == "rows") == (mine[0]["rows_us"] < mine[0]["columns_us"])
+    assert len(mine) == 1 and mine[0]["walk"] in ("rows", "columns"), choices
+    assert (mine[0]["walk"] == "rows") == (mine[0]["rows_us"] < mine[0]["columns_us"])
     monkeypatch.setenv("PYNOTES_GROUP_NORM_SUMS", "diagonal")
     with pytest.raises(RuntimeError, match="PYNOTES_GROUP_NORM_SUMS must be 'rows' or 'columns'"):
         pynotes.ops.group_norm(x, 6, w, b).sum().backward()
+
+
+@pytest.mark.skipif(not _ext.extension_loaded(), reason="extension not built")
+@pytest.mark.parametrize("silu", [False, True])
+def test_channels_last_forward_walk_choice(device, silu, monkeypatch):
+    if device != "cpu":
+        pytest.skip("a CPU kernel choice")
+    monkeypatch.delenv("PYNOTES_GROUP_NORM_COLUMNS", raising=False)
+    x, w, b = make_inputs((3, 40, 11, 5), torch.float32, device)
+    x = (x + 30).contiguous(memory_format=torch.channels_last)  # the walks' last bits differ
+    y = torch.ops.pynotes.group_norm(x, 5, w, b, 1e-5, silu)[0]  # the first call measures
+    choices = pynotes.backend_info()["choices"]["group_norm_walks"]
+    mine = [c for c in choices if c["shape_class"] == (4, 64, 64) and c["dtype"] == "Float"
+            and c["silu"] == silu and c["threads"] == torch.get_num_threads()]
+    assert len(mine) == 1 and mine[0]["walk"] in ("rows", "columns"), choices
+    assert (mine[0]["walk"] == "rows") == (mine[0]["rows_us"] < mine[0]["columns_us"])
+    # The measuring call's result is the chosen walk's, as every later call's is.
+    assert torch.equal(y, torch.ops.pynotes.group_norm(x, 5, w, b, 1e-5, silu)[0])
+    monkeypatch.setenv("PYNOTES_GROUP_NORM_COLUMNS", "1" if mine[0]["walk"] == "columns" else "0")
+    assert torch.equal(y, torch.ops.pynotes.group_norm(x, 5, w, b, 1e-5, silu)[0])
 
 
 def test_non_contiguous_inputs(device):

@@ -17,26 +17,71 @@
 namespace pynotes {
 namespace {
 
-// The channels-last float/double backward takes its per-channel sums of dy and dy * (x - mean)
-// either along the rows (sums in memory) or down them (sums in registers). The bits are the
-// same, the speed depends on the CPU (see grad_column_sums). The first backward of each shape
-// class runs the whole kernel both ways, twice each, alternating, and keeps the faster for the
-// process: every run writes the same outputs, so the last one is the call's result.
-// PYNOTES_GROUP_NORM_SUMS=rows or =columns fixes the choice (the tests run both).
-struct SumsShapeClass {
+// A shape class of the choices below: dtype, SiLU, N, C and HxW rounded up to powers of two,
+// threads.
+struct ShapeClass {
   c10::ScalarType dtype;
   bool silu;
   int64_t n, c, hxw;
   int threads;
-  bool operator<(const SumsShapeClass& o) const {
+  bool operator<(const ShapeClass& o) const {
     return std::tie(dtype, silu, n, c, hxw, threads) <
            std::tie(o.dtype, o.silu, o.n, o.c, o.hxw, o.threads);
   }
 };
 
-ChoiceTable<SumsShapeClass, GroupNormSumsChoice>& sums_choices() {
-  static ChoiceTable<SumsShapeClass, GroupNormSumsChoice> table;
+ShapeClass shape_class_of(c10::ScalarType dtype, bool silu, int64_t N, int64_t C, int64_t HxW) {
+  return {dtype, silu, round_up_pow2(N), round_up_pow2(C), round_up_pow2(HxW),
+          at::get_num_threads()};
+}
+
+using WalkChoices = ChoiceTable<ShapeClass, GroupNormWalkChoice>;
+
+// The channels-last float/double backward takes its per-channel sums either along the rows
+// (sums in memory) or down them (sums in registers). The bits are the same, the speed depends
+// on the CPU (see grad_column_sums). PYNOTES_GROUP_NORM_SUMS=rows or =columns fixes the choice
+// (the tests run both).
+WalkChoices& sums_choices() {
+  static WalkChoices table;
   return table;
+}
+
+// The channels-last float/double forward walks its chunks down columns of channels (moments in
+// one pass, the normalize parameters in registers) or along the rows (moments in two passes,
+// beyond the cache with the next chunk prefetched; the output row by row). Which is faster
+// depends on the CPU and C: on one Zen 4, in cache, the columns won for C 64-128 (1.16-1.62x
+// against torch where the rows gave 0.85-1.02x), while for C 256-1024 either won, by up to
+// 25 %, from one process to another. The moments' last bits differ between the walks.
+// PYNOTES_GROUP_NORM_COLUMNS=1 or =0 fixes the choice.
+WalkChoices& forward_walk_choices() {
+  static WalkChoices table;
+  return table;
+}
+
+// Whether a kernel measures its walk: channels-last float32 and float64 (Half/BFloat16 rows are
+// widened a block at a time; the kernel decides how they are walked).
+bool has_walk_choice(bool channels_last, c10::ScalarType dtype) {
+  return channels_last && (dtype == at::kFloat || dtype == at::kDouble);
+}
+
+// Runs run(along_rows) with the walk chosen for key's class: the first call of a class runs it
+// both ways, twice each, alternating, keeps the faster for the process, and ends with a run the
+// chosen way (every run writes all the outputs, so the last one is the call's result).
+template <typename Run>
+void run_measured_walk(WalkChoices& table, const ShapeClass& key, const Run& run) {
+  if (const auto known = table.find(key)) {
+    run(known->along_rows);
+    return;
+  }
+  double rows_s = 1e300, columns_s = 1e300;
+  for (int round = 0; round < 2; ++round) {
+    columns_s = std::min(columns_s, seconds_of([&] { run(false); }));
+    rows_s = std::min(rows_s, seconds_of([&] { run(true); }));
+  }
+  const GroupNormWalkChoice choice = table.insert(
+      key, {key.dtype, key.silu, key.n, key.c, key.hxw, key.threads, rows_s < columns_s, rows_s,
+            columns_s});
+  if (!choice.along_rows) run(false);
 }
 
 // -1: measure; 0 or 1: sums_along_rows as PYNOTES_GROUP_NORM_SUMS fixes it (read every call,
@@ -70,37 +115,21 @@ bool stream_output(const at::Tensor& out, int64_t tensors) {
   return tensors * static_cast<int64_t>(out.nbytes()) >= last_level_cache_bytes();
 }
 
-// Runs the backward kernel with args.sums_along_rows chosen, where the kernel has the choice
-// (Half/BFloat16 always walk along the rows, widened a block at a time).
+// Runs the backward kernel with args.sums_along_rows chosen, where the kernel has the choice.
 void run_backward_kernel(GroupNormCpuBackwardArgs args) {
   const auto kernel = PYNOTES_CPU_KERNEL(group_norm_backward_cpu_kernel);
-  const bool has_choice =
-      args.channels_last && (args.dtype == at::kFloat || args.dtype == at::kDouble);
   const int forced = forced_sums_along_rows();
-  if (!has_choice || forced >= 0) {
+  if (!has_walk_choice(args.channels_last, args.dtype) || forced >= 0) {
     args.sums_along_rows = forced == 1;
     kernel(args);
     return;
   }
-  const SumsShapeClass key{args.dtype, args.silu, round_up_pow2(args.N), round_up_pow2(args.C),
-                           round_up_pow2(args.HxW), at::get_num_threads()};
-  if (const auto known = sums_choices().find(key)) {
-    args.sums_along_rows = known->along_rows;
-    kernel(args);
-    return;
-  }
-  auto seconds = [&](bool along_rows) {
-    args.sums_along_rows = along_rows;
-    return seconds_of([&] { kernel(args); });
-  };
-  double rows_s = 1e300, columns_s = 1e300;
-  for (int round = 0; round < 2; ++round) {
-    columns_s = std::min(columns_s, seconds(false));
-    rows_s = std::min(rows_s, seconds(true));
-  }
-  const GroupNormSumsChoice choice{key.dtype,   key.silu,          key.n,  key.c,    key.hxw,
-                                   key.threads, rows_s < columns_s, rows_s, columns_s};
-  sums_choices().insert(key, choice);
+  run_measured_walk(sums_choices(),
+                    shape_class_of(args.dtype, args.silu, args.N, args.C, args.HxW),
+                    [&](bool along_rows) {
+                      args.sums_along_rows = along_rows;
+                      kernel(args);
+                    });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cpu(
@@ -115,10 +144,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cpu(
         f.bias.defined() ? f.bias.const_data_ptr() : nullptr,
         f.y.mutable_data_ptr(), f.mean.mutable_data_ptr(), f.rstd.mutable_data_ptr()};
     args.stream_output = stream_output(f.y, 2);  // x, y
-    // PYNOTES_GROUP_NORM_COLUMNS=0 or =1 fixes how the channels-last forward walks its rows
-    // (GroupNormCpuForwardArgs::by_columns; the kernel decides by a rule otherwise).
+    // How the channels-last forward walks its rows (GroupNormCpuForwardArgs::by_columns):
+    // forced, measured (float32/float64), or by the kernel's rule (Half/BFloat16).
+    const auto kernel = PYNOTES_CPU_KERNEL(group_norm_forward_cpu_kernel);
     args.by_columns = forced_flag("PYNOTES_GROUP_NORM_COLUMNS");
-    PYNOTES_CPU_KERNEL(group_norm_forward_cpu_kernel)(args);
+    if (args.by_columns >= 0 || !has_walk_choice(args.channels_last, args.dtype)) {
+      kernel(args);
+    } else {
+      run_measured_walk(forward_walk_choices(),
+                        shape_class_of(args.dtype, args.silu, args.N, args.C, args.HxW),
+                        [&](bool along_rows) {
+                          args.by_columns = along_rows ? 0 : 1;
+                          kernel(args);
+                        });
+    }
   }
   return {f.y, f.mean, f.rstd};
 }
@@ -145,7 +184,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(
 
 }  // namespace
 
-std::vector<GroupNormSumsChoice> group_norm_sums_choices() { return sums_choices().all(); }
+std::vector<GroupNormWalkChoice> group_norm_sums_choices() { return sums_choices().all(); }
+
+std::vector<GroupNormWalkChoice> group_norm_forward_walk_choices() {
+  return forward_walk_choices().all();
+}
 
 TORCH_LIBRARY_IMPL(pynotes, CPU, m) {
   m.impl("group_norm", &group_norm_cpu);

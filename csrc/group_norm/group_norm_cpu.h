@@ -7,10 +7,12 @@
 
 namespace pynotes {
 
-// How the channels-last backward takes its per-channel sums, for a shape class (dtype, SiLU,
-// N, C and HxW rounded up to powers of two, threads): along the rows or down them
-// (GroupNormCpuBackwardArgs::sums_along_rows), and the measured time of each whole backward.
-struct GroupNormSumsChoice {
+// How a channels-last kernel walks the rows of its chunks, for a shape class (dtype, SiLU, N, C
+// and HxW rounded up to powers of two, threads): along the rows or down columns of channels,
+// and the measured time of the whole kernel each way. Two such choices: how the backward takes
+// its per-channel sums (GroupNormCpuBackwardArgs::sums_along_rows; same bits either way) and
+// how the forward walks both its passes (GroupNormCpuForwardArgs::by_columns).
+struct GroupNormWalkChoice {
   c10::ScalarType dtype;
   bool silu;
   int64_t n, c, hxw;
@@ -18,6 +20,7 @@ struct GroupNormSumsChoice {
   bool along_rows;
   double along_rows_seconds, down_columns_seconds;
 };
-std::vector<GroupNormSumsChoice> group_norm_sums_choices();
+std::vector<GroupNormWalkChoice> group_norm_sums_choices();
+std::vector<GroupNormWalkChoice> group_norm_forward_walk_choices();
 
 }  // namespace pynotes

@@ -205,51 +205,67 @@ gn::Moments<S> block_moments(const S* x, int64_t n) {
 
 // The moments of each column of x (rows x C, row-major) in one pass, as block_moments does for
 // a block: sums of x - x[0, c] and of their squares, four SIMD columns at a time held in
-// registers while walking down the rows; mean[c] and m2[c] out. (The channels-last forward
-// took the mean, then M2, in two passes over its chunk of rows.)
+// registers while walking down `tile` rows, then the next tile; mean[c] and m2[c] out (they
+// hold the sums between tiles, so each column's sums run down the rows in order, whatever the
+// tile). (The channels-last forward took the mean, then M2, in two passes over its chunk.)
 template <typename S>
-inline void column_moments(const S* x, int64_t rows, int64_t C, S* mean, S* m2) {
+inline void column_moments(const S* x, int64_t rows, int64_t C, int64_t tile, S* mean, S* m2) {
   using V = Vectorized<S>;
   constexpr int64_t W = V::size();
+  std::fill_n(mean, C, S(0));
+  std::fill_n(m2, C, S(0));
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+    const int64_t r1 = std::min(rows, r0 + tile);
+    int64_t c = 0;
+    for (; c + 4 * W <= C; c += 4 * W) {
+      const V shift0 = V::loadu(x + c), shift1 = V::loadu(x + c + W),
+              shift2 = V::loadu(x + c + 2 * W), shift3 = V::loadu(x + c + 3 * W);
+      V sum0 = V::loadu(mean + c), sum1 = V::loadu(mean + c + W),
+        sum2 = V::loadu(mean + c + 2 * W), sum3 = V::loadu(mean + c + 3 * W);
+      V sq0 = V::loadu(m2 + c), sq1 = V::loadu(m2 + c + W), sq2 = V::loadu(m2 + c + 2 * W),
+        sq3 = V::loadu(m2 + c + 3 * W);
+      for (int64_t r = r0; r < r1; ++r) {
+        const S* xr = x + r * C + c;
+        const V d0 = V::loadu(xr) - shift0, d1 = V::loadu(xr + W) - shift1,
+                d2 = V::loadu(xr + 2 * W) - shift2, d3 = V::loadu(xr + 3 * W) - shift3;
+        sum0 = sum0 + d0;
+        sum1 = sum1 + d1;
+        sum2 = sum2 + d2;
+        sum3 = sum3 + d3;
+        sq0 = at::vec::fmadd(d0, d0, sq0);
+        sq1 = at::vec::fmadd(d1, d1, sq1);
+        sq2 = at::vec::fmadd(d2, d2, sq2);
+        sq3 = at::vec::fmadd(d3, d3, sq3);
+      }
+      sum0.store(mean + c);
+      sum1.store(mean + c + W);
+      sum2.store(mean + c + 2 * W);
+      sum3.store(mean + c + 3 * W);
+      sq0.store(m2 + c);
+      sq1.store(m2 + c + W);
+      sq2.store(m2 + c + 2 * W);
+      sq3.store(m2 + c + 3 * W);
+    }
+    for (; c < C; c += W) {
+      const int64_t k = std::min(W, C - c);
+      const V shift = V::loadu(x + c, k);
+      V sum = V::loadu(mean + c, k), sq = V::loadu(m2 + c, k);
+      for (int64_t r = r0; r < r1; ++r) {
+        const V d = V::loadu(x + r * C + c, k) - shift;
+        sum = sum + d;
+        sq = at::vec::fmadd(d, d, sq);
+      }
+      sum.store(mean + c, k);
+      sq.store(m2 + c, k);
+    }
+  }
   const V count(static_cast<S>(rows));
-  auto finish = [&](const V& shift, const V& sum, const V& sq, int64_t c, int64_t k) {
+  for (int64_t c = 0; c < C; c += W) {
+    const int64_t k = std::min(W, C - c);
+    const V shift = V::loadu(x + c, k), sum = V::loadu(mean + c, k), sq = V::loadu(m2 + c, k);
     (shift + sum / count).store(mean + c, k);
     // Rounding may leave M2 below 0; a NaN (an inf in x) stays NaN, as torch's does.
     at::vec::maximum(sq - sum * (sum / count), V(0)).store(m2 + c, k);
-  };
-  int64_t c = 0;
-  for (; c + 4 * W <= C; c += 4 * W) {
-    const V shift0 = V::loadu(x + c), shift1 = V::loadu(x + c + W),
-            shift2 = V::loadu(x + c + 2 * W), shift3 = V::loadu(x + c + 3 * W);
-    V sum0(0), sum1(0), sum2(0), sum3(0), sq0(0), sq1(0), sq2(0), sq3(0);
-    for (int64_t r = 0; r < rows; ++r) {
-      const S* xr = x + r * C + c;
-      const V d0 = V::loadu(xr) - shift0, d1 = V::loadu(xr + W) - shift1,
-              d2 = V::loadu(xr + 2 * W) - shift2, d3 = V::loadu(xr + 3 * W) - shift3;
-      sum0 = sum0 + d0;
-      sum1 = sum1 + d1;
-      sum2 = sum2 + d2;
-      sum3 = sum3 + d3;
-      sq0 = at::vec::fmadd(d0, d0, sq0);
-      sq1 = at::vec::fmadd(d1, d1, sq1);
-      sq2 = at::vec::fmadd(d2, d2, sq2);
-      sq3 = at::vec::fmadd(d3, d3, sq3);
-    }
-    finish(shift0, sum0, sq0, c, W);
-    finish(shift1, sum1, sq1, c + W, W);
-    finish(shift2, sum2, sq2, c + 2 * W, W);
-    finish(shift3, sum3, sq3, c + 3 * W, W);
-  }
-  for (; c < C; c += W) {
-    const int64_t k = std::min(W, C - c);
-    const V shift = V::loadu(x + c, k);
-    V sum(0), sq(0);
-    for (int64_t r = 0; r < rows; ++r) {
-      const V d = V::loadu(x + r * C + c, k) - shift;
-      sum = sum + d;
-      sq = at::vec::fmadd(d, d, sq);
-    }
-    finish(shift, sum, sq, c, k);
   }
 }
 
@@ -302,8 +318,8 @@ inline void normalize_block(const S* x, S* y, int64_t n, const S* mean, const S*
 // With kStream, full vectors on a vector boundary are stored non-temporally; the values are
 // the same either way.
 template <bool kSilu, bool kStream, typename S>
-inline void normalize_columns(const S* x, S* y, int64_t rows, int64_t C, const S* mean,
-                              const S* scale, const S* shift) {
+inline void normalize_columns(const S* x, S* y, int64_t rows, int64_t C, int64_t tile,
+                              const S* mean, const S* scale, const S* shift) {
   using V = Vectorized<S>;
   constexpr int64_t W = V::size();
   // Columns whose parameters fit the registers with SiLU's temporaries (16 on AVX2, 32 on
@@ -319,26 +335,29 @@ inline void normalize_columns(const S* x, S* y, int64_t rows, int64_t C, const S
       v.store(p, k);
     }
   };
-  int64_t c = 0;
-  for (; c + kCols * W <= C; c += kCols * W) {
-    V m[kCols], a[kCols], b[kCols];
-    for (int64_t j = 0; j < kCols; ++j) {
-      m[j] = V::loadu(mean + c + j * W);
-      a[j] = V::loadu(scale + c + j * W);
-      b[j] = V::loadu(shift + c + j * W);
-    }
-    for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+    const int64_t r1 = std::min(rows, r0 + tile);
+    int64_t c = 0;
+    for (; c + kCols * W <= C; c += kCols * W) {
+      V m[kCols], a[kCols], b[kCols];
       for (int64_t j = 0; j < kCols; ++j) {
-        const int64_t i = r * C + c + j * W;
-        put(value(V::loadu(x + i), m[j], a[j], b[j]), y + i, W);
+        m[j] = V::loadu(mean + c + j * W);
+        a[j] = V::loadu(scale + c + j * W);
+        b[j] = V::loadu(shift + c + j * W);
+      }
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t j = 0; j < kCols; ++j) {
+          const int64_t i = r * C + c + j * W;
+          put(value(V::loadu(x + i), m[j], a[j], b[j]), y + i, W);
+        }
       }
     }
-  }
-  for (; c < C; c += W) {
-    const int64_t k = std::min(W, C - c);
-    const V m = V::loadu(mean + c, k), a = V::loadu(scale + c, k), b = V::loadu(shift + c, k);
-    for (int64_t r = 0; r < rows; ++r) {
-      put(value(V::loadu(x + r * C + c, k), m, a, b), y + r * C + c, k);
+    for (; c < C; c += W) {
+      const int64_t k = std::min(W, C - c);
+      const V m = V::loadu(mean + c, k), a = V::loadu(scale + c, k), b = V::loadu(shift + c, k);
+      for (int64_t r = r0; r < r1; ++r) {
+        put(value(V::loadu(x + r * C + c, k), m, a, b), y + r * C + c, k);
+      }
     }
   }
 }
@@ -613,7 +632,10 @@ struct RowTasks {
     tasks_per_sample = ceil_div(HxW, rows_per_task);
   }
 
-  // first(t) for each task t of each sample, then finish(n), then second(t) for its tasks.
+  // first(t) for each task t of each sample, then finish(n), then second(t) for its tasks, in
+  // the reverse order: what `first` read last is what the cache still holds. (Zen 4, forward,
+  // 32 MB tensors, at the edge of its 32 MB L3: 1.03-1.08x from the order alone; no change
+  // where the tensors fit or are 4x larger.)
   template <typename Init, typename First, typename Finish, typename Second>
   void run(int64_t N, const Init& init, const First& first, const Finish& finish,
            const Second& second) const {
@@ -624,8 +646,9 @@ struct RowTasks {
           for (int64_t t = n * tasks_per_sample; t < (n + 1) * tasks_per_sample; ++t)
             first(t, scratch);
           finish(n);
-          for (int64_t t = n * tasks_per_sample; t < (n + 1) * tasks_per_sample; ++t)
+          for (int64_t t = (n + 1) * tasks_per_sample; t-- > n * tasks_per_sample;) {
             second(t, scratch);
+          }
         }
       });
       return;
@@ -639,7 +662,7 @@ struct RowTasks {
       finish(n);
       at::parallel_for(t0, t1, 1, [&](int64_t begin, int64_t end) {
         auto scratch = init();
-        for (int64_t t = begin; t < end; ++t) second(t, scratch);
+        for (int64_t t = end; t-- > begin;) second(t, scratch);
       });
     }
   }
@@ -657,21 +680,25 @@ void forward_channels_last(const GroupNormCpuForwardArgs& a) {
   const RowTasks rt(N, HxW, C);
   std::vector<gn::Moments<S>> partial(N * rt.tasks_per_sample * G);
   std::vector<S> mean_c(N * C), scale_c(N * C), shift_c(N * C);  // per (n, c), for normalize
-  // How the passes walk a task's rows. Where the samples re-read between the two passes fit in
-  // half the last-level cache and a row is short (C * sizeof(S) <= 512 bytes, at most two
-  // walks of four AVX-512 columns): down columns of channels, with the moments' sums and the
-  // normalize parameters in registers, one pass each (by_columns). Otherwise a walk down long
-  // rows' columns strides through memory in a way the hardware prefetchers and the L1's sets
-  // serve badly: the moments walk a chunk down its columns twice (the second time from L2), and
-  // the normalize goes row by row; beyond the cache, the moments first prefetch the next chunk
-  // in memory order. (Zen 4, float32, against torch in the same run: C 64-128 in cache, 8-16
-  // MB, 1.16-1.62x where the row walks gave 0.85-1.02x, but C 256-512 0.83-0.94x where they
-  // gave 1.0-1.18x; beyond the cache, 32-128 MB, the prefetch took 0.96-1.08x to 1.00-1.16x.)
+  // How the passes walk a task's rows (a.by_columns, measured by the caller for float32/float64):
+  // down columns of channels, a tile of rows at a time, with the moments' sums and the
+  // normalize parameters in registers, one pass each; or along the rows, where the moments walk
+  // a chunk down its columns twice (the second time from L2) and, beyond the cache, first
+  // prefetch the next chunk in memory order, and the normalize goes row by row. For Half and
+  // BFloat16 (their rows widened, then normalized along the rows) a rule decides: down columns
+  // where the samples re-read between the two passes fit in half the last-level cache and a row
+  // is short (C * sizeof(S) <= 512 bytes). (Zen 4, float32, against torch in the same run: C
+  // 64-128 in cache, 8-16 MB, 1.16-1.62x where the row walks gave 0.85-1.02x; beyond the cache,
+  // 32-128 MB, the prefetch took 0.96-1.08x to 1.00-1.16x.)
   const int64_t resident = (rt.per_sample ? std::min<int64_t>(N, at::get_num_threads()) : 1) *
                            HxW * C * static_cast<int64_t>(sizeof(T));
   const bool fits = 2 * resident <= last_level_cache_bytes();
   const bool by_columns =
       a.by_columns >= 0 ? a.by_columns == 1 : fits && C * sizeof(S) <= 512;
+  // Rows a column walk goes down before it moves to the next columns: 16 KB of them, half of
+  // the smallest L1 data cache of a CPU with AVX2, so that a tile's lines, a row's length apart,
+  // stay in L1 however long the rows are.
+  const int64_t tile = std::max<int64_t>(1, 16384 / (C * static_cast<int64_t>(sizeof(S))));
 
   // Scratch of one thread: per-channel mean and M2, Half/BFloat16 rows widened to float.
   struct Scratch {
@@ -701,7 +728,7 @@ void forward_channels_last(const GroupNormCpuForwardArgs& a) {
       xs = chunk;
     }
     if (by_columns) {
-      column_moments(xs, rows, C, sc.mean.data(), sc.m2.data());
+      column_moments(xs, rows, C, tile, sc.mean.data(), sc.m2.data());
     } else {
       if (!fits) {  // the next chunk in memory order, fetched while this one is walked
         const char* next = reinterpret_cast<const char*>(chunk + rows * C);
@@ -745,7 +772,7 @@ void forward_channels_last(const GroupNormCpuForwardArgs& a) {
     if constexpr (!kWiden<T>) {
       if (by_columns) {
         const int64_t base = (n * HxW + lo) * C;
-        normalize_columns<kSilu, kStream>(x + base, y + base, rows, C, mean_c.data() + n * C,
+        normalize_columns<kSilu, kStream>(x + base, y + base, rows, C, tile, mean_c.data() + n * C,
                                           scale_c.data() + n * C, shift_c.data() + n * C);
         if (kStream) stream_fence();
         return;

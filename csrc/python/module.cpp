@@ -29,6 +29,23 @@ py::dict lstm_shape_class(const Choice& c) {
   return d;
 }
 
+// A list of group norm walk choices (group_norm_cpu.h) as dicts.
+py::list walk_choices(const std::vector<pynotes::GroupNormWalkChoice>& choices) {
+  py::list out;
+  for (const pynotes::GroupNormWalkChoice& c : choices) {
+    py::dict d;
+    d["dtype"] = std::string(c10::toString(c.dtype));
+    d["silu"] = c.silu;
+    d["shape_class"] = py::make_tuple(c.n, c.c, c.hxw);
+    d["threads"] = c.threads;
+    d["walk"] = c.along_rows ? "rows" : "columns";
+    d["rows_us"] = c.along_rows_seconds * 1e6;
+    d["columns_us"] = c.down_columns_seconds * 1e6;
+    out.append(d);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -113,22 +130,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return out;
   }, "The inference cost of torch's oneDNN RNN layer per LSTM shape class, measured so far "
      "(lstm_ops.cpp); compared with lstm_engine_choices.");
-  m.def("group_norm_sums_choices", [] {
-    py::list out;
-    for (const pynotes::GroupNormSumsChoice& c : pynotes::group_norm_sums_choices()) {
-      py::dict d;
-      d["dtype"] = std::string(c10::toString(c.dtype));
-      d["silu"] = c.silu;
-      d["shape_class"] = py::make_tuple(c.n, c.c, c.hxw);
-      d["threads"] = c.threads;
-      d["sums"] = c.along_rows ? "rows" : "columns";
-      d["rows_us"] = c.along_rows_seconds * 1e6;
-      d["columns_us"] = c.down_columns_seconds * 1e6;
-      out.append(d);
-    }
-    return out;
-  }, "How the channels-last group norm backward takes its per-channel sums, chosen so far by "
-     "measurement (group_norm_cpu.cpp).");
+  m.def("group_norm_sums_choices", [] { return walk_choices(pynotes::group_norm_sums_choices()); },
+        "How the channels-last group norm backward takes its per-channel sums, chosen so far "
+        "by measurement (group_norm_cpu.cpp).");
+  m.def("group_norm_forward_walks", [] {
+    return walk_choices(pynotes::group_norm_forward_walk_choices());
+  }, "How the channels-last group norm forward walks its rows, chosen so far by measurement "
+     "(group_norm_cpu.cpp).");
   m.def("cpu_cache_enable", &pynotes::cpu_cache::enable, py::arg("limit_bytes"),
         py::arg("min_block_bytes"));
   m.def("cpu_cache_disable", &pynotes::cpu_cache::disable);
