@@ -25,7 +25,7 @@ import json, os, sys, time
 import numpy as np
 import torch
 import torch.distributed as dist
-from pynotes import _gbdt_distributed
+from pynotes.gbdt import distributed as _gbdt_distributed
 from pynotes.gbdt import GBDTClassifier
 
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -11,7 +11,9 @@ gathered and added in rank order.
 """
 import numpy as np
 import torch
+from sklearn.utils.validation import _num_features, _num_samples
 
+from pynotes.gbdt.categories import is_frame
 from pynotes.ops import gbdt as ops
 
 
@@ -19,7 +21,7 @@ class CollectiveError(RuntimeError):
     """A collective of a distributed fit failed: a process stopped, failed or timed out."""
 
 
-def process_group(distributed, group):
+def fit_group(distributed, group):
     """The group a fit trains over, or None for this process alone: `group` when one is passed,
     else (distributed="auto") the default group when torch.distributed is initialised with
     more than one process."""
@@ -80,3 +82,43 @@ class Collective:
             self._reduce(buffer, torch.distributed.ReduceOp.SUM, "summing a tree level")
         else:
             self._reduce(buffer, torch.distributed.ReduceOp.MAX, "a tree's gradient sizes")
+
+
+def start(estimator, X, eval_set, process_group):
+    """Sets estimator._collective for a fit: None for this process alone, else the processes of a
+    distributed fit (process_group, or with distributed='auto' torch.distributed's default
+    group when it has more than one process), once every one fits alike."""
+    group = fit_group(estimator.distributed, process_group)
+    estimator._collective = None if group is None else Collective(group)
+    estimator._rows_per_process = None
+    if estimator._collective is None:
+        return
+    name = f"{type(estimator).__name__} distributed fit"
+    ignored = ("n_jobs", "verbose", "device", "distributed")  # may differ by process
+    try:
+        info = {"estimator": type(estimator).__name__,
+                "parameters": repr(sorted((k, repr(v))
+                                          for k, v in estimator.get_params().items()
+                                          if k not in ignored)),
+                "number of features": _num_features(X),
+                "column names": list(map(str, X.columns)) if is_frame(X) else None,
+                "number of eval sets": len(eval_set or []), "rows": _num_samples(X)}
+    except (TypeError, ValueError) as e:
+        info = {"error": f"{type(e).__name__}: {e}"}
+    infos = estimator._collective.gather(info, "checking the processes")
+    failed = [(r, i["error"]) for r, i in enumerate(infos) if "error" in i]
+    if failed:
+        raise ValueError(f"{name}: X of rank {failed[0][0]} is not a table: {failed[0][1]}")
+    for key in ("estimator", "parameters", "number of features", "column names",
+                "number of eval sets"):
+        values = [i[key] for i in infos]
+        other = next((r for r, v in enumerate(values) if v != values[0]), None)
+        if other is not None:
+            raise ValueError(f"{name}: every process must fit alike, but rank {other} "
+                             f"differs from rank 0 in its {key}: {values[other]} vs "
+                             f"{values[0]}")
+    empty = [r for r, i in enumerate(infos) if i["rows"] == 0]
+    if empty:
+        raise ValueError(f"{name}: ranks {empty} have no rows; every process needs rows of "
+                         "the training set")
+    estimator._rows_per_process = [i["rows"] for i in infos]

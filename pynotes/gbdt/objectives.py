@@ -1,0 +1,70 @@
+"""The losses pynotes.gbdt boosts: gradients and hessians at the current margins, the base
+margin and the eval metric of each."""
+import math
+
+import numpy as np
+import torch
+
+
+class Objective:
+    """Gradients and hessians of a loss at margins (rows, groups), and its eval metric."""
+
+    def __init__(self, name):
+        self.name = name
+        self.metric = {"squared_error": "rmse", "logistic": "logloss",
+                       "softmax": "mlogloss"}[name]
+
+    def base_sums(self, y, weight, groups):
+        """What the base margin is computed from: sums over the rows (float64 numpy), which
+        the processes of a distributed fit add up."""
+        if self.name == "softmax":
+            return torch.zeros(groups, dtype=torch.float64).index_add_(
+                0, y.long().cpu(), weight.double().cpu()).numpy()
+        return np.array([float((y * weight).sum()), float(weight.sum())])
+
+    def base_margin(self, sums):
+        if self.name == "squared_error":
+            return torch.tensor([sums[0] / sums[1]], dtype=torch.float64)
+        if self.name == "logistic":
+            p = min(max(sums[0] / sums[1], 1e-6), 1 - 1e-6)
+            return torch.tensor([math.log(p / (1 - p))], dtype=torch.float64)
+        prior = torch.from_numpy(sums)
+        return (prior / prior.sum()).clamp_min(1e-6).log()
+
+    def gradients(self, margin, y, weight):
+        """(grad, hess), each (rows, groups) float32, from float64 margins and float32 labels
+        and weights (None: all 1). Computed in float32, the precision the trees sum."""
+        m = margin.float()
+        if self.name == "squared_error":
+            grad = m - y[:, None]
+            hess = torch.ones_like(grad)
+        elif self.name == "logistic":
+            p = torch.sigmoid(m)
+            grad = p - y[:, None]
+            hess = (p * (1 - p)).clamp_min_(1e-16)
+        else:
+            # The hessian's factor: LightGBM's K / (K - 1), which keeps the step of a 2-class
+            # softmax that of the logistic loss (XGBoost's 2 halves it; with few rounds that
+            # leaves its models and ours under-fitted).
+            p = torch.softmax(m, 1)
+            factor = margin.shape[1] / (margin.shape[1] - 1)
+            grad = p - torch.nn.functional.one_hot(y.long(), margin.shape[1])
+            hess = (factor * p * (1 - p)).clamp_min_(1e-16)
+        if weight is not None:
+            grad, hess = grad.mul_(weight[:, None]), hess.mul_(weight[:, None])
+        return grad, hess
+
+    def loss_sums(self, margin, y, weight):
+        """(sum of weighted losses, sum of weights), float64 numpy: the eval metric's parts."""
+        if self.name == "squared_error":
+            losses = (margin[:, 0] - y) ** 2
+        elif self.name == "logistic":
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                margin[:, 0], y.double(), reduction="none")
+        else:
+            losses = torch.nn.functional.cross_entropy(margin, y.long(), reduction="none")
+        return np.array([float((losses * weight).sum()), float(weight.sum())])
+
+    def metric_of(self, sums):
+        mean = sums[0] / sums[1]
+        return mean ** 0.5 if self.name == "squared_error" else mean
