@@ -18,23 +18,22 @@ class Categories:
         self._sorted = self.values[self._order]
 
     @classmethod
-    def fit(cls, column, max_codes, collective=None):
+    def fit(cls, column, max_codes, collective):
         """The categories of a training column (pandas categorical, or any array): at most
         max_codes, the most frequent (the others will count as missing), in the column's
-        category order or sorted. In a distributed fit, of every process's column."""
+        category order or sorted; of every process's column (distributed.Collective or Alone)."""
         values, counts, ordered = cls._count(column)
-        if collective is not None:
-            parts = collective.gather((values.tolist(), counts.tolist(), ordered),
-                                      "merging the categories")
-            merged = {}
-            for part_values, part_counts, _ in parts:
-                for v, c in zip(part_values, part_counts):
-                    merged[v] = merged.get(v, 0) + c
-            values = list(merged)  # first seen first: one order when the ranks' orders agree
-            if not all(part[2] for part in parts):
-                values = sorted(values)
-            values = np.asarray(values, dtype=object)
-            counts = np.array([merged[v] for v in values], dtype=np.int64)
+        parts = collective.gather((values.tolist(), counts.tolist(), ordered),
+                                  "merging the categories")
+        merged = {}
+        for part_values, part_counts, _ in parts:
+            for v, c in zip(part_values, part_counts):
+                merged[v] = merged.get(v, 0) + c
+        values = list(merged)  # first seen first: one order when the ranks' orders agree
+        if not all(part[2] for part in parts):
+            values = sorted(values)
+        values = np.asarray(values, dtype=object)
+        counts = np.array([merged[v] for v in values], dtype=np.int64)
         used = np.flatnonzero(counts > 0)
         if used.size > max_codes:  # the most frequent, ties to the earlier category
             used = np.sort(used[np.argsort(-counts[used], kind="stable")[:max_codes]])

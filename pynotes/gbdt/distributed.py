@@ -33,6 +33,30 @@ def fit_group(distributed, group):
     return None
 
 
+class Alone:
+    """The collective of a fit in one process, with Collective's interface: every combination
+    is the identity, so that the boosting loop reads the same for 1 and N processes."""
+    rank, size, tree_bytes = 0, 1, 0
+
+    def gather(self, value, what):
+        return [value]
+
+    def sum_in_rank_order(self, values, what):
+        return np.array(values, dtype=np.float64)
+
+    def total_rows(self, rows):
+        """Rows of the fit, this process having `rows`."""
+        return rows
+
+    def cut_points(self, x, max_bins, sample_size, seed, categorical):
+        """ops.cut_points of the training rows."""
+        return ops.cut_points(x, max_bins, sample_size, seed, categorical)
+
+    def grow_tree_args(self):
+        """What ops.grow_tree takes to grow a tree of every process's rows: nothing here."""
+        return {}
+
+
 class Collective:
     """The processes of one distributed fit (a torch.distributed group)."""
 
@@ -41,6 +65,7 @@ class Collective:
         self.group = group
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
+        self.rows_per_process = None  # (start)
         # NCCL reduces CUDA tensors only: CPU buffers go through the current CUDA device.
         backend = str(dist.get_backend(group)).lower()
         self.device = torch.device("cuda", torch.cuda.current_device()) \
@@ -75,6 +100,26 @@ class Collective:
         if on is not tensor:
             tensor.copy_(on)
 
+    def total_rows(self, rows):
+        return sum(self.rows_per_process)
+
+    def cut_points(self, x, max_bins, sample_size, seed, categorical):
+        """ops.cut_points of every process's rows: all of them up to the sample size, else a
+        sample in proportion to each process's rows."""
+        rows, total = x.shape[0], sum(self.rows_per_process)
+        sample = x
+        if total > sample_size:
+            take = max(1, round(sample_size * rows / total))
+            generator = torch.Generator().manual_seed(seed + self.rank)
+            sample = x[torch.randperm(rows, generator=generator)[:take].to(x.device)]
+        parts = self.gather(sample.cpu().numpy(), "gathering a sample of the rows")
+        union = torch.from_numpy(np.concatenate(parts)).to(x.device)
+        return ops.cut_points(union, max_bins, union.shape[0], seed, categorical)
+
+    def grow_tree_args(self):
+        return {"all_reduce": self.all_reduce, "processes": self.size,
+                "row_offset": sum(self.rows_per_process[:self.rank])}
+
     def all_reduce(self, kind, buffer):
         """The all_reduce of ops.grow_tree: combines a tree's buffer in place."""
         self.tree_bytes += buffer.numel() * buffer.element_size()
@@ -85,14 +130,14 @@ class Collective:
 
 
 def start(estimator, X, eval_set, process_group):
-    """Sets estimator._collective for a fit: None for this process alone, else the processes of a
-    distributed fit (process_group, or with distributed='auto' torch.distributed's default
+    """Sets estimator._collective for a fit: Alone for this process alone, else the processes
+    of a distributed fit (process_group, or with distributed='auto' torch.distributed's default
     group when it has more than one process), once every one fits alike."""
     group = fit_group(estimator.distributed, process_group)
-    estimator._collective = None if group is None else Collective(group)
-    estimator._rows_per_process = None
-    if estimator._collective is None:
+    if group is None:
+        estimator._collective = Alone()
         return
+    collective = estimator._collective = Collective(group)
     name = f"{type(estimator).__name__} distributed fit"
     ignored = ("n_jobs", "verbose", "device", "distributed")  # may differ by process
     try:
@@ -105,7 +150,7 @@ def start(estimator, X, eval_set, process_group):
                 "number of eval sets": len(eval_set or []), "rows": _num_samples(X)}
     except (TypeError, ValueError) as e:
         info = {"error": f"{type(e).__name__}: {e}"}
-    infos = estimator._collective.gather(info, "checking the processes")
+    infos = collective.gather(info, "checking the processes")
     failed = [(r, i["error"]) for r, i in enumerate(infos) if "error" in i]
     if failed:
         raise ValueError(f"{name}: X of rank {failed[0][0]} is not a table: {failed[0][1]}")
@@ -121,4 +166,4 @@ def start(estimator, X, eval_set, process_group):
     if empty:
         raise ValueError(f"{name}: ranks {empty} have no rows; every process needs rows of "
                          "the training set")
-    estimator._rows_per_process = [i["rows"] for i in infos]
+    collective.rows_per_process = [i["rows"] for i in infos]

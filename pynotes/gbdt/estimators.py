@@ -36,8 +36,8 @@ class ThreadCount:
 
 
 class Fitting:
-    """The span of a fit: its collective (distributed.start) set, then dropped (a process group
-    is not part of the fitted model)."""
+    """The span of a fit: its collective (distributed.start: Alone, or the processes of a
+    distributed fit) set, then dropped (a process group is not part of the fitted model)."""
 
     def __init__(self, model, X, eval_set, process_group):
         self.model, self.args = model, (X, eval_set, process_group)
@@ -118,29 +118,6 @@ class GBDTBase(BaseEstimator):
         check(self.distributed in ("auto", False),
               f"distributed must be 'auto' or False, got {self.distributed!r}")
 
-    def _sum(self, values, what):
-        """values (float64 numpy) summed over the processes of a distributed fit."""
-        if self._collective is None:
-            return np.asarray(values, dtype=np.float64)
-        return self._collective.sum_in_rank_order(values, what)
-
-    def _cuts(self, x, categorical):
-        """Cut points of the training rows: of every process's rows in a distributed fit (all
-        of them up to the sample size, else a sample in proportion to each process's rows)."""
-        sample_size = 200_000
-        if self._collective is None:
-            return ops.cut_points(x, self.max_bins, sample_size, self.random_state, categorical)
-        rows, total = x.shape[0], sum(self._rows_per_process)
-        sample = x
-        if total > sample_size:
-            take = max(1, round(sample_size * rows / total))
-            generator = torch.Generator().manual_seed(self.random_state + self._collective.rank)
-            sample = x[torch.randperm(rows, generator=generator)[:take].to(x.device)]
-        parts = self._collective.gather(sample.cpu().numpy(), "gathering a sample of the rows")
-        union = torch.from_numpy(np.concatenate(parts)).to(x.device)
-        return ops.cut_points(union, self.max_bins, union.shape[0], self.random_state,
-                              categorical)
-
     def _features(self, X, reset, y=None):
         """X as a float32 tensor on the model's device (NaN allowed, inf not; categorical
         features as codes), and y."""
@@ -180,14 +157,15 @@ class GBDTBase(BaseEstimator):
         w = torch.from_numpy(weight).to(dev)
         yt = torch.from_numpy(np.array(labels, dtype=np.float64)).to(dev)  # a writable copy
         rows, features = x.shape
-        total_rows = sum(self._rows_per_process) if collective else rows
+        total_rows = collective.total_rows(rows)
         if self.use_quantized_grad and total_rows * self.num_grad_quant_bins >= 2 ** 31:
             raise ValueError(f"{name}: quantized gradients sum in 32 bits: rows x "
                              f"num_grad_quant_bins must be below 2^31, got {total_rows} x "
                              f"{self.num_grad_quant_bins}")
         categorical = torch.from_numpy(self.is_categorical_)
-        cuts = self._cuts(x, categorical)
-        base_sums = self._sum(objective.base_sums(yt.cpu(), w.cpu(), groups), "the base margin")
+        cuts = collective.cut_points(x, self.max_bins, 200_000, self.random_state, categorical)
+        base_sums = collective.sum_in_rank_order(objective.base_sums(yt.cpu(), w.cpu(), groups),
+                                                 "the base margin")
         if not np.sum(base_sums if objective.name == "softmax" else base_sums[1:]) > 0:
             raise ValueError(f"{name}: sample_weight must be finite, non-negative and not all "
                              "zero")
@@ -195,11 +173,9 @@ class GBDTBase(BaseEstimator):
         y32 = yt.float()
         w32 = None if bool((w == 1).all()) else w.float()
         self._ensemble = Ensemble(2 ** (self.max_depth + 1) - 1, groups, base, categorical)
-        process = (collective.all_reduce, collective.size,
-                   sum(self._rows_per_process[:collective.rank])) if collective else ()
         # (the row-major bins die once the grower has its own layout)
         grower = TreeGrower(ops.bin_features(x, cuts, self.max_bins - 1), cuts, self, dev,
-                             self._ensemble.categorical, *process)
+                             self._ensemble.categorical, **collective.grow_tree_args())
         margin = base.to(dev).expand(rows, groups).clone()
         evals = [self._eval_data(X_e, y_e) for X_e, y_e in (eval_set or [])]
         eval_margins = [base.to(dev).expand(e[0].shape[0], groups).clone() for e in evals]
@@ -207,7 +183,7 @@ class GBDTBase(BaseEstimator):
         # Columns are drawn alike by every process; rows (subsample) by each for its own.
         column_generator = torch.Generator().manual_seed(self.random_state)
         row_generator = torch.Generator().manual_seed(
-            self.random_state + (1 << 32) * (1 + (collective.rank if collective else 0)))
+            self.random_state + (1 << 32) * (1 + collective.rank))
         round_gains = []  # per round, the total split gain of each feature
         best_score, best_round, self.best_iteration_ = math.inf, 0, None
         for round_ in range(self.n_estimators):
@@ -240,7 +216,7 @@ class GBDTBase(BaseEstimator):
                                               base=torch.zeros(groups, dtype=torch.float64))
                 loss_sums.append(objective.loss_sums(m_e, y_e, w_e))
             if evals:
-                loss_sums = self._sum(np.stack(loss_sums), "the eval metric")
+                loss_sums = collective.sum_in_rank_order(np.stack(loss_sums), "the eval metric")
                 for i, sums in enumerate(loss_sums):
                     self.evals_result_[f"validation_{i}"][objective.metric].append(
                         objective.metric_of(sums))
@@ -262,8 +238,8 @@ class GBDTBase(BaseEstimator):
         gains = torch.stack(round_gains).sum(0)  # of the trees kept
         total = gains.sum()
         self.feature_importances_ = (gains / total if total > 0 else gains).numpy()
-        self.n_processes_ = collective.size if collective else 1
-        self.reduced_bytes_ = collective.tree_bytes if collective else 0
+        self.n_processes_ = collective.size
+        self.reduced_bytes_ = collective.tree_bytes
         return self
 
     def _eval_data(self, X, y):
@@ -345,14 +321,13 @@ class GBDTClassifier(ClassifierMixin, GBDTBase):
             if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
                 raise ValueError("GBDTClassifier: y must not contain NaN or inf")
             self.classes_ = np.unique(y)
-            if self._collective is not None:
-                parts = self._collective.gather(self.classes_, "gathering the classes")
-                try:
-                    self.classes_ = np.unique(np.concatenate(parts))
-                except TypeError:
-                    raise ValueError("GBDTClassifier distributed fit: the processes' labels are "
-                                     f"of types that do not compare: "
-                                     f"{sorted({p.dtype.name for p in parts})}") from None
+            parts = self._collective.gather(self.classes_, "gathering the classes")
+            try:
+                self.classes_ = np.unique(np.concatenate(parts))
+            except TypeError:
+                raise ValueError("GBDTClassifier distributed fit: the processes' labels are "
+                                 f"of types that do not compare: "
+                                 f"{sorted({p.dtype.name for p in parts})}") from None
             if len(self.classes_) < 2:
                 raise ValueError(f"GBDTClassifier: y must have at least 2 classes, got 1 class: "
                                  f"{self.classes_.tolist()}")
