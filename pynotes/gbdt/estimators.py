@@ -17,6 +17,7 @@ from pynotes.gbdt.objectives import Objective
 from pynotes.ops import gbdt as ops
 
 _MAX_DEPTH = 16
+_CUT_SAMPLE_ROWS = 200_000  # the rows cut points are taken from, at most
 
 
 class ThreadCount:
@@ -39,14 +40,14 @@ class Fitting:
     """The span of a fit: its collective (distributed.start: Alone, or the processes of a
     distributed fit) set, then dropped (a process group is not part of the fitted model)."""
 
-    def __init__(self, model, X, eval_set, process_group):
-        self.model, self.args = model, (X, eval_set, process_group)
+    def __init__(self, estimator, X, eval_set, process_group):
+        self.estimator, self.args = estimator, (X, eval_set, process_group)
 
     def __enter__(self):
-        distributed.start(self.model, *self.args)
+        distributed.start(self.estimator, *self.args)
 
     def __exit__(self, *exc):
-        self.model._collective = None
+        self.estimator._collective = None
 
 
 class GBDTBase(BaseEstimator):
@@ -163,7 +164,8 @@ class GBDTBase(BaseEstimator):
                              f"num_grad_quant_bins must be below 2^31, got {total_rows} x "
                              f"{self.num_grad_quant_bins}")
         categorical = torch.from_numpy(self.is_categorical_)
-        cuts = collective.cut_points(x, self.max_bins, 200_000, self.random_state, categorical)
+        cuts = collective.cut_points(x, self.max_bins, _CUT_SAMPLE_ROWS, self.random_state,
+                                     categorical)
         base_sums = collective.sum_in_rank_order(objective.base_sums(yt.cpu(), w.cpu(), groups),
                                                  "the base margin")
         if not np.sum(base_sums if objective.name == "softmax" else base_sums[1:]) > 0:
