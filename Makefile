@@ -77,7 +77,7 @@ sanitize: $(VENV)/.deps
 	rm -rf build-sanitize/lib/pynotes
 	FORCE_CPU=1 PYNOTES_SANITIZE=1 $(PY) setup.py build_ext --build-lib build-sanitize/lib \
 	  --build-temp build-sanitize/temp
-	cp -r pynotes/*.py pynotes/nn pynotes/ops pynotes/reference build-sanitize/lib/pynotes/
+	cp -r pynotes/*.py $$(dirname pynotes/*/__init__.py) build-sanitize/lib/pynotes/
 	cd build-sanitize && export PYTHONPATH=lib $(SANITIZER_ENV) && \
 	  $(abspath $(PY)) -P -c "import pynotes; assert 'build-sanitize' in pynotes.__file__" && \
 	  for isa in "ATEN_CPU_CAPABILITY=default" "-u ATEN_CPU_CAPABILITY"; do \
