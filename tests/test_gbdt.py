@@ -2,6 +2,9 @@
 XGBoost (when installed) and scikit-learn's estimator conventions."""
 import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from pynotes.gbdt import GBDTClassifier, GBDTRegressor  # noqa: E402
+from pynotes.gbdt.grower import grow_tree_by_levels  # noqa: E402
 
 try:
     import xgboost
@@ -311,12 +315,48 @@ def test_grow_tree_matches_the_level_loop(rows, features, num_bins, depth, disti
     mask = torch.rand(features, generator=generator) < 0.7 if masked else None
     args = (bins, grad, hess, depth, num_bins, 1.0, 0.0, 1.0, mask)
     got = ops.grow_tree(*args)
-    expected = ops._grow_tree_by_levels(*args)
+    expected = grow_tree_by_levels(*args)
     names = "feature split_bin default_left gain sums leaf cat_left".split()
     for name, a, b in zip(names, got, expected):
         assert a.dtype == b.dtype and torch.equal(a, b), name
     if rows > 100 and depth > 0:
         assert (got[0] >= 0).sum() > 1  # the case grows a tree
+
+
+def test_deepest_tree():
+    """The trainer grows trees as deep as the op does (one limit): each row its own leaf."""
+    X = np.arange(64, dtype=float)[:, None]
+    model = GBDTRegressor(n_estimators=1, max_depth=ops.MAX_DEPTH, learning_rate=1.0,
+                          reg_lambda=0.0, min_child_weight=0.0).fit(X, X[:, 0] ** 2)
+    np.testing.assert_allclose(model.predict(X), X[:, 0] ** 2, rtol=1e-6)
+
+
+@needs_extension
+def test_fixed_point_scale_matches_the_kernel():
+    """One formula: the reference's fixed-point scale is the C++ one for any bound."""
+    bounds = [0.0, 1e-30, 0.3, 1.0, 2.0, 3.0, 1000.0, 2.0 ** 40, 2.0 ** 40 - 1, 7e15, 1e300]
+    bounds += torch.rand(200, generator=torch.Generator().manual_seed(0)).mul(60).exp().tolist()
+    for bound in bounds:
+        assert _ext._C.gbdt_fixed_point_scale(bound) == reference.fixed_point_scale(bound), bound
+
+
+def test_level_loop_loads_without_scikit_learn():
+    """ops.grow_tree's fallback (pynotes.gbdt.grower) needs no scikit-learn; the estimators do."""
+    script = ("import sys; sys.modules['sklearn'] = None\n"
+              "import torch\n"
+              "from pynotes.gbdt.grower import grow_tree_by_levels\n"
+              "bins = torch.randint(0, 8, (50, 3), dtype=torch.uint8)\n"
+              "tree = grow_tree_by_levels(bins, torch.randn(50), torch.ones(50), 2, 8, 1.0, 0.0,"
+              " 1.0, None)\n"
+              "assert tree[0][0] >= 0\n"
+              "try:\n"
+              "    from pynotes.gbdt import GBDTClassifier\n"
+              "except ImportError:\n"
+              "    print('estimators need scikit-learn')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(pynotes.__file__)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "estimators need scikit-learn"
 
 
 @needs_extension
@@ -362,8 +402,9 @@ def test_grow_tree_opcheck_and_bad_input():
                           (bins, grad, hess, None, 3, 16, 1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match=r"feature_mask.size\(0\) must be bins.size\(1\) = 4"):
         ops.grow_tree(bins, grad, hess, 3, 16, feature_mask=torch.ones(5, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"max_depth must be in \[0, 20\], got 21"):
-        ops.grow_tree(bins, grad, hess, 21, 16)
+    for grow in (ops.grow_tree, grow_tree_by_levels):  # one limit for the kernel and the loop
+        with pytest.raises(ValueError, match=r"max_depth must be in \[0, 20\], got 21"):
+            grow(bins, grad, hess, 21, 16, 1.0, 0.0, 1.0, None)
     with pytest.raises(ValueError, match=r"hess.size\(0\) must be bins.size\(0\)"):
         ops.grow_tree(bins, grad, hess[:-1], 3, 16)
     with pytest.raises(TypeError, match="hess must have dtype Float, got Double"):
@@ -525,6 +566,8 @@ BAD_FIT = [
     ("max_bins_257", lambda m, X, y: m.set_params(max_bins=257).fit(X, y),
      r"max_bins must be an int in \[2, 256\], got 257"),
     ("inf_X", lambda m, X, y: m.fit(np.where(X > 2, np.inf, X), y), "Input X contains infinity"),
+    ("max_depth_21", lambda m, X, y: m.set_params(max_depth=21).fit(X, y),  # the op's limit
+     r"max_depth must be an int in \[0, 20\], got 21"),
 ]
 
 

@@ -155,7 +155,7 @@ def test_predict_matches_the_reference_walk(device, binned):
     base = torch.zeros(1, dtype=torch.float64)
     args = [t.to(device) for t in (x, feature, threshold, default_left, value, group, base)]
     cats = dict(categorical=categorical.to(device), cat_left=cat_left.to(device))
-    expected = reference.predict(*[t.cpu() for t in args], 255, categorical=categorical,
+    expected = reference.predict_trees(*[t.cpu() for t in args], 255, categorical=categorical,
                                  cat_left=cat_left)
     got = ops.predict_trees(*args, 255, **cats)
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-12)

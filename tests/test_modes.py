@@ -221,9 +221,9 @@ CASES = [
          errors={"create_graph": "integer outputs (bins): no derivatives to take",
                  **{m: EAGER_ONLY for m in ("func_grad", "vmap", "export", "compile")}}),
     Case("build_histogram", gbdt_inputs, lambda *a: pynotes.ops.build_histogram(*a, 1, 8),
-         lambda *a: reference_fn("histogram")(*a, 1, 8), **GBDT),
+         lambda *a: reference_fn("build_histogram")(*a, 1, 8), **GBDT),
     Case("predict_trees", tree_inputs, lambda *a: pynotes.ops.predict_trees(*a),
-         lambda *a: reference_fn("predict")(*a, 255), **GBDT),
+         lambda *a: reference_fn("predict_trees")(*a, 255), **GBDT),
 ]
 IDS = [c.name for c in CASES]
 

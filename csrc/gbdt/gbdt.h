@@ -18,6 +18,10 @@
 namespace pynotes {
 namespace gbdt {
 
+// The deepest tree: a complete tree in heap order has 2^(kMaxDepth + 1) - 1 nodes. The trainer's
+// limit too (pynotes.ops.gbdt.MAX_DEPTH, which the tests check against this one).
+constexpr int64_t kMaxDepth = 20;
+
 // The bin of x: how many of the cut points (sorted, padded with +inf up to max_cuts) are < x;
 // NaN goes to missing_bin.
 template <typename T>

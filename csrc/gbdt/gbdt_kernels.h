@@ -92,7 +92,7 @@ struct GbdtPredict {
 // histograms built for the child of each pair with fewer rows (the left one on a tie) and its
 // sibling's taken as the parent's minus it. The outputs come filled for a tree of leaves.
 // With quantize_bins > 0 the histograms sum quantized gradients (quantize_gradients in
-// gbdt_cpu_kernel.cpp: integers, stochastically rounded with `seed`) and the leaves' sums
+// tree_grower_cpu_kernel.cpp: integers, stochastically rounded with `seed`) and the leaves' sums
 // are renewed from grad and hess; the split nodes' sums are the quantized estimates.
 // Data-parallel training (pynotes.gbdt on torch.distributed): each process grows the tree on
 // its rows, and a GbdtAllReduce combines in place what the processes computed apart, giving

@@ -327,8 +327,8 @@ GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
     check_size(*feature_mask, op, "feature_mask", 0, features, "bins.size(1)");
   }
   if (has_tensor(categorical)) check_categorical(*categorical, op, bins, "bins", features);
-  TORCH_CHECK_VALUE(max_depth >= 0 && max_depth <= 20, op, ": max_depth must be in [0, 20], got ",
-                    max_depth);
+  TORCH_CHECK_VALUE(max_depth >= 0 && max_depth <= gbdt::kMaxDepth, op,
+                    ": max_depth must be in [0, ", gbdt::kMaxDepth, "], got ", max_depth);
   TORCH_CHECK_VALUE(reg_lambda >= 0 && min_child_weight >= 0 && gamma >= 0, op,
                     ": reg_lambda, gamma and min_child_weight must be non-negative, got ",
                     reg_lambda, ", ", gamma, ", ", min_child_weight);

@@ -11,6 +11,7 @@
 #include "build_info.h"
 #include "common/cpu_cache.h"
 #include "common/matmul.h"
+#include "gbdt/gbdt.h"
 #include "gbdt/gbdt_ops.h"
 #include "group_norm/group_norm_cpu.h"
 #include "lstm/lstm_ops.h"
@@ -178,4 +179,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "gbdt_grow_tree on the CPU for one process of a data-parallel fit: all_reduce(kind, "
       "buffer) combines in place what the processes computed apart (pynotes.ops.gbdt).");
+  m.def("gbdt_fixed_point_scale", &pynotes::gbdt::fixed_point_scale,
+        "The scale of a data-parallel fit's fixed-point sums (csrc/gbdt/gbdt.h; tested against "
+        "pynotes.reference.gbdt.fixed_point_scale).");
 }

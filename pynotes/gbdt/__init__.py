@@ -5,9 +5,9 @@
     model.predict_proba(X_test)
 
 XGBoost's second-order method (gradients g and hessians h of the loss at the current margins;
-leaf weight -G / (H + reg_lambda); split gain as in pynotes/ops/gbdt.py) on 256-bin
-histograms, trees grown depth-wise one level at a time by pynotes.ops.grow_tree (one call per
-tree on the CPU): per level one split search, the rows of the split nodes sent down, and one
+leaf weight -G / (H + reg_lambda); split gain as in csrc/gbdt/gbdt.h) on 256-bin
+histograms, trees grown depth-wise one level at a time by pynotes.ops.gbdt.grow_tree (one call
+per tree on the CPU: csrc/gbdt/tree_grower_cpu_kernel.cpp): per level one split search, the rows of the split nodes sent down, and one
 histogram pass for the smaller child of every split (its sibling is the parent's histogram
 minus it).
 use_quantized_grad=True (CPU) sums gradients rounded to num_grad_quant_bins levels in integer
@@ -27,14 +27,31 @@ distributed=False keeps a fit to its process. examples/gbdt_distributed.py runs 
 
 The package's modules: estimators (the scikit-learn classes and the boosting loop), objectives
 (losses), categories (categorical features), model (the trees and their JSON), grower (a tree
-per call of pynotes.ops.grow_tree), distributed (the collectives of a data-parallel fit).
+per call of pynotes.ops.gbdt.grow_tree, and the level loop it falls back to off the CPU
+extension), distributed (the collectives of a data-parallel fit).
 """
-from pynotes.gbdt.estimators import GBDTClassifier, GBDTRegressor
+import importlib
 
-# The classes of pickles from before the package (pynotes/gbdt.py) load by these names; the
-# distributed tests' worker patches _Objective.
-from pynotes.gbdt.categories import Categories as _Categories  # noqa: E402,F401
-from pynotes.gbdt.model import Ensemble as _Ensemble  # noqa: E402,F401
-from pynotes.gbdt.objectives import Objective as _Objective  # noqa: E402,F401
+# Imported on first use, so that ops.grow_tree's level loop (grower) loads without
+# scikit-learn. The underscored names are the classes of pickles from before the package
+# (pynotes/gbdt.py); the distributed tests' worker patches _Objective.
+_LAZY = {"GBDTClassifier": ("estimators", "GBDTClassifier"),
+         "GBDTRegressor": ("estimators", "GBDTRegressor"),
+         "_Categories": ("categories", "Categories"),
+         "_Ensemble": ("model", "Ensemble"),
+         "_Objective": ("objectives", "Objective")}
 
 __all__ = ["GBDTClassifier", "GBDTRegressor"]
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

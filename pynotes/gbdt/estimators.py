@@ -16,7 +16,6 @@ from pynotes.gbdt.model import Ensemble
 from pynotes.gbdt.objectives import Objective
 from pynotes.ops import gbdt as ops
 
-_MAX_DEPTH = 16
 _CUT_SAMPLE_ROWS = 200_000  # the rows cut points are taken from, at most
 
 
@@ -89,8 +88,8 @@ class GBDTBase(BaseEstimator):
         integer = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa
         check(integer(self.n_estimators) and self.n_estimators >= 1,
               f"n_estimators must be a positive int, got {self.n_estimators!r}")
-        check(integer(self.max_depth) and 0 <= self.max_depth <= _MAX_DEPTH,
-              f"max_depth must be an int in [0, {_MAX_DEPTH}], got {self.max_depth!r}")
+        check(integer(self.max_depth) and 0 <= self.max_depth <= ops.MAX_DEPTH,
+              f"max_depth must be an int in [0, {ops.MAX_DEPTH}], got {self.max_depth!r}")
         check(integer(self.max_bins) and 2 <= self.max_bins <= 256,
               f"max_bins must be an int in [2, 256], got {self.max_bins!r}")
         check(self.learning_rate > 0, f"learning_rate must be positive, got "

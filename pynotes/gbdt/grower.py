@@ -1,8 +1,10 @@
 """One tree at a time: the binned features, the cut points' values, and one call of
-pynotes.ops.grow_tree per tree."""
+pynotes.ops.gbdt.grow_tree per tree (TreeGrower); and the level loop that grows a tree where the
+CPU extension does not (grow_tree_by_levels: CUDA, the pure-PyTorch fallback)."""
 import torch
 
 from pynotes.ops import gbdt as ops
+from pynotes.reference import gbdt as reference
 
 
 class TreeGrower:
@@ -43,3 +45,77 @@ class TreeGrower:
             numeric, self.cut_values[feature.clamp_min(0).long(), split_bin.long()],
             torch.zeros((), device=self.device))
         return feature, threshold, default_left, value, gain.cpu(), leaf, cat_left
+
+
+def grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma,
+                        min_child_weight, feature_mask, all_reduce=None, processes=1):
+    """ops.grow_tree where the CPU extension does not run it (CUDA, the pure-PyTorch
+    fallback): a loop over levels of ops.build_histogram, find_best_splits and advance_nodes,
+    with the same results (see there)."""
+    if not 0 <= max_depth <= ops.MAX_DEPTH:
+        raise ValueError(f"gbdt_grow_tree: max_depth must be in [0, {ops.MAX_DEPTH}], got "
+                         f"{max_depth}")
+    dev, nodes, missing_bin = bins.device, 2 ** (max_depth + 1) - 1, num_bins - 1
+    feature = torch.full((nodes,), -1, dtype=torch.int32, device=dev)
+    split_bin = torch.zeros(nodes, dtype=torch.int32, device=dev)
+    default_left = torch.zeros(nodes, dtype=torch.bool, device=dev)
+    gain = torch.zeros(nodes, dtype=torch.float64)
+    sums = torch.zeros(nodes, 2, dtype=torch.float64)
+    node = torch.zeros(bins.shape[0], dtype=torch.int32, device=dev)
+    slot_of_node = torch.full((nodes,), -1, dtype=torch.int32, device=dev)
+    slot_of_node[0] = 0
+    scale = None  # of a data-parallel fit's fixed-point histogram sums
+    if all_reduce is not None:
+        sizes = torch.tensor([0.0, 0.0, float(grad.double().abs().sum()),
+                              float(hess.double().sum())], dtype=torch.float64, device=dev)
+        all_reduce(ops.REDUCE_MAX, sizes)  # (the layout of the C++ loop's gradient sizes)
+        scale = reference.fixed_point_scale(processes * float(sizes[2:].max()))
+
+    def combine(hist):  # a histogram summed over the processes, in place
+        if scale is not None:
+            wire = torch.round(hist * scale).to(torch.int64)
+            all_reduce(ops.REDUCE_SUM, wire.view(-1))
+            hist.copy_(wire.double() / scale)
+    root = ops.build_histogram(bins, grad, hess, node, slot_of_node, 1, num_bins)
+    combine(root)
+    if bins.shape[1]:
+        sums[0] = root[0, 0].sum(0).cpu()
+    # This level's nodes (heap ids) in chunks, each with its histograms.
+    chunks = [(torch.tensor([0]), root)]
+    for depth in range(max_depth):
+        parents, parent_hists = [], []
+        for ids, hist in chunks:
+            s = ops.Splits(*(t.cpu() for t in ops.find_best_splits(
+                hist, reg_lambda, gamma, min_child_weight, feature_mask)))
+            split = (s.feature >= 0) & (s.gain > 0)
+            if not bool(split.any()):
+                continue
+            ids = ids[split]
+            feature[ids.to(dev)] = s.feature[split].int().to(dev)
+            split_bin[ids.to(dev)] = s.bin[split].int().to(dev)
+            default_left[ids.to(dev)] = s.default_left[split].to(dev)
+            gain[ids] = s.gain[split]
+            sums[2 * ids + 1] = s.left_sum[split]
+            sums[2 * ids + 2] = s.right_sum[split]
+            parents.append(ids)
+            parent_hists.append(hist[split.to(hist.device)])
+        if not parents:
+            break
+        node, count = ops.advance_nodes(bins, node, feature, split_bin, default_left, missing_bin)
+        if depth + 1 == max_depth:
+            break  # the children are leaves: their sums came with the splits
+        if all_reduce is not None:
+            all_reduce(ops.REDUCE_SUM, count)
+        parents, parent_hist, count = torch.cat(parents), torch.cat(parent_hists), count.cpu()
+        left, right = 2 * parents + 1, 2 * parents + 2
+        build_left = count[left] <= count[right]
+        small = torch.where(build_left, left, right)
+        large = torch.where(build_left, right, left)
+        slot_of_node.fill_(-1)
+        slot_of_node[small.to(dev)] = torch.arange(small.numel(), dtype=torch.int32, device=dev)
+        small_hist = ops.build_histogram(bins, grad, hess, node, slot_of_node, small.numel(),
+                                         num_bins)
+        combine(small_hist)
+        chunks = [(small, small_hist), (large, parent_hist.sub_(small_hist))]
+    cat_left = torch.zeros(nodes, 8, dtype=torch.int32, device=dev)
+    return feature, split_bin, default_left, gain.to(dev), sums.to(dev), node, cat_left

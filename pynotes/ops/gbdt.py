@@ -2,7 +2,6 @@
 gradient/hessian histograms, split finding, the rows' level step, a whole tree's growth and
 ensemble prediction.
 pynotes.gbdt builds the scikit-learn-style trainer on them."""
-import math
 
 import numpy as np
 import torch
@@ -11,6 +10,9 @@ from pynotes import _ext
 from pynotes.reference import gbdt as reference
 
 Splits = reference.Splits
+
+# The deepest tree grow_tree and the trainer grow: csrc/gbdt/gbdt.h's kMaxDepth.
+MAX_DEPTH = 20
 
 # The buffers a data-parallel tree's all_reduce(kind, buffer) combines over the processes
 # (csrc/gbdt/gbdt_kernels.h, GbdtReduce): int64 summed, float64 maxed.
@@ -128,7 +130,7 @@ def build_histogram(bins, grad, hess, node, slot_of_node, num_slots, num_bins=25
     if _ext.use_extension(bins):
         return torch.ops.pynotes.gbdt_histogram(bins, grad, hess, node, slot_of_node, num_slots,
                                                 num_bins)
-    return reference.histogram(bins, grad, hess, node, slot_of_node, num_slots, num_bins)
+    return reference.build_histogram(bins, grad, hess, node, slot_of_node, num_slots, num_bins)
 
 
 def find_best_splits(hist, reg_lambda=1.0, gamma=0.0, min_child_weight=1.0,
@@ -142,7 +144,7 @@ def find_best_splits(hist, reg_lambda=1.0, gamma=0.0, min_child_weight=1.0,
     if _ext.use_extension(hist):
         return Splits(*torch.ops.pynotes.gbdt_best_splits(hist, feature_mask, reg_lambda, gamma,
                                                           min_child_weight))
-    return reference.best_splits(hist, feature_mask, reg_lambda, gamma, min_child_weight)
+    return reference.find_best_splits(hist, reg_lambda, gamma, min_child_weight, feature_mask)
 
 
 def advance_nodes(bins, node, split_feature, split_bin, default_left, missing_bin=255):
@@ -152,7 +154,7 @@ def advance_nodes(bins, node, split_feature, split_bin, default_left, missing_bi
     if _ext.use_extension(bins):
         return torch.ops.pynotes.gbdt_advance(bins, node, split_feature, split_bin, default_left,
                                               missing_bin)
-    return reference.advance(bins, node, split_feature, split_bin, default_left, missing_bin)
+    return reference.advance_nodes(bins, node, split_feature, split_bin, default_left, missing_bin)
 
 
 def predict_trees(x, feature, threshold, default_left, value, group, base, missing_bin=255,
@@ -167,7 +169,7 @@ def predict_trees(x, feature, threshold, default_left, value, group, base, missi
     if _ext.use_extension(x):
         return torch.ops.pynotes.gbdt_predict(x, feature, threshold, default_left, value, group,
                                               base, missing_bin, categorical, cat_left)
-    return reference.predict(x, feature, threshold, default_left, value, group, base,
+    return reference.predict_trees(x, feature, threshold, default_left, value, group, base,
                              missing_bin, categorical, cat_left)
 
 
@@ -204,7 +206,7 @@ def grow_tree(bins, grad, hess, max_depth, num_bins=256, reg_lambda=1.0, gamma=0
     combines in place what they computed apart (REDUCE_SUM: int64 buffers, summed; REDUCE_MAX:
     float64, maxed), so that all grow the tree of the union of their rows with the same bits:
     per tree the gradients' sizes, per level the children's row counts and the histograms
-    built (float64 sums in fixed point, as fixed_point_scale says), and for quantized
+    built (float64 sums in fixed point, as reference.fixed_point_scale says), and for quantized
     gradients the leaves' renewed sums. row_offset (this process's first row of all) seeds
     the rounding."""
     if all_reduce is not None and _ext.use_extension(bins) and bins.device.type == "cpu":
@@ -221,84 +223,9 @@ def grow_tree(bins, grad, hess, max_depth, num_bins=256, reg_lambda=1.0, gamma=0
         if used:
             raise NotImplementedError(f"grow_tree: {name} run on the CPU extension only, not "
                                       f"on {bins.device} or the pure-PyTorch fallback")
-    return _grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma,
-                                min_child_weight, feature_mask, all_reduce, processes)
-
-
-def fixed_point_scale(bound):
-    """The scale of fixed-point sums over the processes of a data-parallel fit (csrc/gbdt/
-    gbdt.h has the same): a power of two that keeps every process's rounded values below
-    2^62 / processes when bound >= processes x the largest sum of |values| of one process, so
-    that their int64 sum is exact and the same on every process."""
-    return 2.0 ** (62 - math.frexp(bound)[1])
-
-
-def _grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma,
-                         min_child_weight, feature_mask, all_reduce=None, processes=1):
-    dev, nodes, missing_bin = bins.device, 2 ** (max_depth + 1) - 1, num_bins - 1
-    feature = torch.full((nodes,), -1, dtype=torch.int32, device=dev)
-    split_bin = torch.zeros(nodes, dtype=torch.int32, device=dev)
-    default_left = torch.zeros(nodes, dtype=torch.bool, device=dev)
-    gain = torch.zeros(nodes, dtype=torch.float64)
-    sums = torch.zeros(nodes, 2, dtype=torch.float64)
-    node = torch.zeros(bins.shape[0], dtype=torch.int32, device=dev)
-    slot_of_node = torch.full((nodes,), -1, dtype=torch.int32, device=dev)
-    slot_of_node[0] = 0
-    scale = None  # of a data-parallel fit's fixed-point histogram sums
-    if all_reduce is not None:
-        sizes = torch.tensor([0.0, 0.0, float(grad.double().abs().sum()),
-                              float(hess.double().sum())], dtype=torch.float64, device=dev)
-        all_reduce(REDUCE_MAX, sizes)  # (the layout of the C++ loop's gradient sizes)
-        scale = fixed_point_scale(processes * float(sizes[2:].max()))
-
-    def combine(hist):  # a histogram summed over the processes, in place
-        if scale is not None:
-            wire = torch.round(hist * scale).to(torch.int64)
-            all_reduce(REDUCE_SUM, wire.view(-1))
-            hist.copy_(wire.double() / scale)
-    root = build_histogram(bins, grad, hess, node, slot_of_node, 1, num_bins)
-    combine(root)
-    if bins.shape[1]:
-        sums[0] = root[0, 0].sum(0).cpu()
-    # This level's nodes (heap ids) in chunks, each with its histograms.
-    chunks = [(torch.tensor([0]), root)]
-    for depth in range(max_depth):
-        parents, parent_hists = [], []
-        for ids, hist in chunks:
-            s = Splits(*(t.cpu() for t in find_best_splits(hist, reg_lambda, gamma,
-                                                           min_child_weight, feature_mask)))
-            split = (s.feature >= 0) & (s.gain > 0)
-            if not bool(split.any()):
-                continue
-            ids = ids[split]
-            feature[ids.to(dev)] = s.feature[split].int().to(dev)
-            split_bin[ids.to(dev)] = s.bin[split].int().to(dev)
-            default_left[ids.to(dev)] = s.default_left[split].to(dev)
-            gain[ids] = s.gain[split]
-            sums[2 * ids + 1] = s.left_sum[split]
-            sums[2 * ids + 2] = s.right_sum[split]
-            parents.append(ids)
-            parent_hists.append(hist[split.to(hist.device)])
-        if not parents:
-            break
-        node, count = advance_nodes(bins, node, feature, split_bin, default_left, missing_bin)
-        if depth + 1 == max_depth:
-            break  # the children are leaves: their sums came with the splits
-        if all_reduce is not None:
-            all_reduce(REDUCE_SUM, count)
-        parents, parent_hist, count = torch.cat(parents), torch.cat(parent_hists), count.cpu()
-        left, right = 2 * parents + 1, 2 * parents + 2
-        build_left = count[left] <= count[right]
-        small = torch.where(build_left, left, right)
-        large = torch.where(build_left, right, left)
-        slot_of_node.fill_(-1)
-        slot_of_node[small.to(dev)] = torch.arange(small.numel(), dtype=torch.int32, device=dev)
-        small_hist = build_histogram(bins, grad, hess, node, slot_of_node, small.numel(),
-                                     num_bins)
-        combine(small_hist)
-        chunks = [(small, small_hist), (large, parent_hist.sub_(small_hist))]
-    cat_left = torch.zeros(nodes, 8, dtype=torch.int32, device=dev)
-    return feature, split_bin, default_left, gain.to(dev), sums.to(dev), node, cat_left
+    from pynotes.gbdt.grower import grow_tree_by_levels
+    return grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma,
+                               min_child_weight, feature_mask, all_reduce, processes)
 
 
 if _ext.extension_loaded():

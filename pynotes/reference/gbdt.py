@@ -1,6 +1,9 @@
 """Pure-PyTorch gradient-boosting kernels: the fallback and the oracle (conventions in
-csrc/gbdt/gbdt_kernels.h, formulas in csrc/gbdt/gbdt.h)."""
+csrc/gbdt/gbdt_kernels.h, formulas in csrc/gbdt/gbdt.h). Each has the name and arguments of
+its wrapper in pynotes.ops.gbdt. grow_tree has none: its fallback is the level loop of these
+(pynotes.gbdt.grower.grow_tree_by_levels)."""
 import collections
+import math
 
 import torch
 
@@ -36,7 +39,7 @@ def bin_features(x, cuts, missing_bin):
     return bins.to(torch.uint8).contiguous()
 
 
-def histogram(bins, grad, hess, node, slot_of_node, num_slots, num_bins):
+def build_histogram(bins, grad, hess, node, slot_of_node, num_slots, num_bins=256):
     op = "gbdt_histogram"
     _check(bins.dtype == torch.uint8 and bins.dim() == 2, TypeError,
            f"{op}: bins must be a 2-D uint8 tensor, got {bins.dtype} {tuple(bins.shape)}")
@@ -61,7 +64,7 @@ def histogram(bins, grad, hess, node, slot_of_node, num_slots, num_bins):
     return hist.reshape(num_slots, features, num_bins, 2)
 
 
-def best_splits(hist, feature_mask=None, reg_lambda=1.0, gamma=0.0, min_child_weight=1.0):
+def find_best_splits(hist, reg_lambda=1.0, gamma=0.0, min_child_weight=1.0, feature_mask=None):
     op = "gbdt_best_splits"
     _check(hist.dtype == torch.float64 and hist.dim() == 4 and hist.shape[3] == 2
            and hist.shape[2] >= 2, ValueError,
@@ -101,7 +104,7 @@ def best_splits(hist, feature_mask=None, reg_lambda=1.0, gamma=0.0, min_child_we
     return Splits(best_gain, feature, b, default_left, left_sum, right_sum)
 
 
-def advance(bins, node, split_feature, split_bin, default_left, missing_bin):
+def advance_nodes(bins, node, split_feature, split_bin, default_left, missing_bin=255):
     feature = split_feature[node.long()].long()
     is_split = feature >= 0
     b = bins.gather(1, feature.clamp_min(0)[:, None])[:, 0].long()
@@ -118,7 +121,7 @@ def _in_set(cat_left, code):
     return (word >> (code & 31)) & 1 == 1
 
 
-def predict(x, feature, threshold, default_left, value, group, base, missing_bin=255,
+def predict_trees(x, feature, threshold, default_left, value, group, base, missing_bin=255,
             categorical=None, cat_left=None):
     out = base.double().expand(x.shape[0], base.shape[0]).clone(
         memory_format=torch.contiguous_format)
@@ -149,3 +152,11 @@ def predict(x, feature, threshold, default_left, value, group, base, missing_bin
             node = torch.where(active, 2 * node + torch.where(left, 1, 2), node)
         out[:, int(group[t])] += value[t, node].double()
     return out
+
+
+def fixed_point_scale(bound):
+    """The scale of fixed-point sums over the processes of a data-parallel fit (gbdt.h's
+    fixed_point_scale): a power of two that keeps every process's rounded values below
+    2^62 / processes when bound >= processes x the largest sum of |values| of one process, so
+    that their int64 sum is exact and the same on every process."""
+    return 2.0 ** (62 - math.frexp(bound)[1])

@@ -1,0 +1,599 @@
+// A whole tree in one call on the CPU (the gbdt_grow_tree op; gbdt_kernels.h, GbdtGrowTree),
+// compiled once per instruction set like every *_cpu_kernel.cpp. TreeGrower composes, as
+// scikit-learn's TreeGrower and LightGBM's serial tree learner do:
+//   - RowPartition: each node's rows kept together in a row index and split stably into the
+//     children, touching only the rows of the nodes that split;
+//   - HistogramBuilder: the histograms of a level's nodes, in parallel over features, every
+//     cell summed by one thread in row order (the same bits for any number of threads);
+//   - SplitFinder: each node's best split over the allowed features (the formulas: gbdt.h);
+//   - a Reducer, injected: nothing to do for one process; in a data-parallel fit, AllReduce
+//     sums what the processes computed apart, exactly (fixed point), so all grow one tree.
+// What the histograms sum is FloatGradients (float64 (G, H) pairs) or QuantizedGradients.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "gbdt/gbdt.h"
+#include "gbdt/gbdt_kernels.h"
+
+namespace pynotes {
+namespace CPU_CAPABILITY {
+namespace {
+
+constexpr int64_t kRowGrain = 2048;
+constexpr int64_t kPartitionBlock = 8192;  // rows
+constexpr int64_t kTwoChainRows = 2048;    // nodes from this many rows use two histogram copies
+
+// ---------------------------------------------------------------------------------------------
+// The gradients a histogram sums, kPerBin cells per bin and per row (a node's values are
+// gathered in its rows' order first, as LightGBM's ordered gradients).
+
+// float64 (G, H) pairs,
+template <typename T>
+struct FloatGradients {
+  using Cell = double;
+  static constexpr int64_t kPerBin = 2;
+  const T* grad;
+  const T* hess;
+  void gather(int64_t r, Cell* out) const {
+    out[0] = grad[r];
+    out[1] = hess[r];
+  }
+  static void add(Cell* bin, const Cell* value) {
+#if defined(__SSE2__)
+    _mm_storeu_pd(bin, _mm_add_pd(_mm_loadu_pd(bin), _mm_loadu_pd(value)));
+#else
+    bin[0] += value[0];
+    bin[1] += value[1];
+#endif
+  }
+  gbdt::PairBins bins(const Cell* hist) const { return {hist}; }
+};
+
+// or quantized gradients (integers times a scale per tree), packed in one int64 per row and
+// per bin: G in the high 32 bits, H >= 0 in the low 32 (sums exact, in any order).
+struct PackedBins {
+  const int64_t* hist;
+  double g_scale, h_scale;
+  double h(int64_t b) const {
+    return static_cast<double>(static_cast<uint32_t>(hist[b])) * h_scale;
+  }
+  double g(int64_t b) const {
+    return static_cast<double>((hist[b] - static_cast<uint32_t>(hist[b])) >> 32) * g_scale;
+  }
+};
+
+struct QuantizedGradients {
+  using Cell = int64_t;
+  static constexpr int64_t kPerBin = 1;
+  const int64_t* packed;  // per row
+  double g_scale, h_scale;
+  void gather(int64_t r, Cell* out) const { out[0] = packed[r]; }
+  static void add(Cell* bin, const Cell* value) { bin[0] += value[0]; }
+  PackedBins bins(const Cell* hist) const { return {hist, g_scale, h_scale}; }
+};
+
+// The sizes of a tree's gradients, over every process of a data-parallel fit: the largest
+// |g| and h (the quantization scales), and the largest sums of |g| and h of one process (the
+// bound of the fixed-point sums).
+struct GradientSizes {
+  double g_max = 0, h_max = 0, g_sum = 0, h_sum = 0;
+};
+static_assert(sizeof(GradientSizes) == 4 * sizeof(double), "reduced as 4 doubles");
+
+// A uniform number in [0, 1) from (seed, i): splitmix64, so that stochastic rounding does not
+// depend on the thread that rounds.
+inline double uniform(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return static_cast<double>((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+}
+
+// Gradients rounded stochastically (unbiased) to integers in [-bins / 2, bins / 2] times
+// g_scale = max |g| / (bins / 2), hessians to [0, bins] times h_scale = max h / bins, as
+// Shi et al. (NeurIPS 2022) and LightGBM's use_quantized_grad.
+template <typename T>
+QuantizedGradients quantize_gradients(const GbdtGrowTree& a, const T* grad, const T* hess,
+                                      const GradientSizes& sizes, std::vector<int64_t>& packed) {
+  const int64_t g_levels = std::max<int64_t>(1, a.quantize_bins / 2), h_levels = a.quantize_bins;
+  const double g_max = sizes.g_max, h_max = sizes.h_max;
+  const double g_scale = g_max > 0 ? g_max / g_levels : 1.0;
+  const double h_scale = h_max > 0 ? h_max / h_levels : 1.0;
+  packed.resize(a.rows);
+  at::parallel_for(0, a.rows, kRowGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const auto round = [&](double v, uint64_t stream) {
+        return static_cast<int64_t>(
+            std::floor(v + uniform(a.seed, 2 * (a.row_offset + r) + stream)));
+      };
+      const int64_t g = std::clamp<int64_t>(round(grad[r] / g_scale, 0), -g_levels, g_levels);
+      const int64_t h = std::clamp<int64_t>(round(hess[r] / h_scale, 1), 0, h_levels);
+      packed[r] = g * (int64_t(1) << 32) + h;
+    }
+  });
+  return {packed.data(), g_scale, h_scale};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reducer: what this process computed, combined in place with what the others did. For one
+// process there is nothing to combine.
+class Reducer {
+ public:
+  virtual ~Reducer() = default;
+  // Each field the largest over the processes.
+  virtual void max(GradientSizes&) {}
+  // The scale of fixed-point sums for a tree of gradients this large.
+  virtual void set_bound(const GradientSizes&) {}
+  // values (histogram cells or leaf sums) and counts (rows), summed over the processes in one
+  // collective.
+  virtual void sum(double* /*values*/, int64_t /*n*/, int64_t* /*counts*/, int64_t /*m*/) {}
+  virtual void sum(int64_t* /*values*/, int64_t /*n*/, int64_t* /*counts*/, int64_t /*m*/) {}
+  void sum_counts(int64_t* counts, int64_t m) { sum(static_cast<int64_t*>(nullptr), 0, counts, m); }
+  // Whether there are other processes (the gradients' sums are needed only then).
+  virtual bool distributed() const { return false; }
+};
+
+// One process of a data-parallel fit: a GbdtAllReduce callback (torch.distributed), float64
+// values sent as int64 in fixed point (gbdt.h, fixed_point_scale), so that the sum is exact and
+// the same on every process, whatever order the backend adds in.
+class AllReduce final : public Reducer {
+ public:
+  AllReduce(const GbdtAllReduce& all_reduce, int64_t processes)
+      : all_reduce_(all_reduce), processes_(processes) {}
+  void max(GradientSizes& sizes) override { all_reduce_(GbdtReduce::kMax, &sizes, 4); }
+  void set_bound(const GradientSizes& sizes) override {
+    scale_ = gbdt::fixed_point_scale(processes_ * std::max(sizes.g_sum, sizes.h_sum));
+  }
+  void sum(double* values, int64_t n, int64_t* counts, int64_t m) override {
+    combine(values, n, counts, m);
+  }
+  void sum(int64_t* values, int64_t n, int64_t* counts, int64_t m) override {
+    combine(values, n, counts, m);
+  }
+  bool distributed() const override { return true; }
+
+ private:
+  template <typename V>
+  void combine(V* values, int64_t n, int64_t* counts, int64_t m) {
+    wire_.resize(n + m);
+    at::parallel_for(0, n, kRowGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        if constexpr (std::is_same_v<V, double>) {
+          wire_[i] = std::llrint(values[i] * scale_);
+        } else {
+          wire_[i] = values[i];
+        }
+      }
+    });
+    std::copy(counts, counts + m, wire_.begin() + n);
+    all_reduce_(GbdtReduce::kSum, wire_.data(), n + m);
+    at::parallel_for(0, n, kRowGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        if constexpr (std::is_same_v<V, double>) {
+          values[i] = static_cast<double>(wire_[i]) / scale_;
+        } else {
+          values[i] = wire_[i];
+        }
+      }
+    });
+    std::copy(wire_.begin() + n, wire_.end(), counts);
+  }
+
+  const GbdtAllReduce& all_reduce_;
+  const int64_t processes_;
+  double scale_ = 1.0;
+  std::vector<int64_t> wire_;
+};
+
+// The gradients' sizes over every process: needed for quantized gradients and for the
+// fixed-point sums of a data-parallel fit only.
+template <typename T>
+GradientSizes gradient_sizes(const GbdtGrowTree& a, const T* grad, const T* hess,
+                             Reducer& reducer) {
+  GradientSizes s;
+  if (a.quantize_bins == 0 && !reducer.distributed()) return s;
+  std::vector<GradientSizes> parts(std::max<int64_t>(1, at::get_num_threads()));
+  at::parallel_for(0, a.rows, kRowGrain, [&](int64_t lo, int64_t hi) {
+    GradientSizes& p = parts[at::get_thread_num()];
+    for (int64_t r = lo; r < hi; ++r) {
+      const double g = std::abs(static_cast<double>(grad[r])), h = hess[r];
+      p.g_max = std::max(p.g_max, g), p.h_max = std::max(p.h_max, h);
+      p.g_sum += g, p.h_sum += h;
+    }
+  });
+  for (const GradientSizes& p : parts) {
+    s.g_max = std::max(s.g_max, p.g_max), s.h_max = std::max(s.h_max, p.h_max);
+    s.g_sum += p.g_sum, s.h_sum += p.h_sum;
+  }
+  reducer.max(s);
+  reducer.set_bound(s);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Each node's rows together: node n's rows are index[begin[n], end[n]), in row order.
+class RowPartition {
+ public:
+  RowPartition(int64_t rows, int64_t nodes)
+      : index_(rows), moved_(rows), goes_left_(rows), begin_(nodes, 0), end_(nodes, 0) {
+    std::iota(index_.begin(), index_.end(), 0);
+    end_[0] = rows;
+  }
+  int64_t count(int64_t n) const { return end_[n] - begin_[n]; }
+  const int32_t* rows(int64_t n) const { return index_.data() + begin_[n]; }
+
+  // The rows of every split node (a's feature, split_bin, default_left, cat_left), stably
+  // partitioned into its children: blocks decide in parallel (reading the split feature's
+  // column, where a node's rows share cache lines), then scatter to offsets from the blocks
+  // before them.
+  void split(const GbdtGrowTree& a, const std::vector<int64_t>& split_nodes) {
+    struct Block {
+      int64_t node, begin, end;
+      int64_t left;               // rows of the block going left
+      int64_t left_at, right_at;  // where they go
+    };
+    std::vector<Block> blocks;
+    for (const int64_t n : split_nodes) {
+      for (int64_t b = begin_[n]; b < end_[n]; b += kPartitionBlock) {
+        blocks.push_back({n, b, std::min(end_[n], b + kPartitionBlock), 0, 0, 0});
+      }
+    }
+    const auto each_block = [&](auto&& body) {
+      at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t k = lo; k < hi; ++k) body(blocks[k]);
+      });
+    };
+    const int64_t missing = a.num_bins - 1;
+    each_block([&](Block& blk) {
+      const int64_t f = a.feature[blk.node];
+      const uint8_t* column = a.bins_by_feature + f * a.rows;
+      const int64_t split_bin = a.split_bin[blk.node];
+      const bool default_left = a.default_left[blk.node];
+      const auto decide = [&](auto&& left_of_bin) {
+        int64_t left = 0;
+        for (int64_t i = blk.begin; i < blk.end; ++i) {
+          const bool l = left_of_bin(column[index_[i]]);
+          goes_left_[i] = l;
+          left += l;
+        }
+        blk.left = left;
+      };
+      if (a.categorical && a.categorical[f]) {
+        const int32_t* words = a.cat_left + blk.node * gbdt::kCategoryWords;
+        decide([&](int64_t bin) {
+          return gbdt::category_goes_left(bin, missing, words, default_left);
+        });
+      } else {
+        decide([&](int64_t bin) {
+          return gbdt::goes_left(bin, missing, split_bin, default_left);
+        });
+      }
+    });
+    for (size_t k = 0; k < blocks.size();) {  // one node's blocks at a time
+      const int64_t n = blocks[k].node;
+      size_t last = k;
+      int64_t left = 0;
+      for (; last < blocks.size() && blocks[last].node == n; ++last) left += blocks[last].left;
+      int64_t left_at = begin_[n], right_at = begin_[n] + left;
+      begin_[2 * n + 1] = begin_[n], end_[2 * n + 1] = right_at;
+      begin_[2 * n + 2] = right_at, end_[2 * n + 2] = end_[n];
+      for (; k < last; ++k) {
+        blocks[k].left_at = left_at, blocks[k].right_at = right_at;
+        left_at += blocks[k].left;
+        right_at += (blocks[k].end - blocks[k].begin) - blocks[k].left;
+      }
+    }
+    each_block([&](Block& blk) {
+      int64_t left_at = blk.left_at, right_at = blk.right_at;
+      for (int64_t i = blk.begin; i < blk.end; ++i) {  // no branch on the data
+        const int64_t l = goes_left_[i];
+        moved_[right_at + (left_at - right_at) * l] = index_[i];
+        left_at += l;
+        right_at += 1 - l;
+      }
+    });
+    each_block([&](Block& blk) {
+      std::copy(moved_.begin() + blk.begin, moved_.begin() + blk.end, index_.begin() + blk.begin);
+    });
+  }
+
+ private:
+  std::vector<int32_t> index_, moved_;
+  std::vector<uint8_t> goes_left_;
+  std::vector<int64_t> begin_, end_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// One feature's histogram of a node's rows: bin column[index[i]] += values[i] for i < n.
+// Long runs send every other row to `second` (zeroed here, summed in after): with few
+// distinct values a row mostly hits the bin the row before it hit, and a single
+// read-add-write chain per bin would serialize on the store-to-load latency.
+template <typename Gradients>
+void add_rows(typename Gradients::Cell* hist, std::vector<typename Gradients::Cell>& second,
+              int64_t B, const uint8_t* column, const int32_t* index,
+              const typename Gradients::Cell* values, int64_t n) {
+  using Cell = typename Gradients::Cell;
+  constexpr int64_t k = Gradients::kPerBin;
+  const bool two = n >= kTwoChainRows;
+  if (two) second.assign(B * k, Cell(0));
+  Cell* const targets[2] = {hist, two ? second.data() : hist};
+  for (int64_t i = 0; i < n; ++i) {
+    Gradients::add(targets[i & 1] + column[index[i]] * k, values + i * k);
+  }
+  if (two) {
+    for (int64_t c = 0; c < B * k; ++c) hist[c] += second[c];
+  }
+}
+
+// The histograms of a list of nodes: (nodes, features, num_bins, kPerBin) cells.
+template <typename Gradients>
+class HistogramBuilder {
+ public:
+  using Cell = typename Gradients::Cell;
+  HistogramBuilder(const GbdtGrowTree& a, const Gradients& grads) : a_(a), grads_(grads) {}
+  int64_t feature_cells() const { return a_.num_bins * Gradients::kPerBin; }
+  int64_t cells() const { return a_.features * feature_cells(); }
+
+  // The histograms of nodes list[0, count) into out (count x cells()): the nodes' values
+  // gathered in their rows' order, then in parallel over features, every bin summed by one
+  // thread in a fixed order (the same for any thread count).
+  void build(const RowPartition& partition, const int32_t* list, int64_t count, Cell* out) {
+    const int64_t F = a_.features, k = Gradients::kPerBin;
+    value_at_.assign(count + 1, 0);
+    for (int64_t s = 0; s < count; ++s) value_at_[s + 1] = value_at_[s] + partition.count(list[s]);
+    const int64_t total = value_at_[count];
+    values_.resize(total * k);
+    at::parallel_for(0, total, kRowGrain, [&](int64_t lo, int64_t hi) {
+      int64_t s = std::upper_bound(value_at_.begin(), value_at_.end(), lo) - value_at_.begin() - 1;
+      for (int64_t p = lo; p < hi; ++p) {
+        while (p >= value_at_[s + 1]) ++s;
+        grads_.gather(partition.rows(list[s])[p - value_at_[s]], values_.data() + p * k);
+      }
+    });
+    const auto run = [&](int64_t f_begin, int64_t f_end) {
+      std::vector<Cell> second;
+      for (int64_t s = 0; s < count; ++s) {
+        const int64_t n = list[s];
+        const Cell* v = values_.data() + value_at_[s] * k;
+        for (int64_t f = f_begin; f < f_end; ++f) {
+          Cell* h = out + s * cells() + f * feature_cells();
+          std::fill(h, h + feature_cells(), Cell(0));
+          add_rows<Gradients>(h, second, a_.num_bins, a_.bins_by_feature + f * a_.rows,
+                              partition.rows(n), v, partition.count(n));
+        }
+      }
+    };
+    const int64_t tasks = total * F < (int64_t(1) << 16) ? 1 :
+                          std::min<int64_t>(at::get_num_threads(), F);
+    if (tasks <= 1) return run(0, F);
+    at::parallel_for(0, tasks, 1, [&](int64_t t_begin, int64_t t_end) {
+      for (int64_t t = t_begin; t < t_end; ++t) run(F * t / tasks, F * (t + 1) / tasks);
+    });
+  }
+
+ private:
+  const GbdtGrowTree& a_;
+  const Gradients& grads_;
+  std::vector<Cell> values_;       // the listed nodes' gradients, in their rows' order
+  std::vector<int64_t> value_at_;  // where each node's start
+};
+
+// ---------------------------------------------------------------------------------------------
+// Per node of a level, the best split over the allowed features.
+template <typename Gradients>
+class SplitFinder {
+ public:
+  using Cell = typename Gradients::Cell;
+  SplitFinder(const GbdtGrowTree& a, const Gradients& grads) : a_(a), grads_(grads) {}
+
+  // level's nodes have their histograms in hist, node_rows[n] rows each (over every process).
+  std::vector<gbdt::NodeSplit> find(const std::vector<int32_t>& level, const Cell* hist,
+                                    const std::vector<int64_t>& node_rows) {
+    const int64_t S = static_cast<int64_t>(level.size()), F = a_.features, B = a_.num_bins;
+    const int64_t feature_cells = B * Gradients::kPerBin, cells = F * feature_cells;
+    per_feature_.resize(S * F);
+    at::parallel_for(0, S * F, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t f = i % F;
+        const auto bins = grads_.bins(hist + i * feature_cells);
+        per_feature_[i] =
+            a_.feature_mask && !a_.feature_mask[f] ? gbdt::no_split()
+            : a_.categorical && a_.categorical[f]
+                ? gbdt::best_categorical_split(bins, B, node_rows[level[i / F]], a_.reg_lambda,
+                                               a_.gamma, a_.min_child_weight)
+                : gbdt::best_split_of_feature(bins, B, a_.reg_lambda, a_.gamma,
+                                              a_.min_child_weight);
+      }
+    });
+    std::vector<gbdt::NodeSplit> splits(S);
+    for (int64_t s = 0; s < S; ++s) {
+      double g_total = 0, h_total = 0;
+      if (F > 0) gbdt::bin_totals(grads_.bins(hist + s * cells), B, g_total, h_total);
+      splits[s] = gbdt::choose_split(per_feature_.data() + s * F, F, g_total, h_total);
+    }
+    return splits;
+  }
+
+ private:
+  const GbdtGrowTree& a_;
+  const Gradients& grads_;
+  std::vector<gbdt::Split> per_feature_;  // (nodes, features)
+};
+
+// ---------------------------------------------------------------------------------------------
+// Grows the tree depth-wise into a's outputs (GbdtGrowTree): per level the best split of every
+// node, the rows of the split nodes partitioned, and the next level's histograms built for the
+// child of each pair with fewer rows (the left one on a tie), its sibling's taken as the
+// parent's minus it.
+template <typename T, typename Gradients>
+class TreeGrower {
+ public:
+  using Cell = typename Gradients::Cell;
+  TreeGrower(const GbdtGrowTree& a, const Gradients& grads, Reducer& reducer)
+      : a_(a), grads_(grads), reducer_(reducer), nodes_((int64_t(2) << a.max_depth) - 1),
+        partition_(a.rows, nodes_), histograms_(a, grads), splitter_(a, grads),
+        node_rows_(nodes_, 0), reached_(nodes_, 0) {}
+
+  void grow() {
+    const int64_t cells = histograms_.cells();
+    std::vector<int32_t> level{0};  // this level's nodes, their histograms in this order
+    std::unique_ptr<Cell[]> hist(new Cell[cells]);
+    node_rows_[0] = a_.rows;
+    reached_[0] = 1;
+    histograms_.build(partition_, level.data(), 1, hist.get());
+    reducer_.sum(hist.get(), cells, node_rows_.data(), 1);
+    if (a_.features > 0) gbdt::bin_totals(grads_.bins(hist.get()), a_.num_bins, a_.sums[0], a_.sums[1]);
+    for (int64_t depth = 0; depth < a_.max_depth; ++depth) {
+      std::vector<int64_t> split_nodes, split_slots;
+      record_splits(level, splitter_.find(level, hist.get(), node_rows_), hist.get(),
+                    split_nodes, split_slots);
+      if (split_nodes.empty()) break;
+      partition_.split(a_, split_nodes);
+      if (depth + 1 == a_.max_depth) break;  // the children are leaves: their sums are known
+      level = next_level(split_nodes, split_slots, hist);
+    }
+    finish_leaves();
+  }
+
+ private:
+  // Writes the splits with a positive gain into the tree; returns the split nodes and their
+  // slots in hist.
+  void record_splits(const std::vector<int32_t>& level, const std::vector<gbdt::NodeSplit>& splits,
+                     const Cell* hist, std::vector<int64_t>& split_nodes,
+                     std::vector<int64_t>& split_slots) {
+    const int64_t cells = histograms_.cells(), feature_cells = histograms_.feature_cells();
+    for (int64_t s = 0; s < static_cast<int64_t>(level.size()); ++s) {
+      const gbdt::NodeSplit& c = splits[s];
+      if (c.feature < 0 || !(c.split.gain > 0)) continue;
+      const int64_t n = level[s];
+      a_.feature[n] = static_cast<int32_t>(c.feature);
+      if (a_.categorical && a_.categorical[c.feature]) {
+        gbdt::categorical_left_set(grads_.bins(hist + s * cells + c.feature * feature_cells),
+                                   a_.num_bins, node_rows_[n], c.split.bin,
+                                   a_.cat_left + n * gbdt::kCategoryWords);
+        a_.split_bin[n] = 0;
+      } else {
+        a_.split_bin[n] = static_cast<int32_t>(c.split.bin);
+      }
+      a_.default_left[n] = c.split.default_left;
+      a_.gain[n] = c.split.gain;
+      a_.sums[2 * (2 * n + 1)] = c.split.g_left, a_.sums[2 * (2 * n + 1) + 1] = c.split.h_left;
+      a_.sums[2 * (2 * n + 2)] = c.g_right, a_.sums[2 * (2 * n + 2) + 1] = c.h_right;
+      reached_[2 * n + 1] = reached_[2 * n + 2] = 1;
+      split_nodes.push_back(n);
+      split_slots.push_back(s);
+    }
+  }
+
+  // The children of the split nodes, the smaller of each pair first (built), then the larger
+  // (parent - smaller); hist becomes their histograms in that order.
+  std::vector<int32_t> next_level(const std::vector<int64_t>& split_nodes,
+                                  const std::vector<int64_t>& split_slots,
+                                  std::unique_ptr<Cell[]>& hist) {
+    const int64_t P = static_cast<int64_t>(split_nodes.size()), cells = histograms_.cells();
+    std::vector<int64_t> child_rows(2 * P);
+    for (int64_t i = 0; i < 2 * P; ++i) {
+      child_rows[i] = partition_.count(2 * split_nodes[i / 2] + 1 + i % 2);
+    }
+    reducer_.sum_counts(child_rows.data(), 2 * P);
+    std::vector<int32_t> next(2 * P);
+    for (int64_t i = 0; i < P; ++i) {
+      const int64_t l = 2 * split_nodes[i] + 1, r = l + 1;
+      node_rows_[l] = child_rows[2 * i], node_rows_[r] = child_rows[2 * i + 1];
+      const bool build_left = node_rows_[l] <= node_rows_[r];
+      next[i] = static_cast<int32_t>(build_left ? l : r);
+      next[P + i] = static_cast<int32_t>(build_left ? r : l);
+    }
+    std::unique_ptr<Cell[]> next_hist(new Cell[2 * P * cells]);
+    histograms_.build(partition_, next.data(), P, next_hist.get());
+    reducer_.sum(next_hist.get(), P * cells, nullptr, 0);
+    at::parallel_for(0, P, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const Cell* parent = hist.get() + split_slots[i] * cells;
+        const Cell* small = next_hist.get() + i * cells;
+        Cell* large = next_hist.get() + (P + i) * cells;
+        for (int64_t c = 0; c < cells; ++c) large[c] = parent[c] - small[c];
+      }
+    });
+    hist = std::move(next_hist);
+    return next;
+  }
+
+  // Each leaf's rows; with quantized gradients also its sums renewed from the full-precision
+  // gradients (its value must not carry the rounding), over every process.
+  void finish_leaves() {
+    std::vector<int64_t> leaves;
+    for (int64_t n = 0; n < nodes_; ++n) {
+      if (reached_[n] && a_.feature[n] < 0) leaves.push_back(n);
+    }
+    const T* grad = static_cast<const T*>(a_.grad);
+    const T* hess = static_cast<const T*>(a_.hess);
+    at::parallel_for(0, static_cast<int64_t>(leaves.size()), 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t k = lo; k < hi; ++k) {
+        const int64_t n = leaves[k];
+        const int32_t* rows = partition_.rows(n);
+        for (int64_t i = 0; i < partition_.count(n); ++i) a_.leaf[rows[i]] = static_cast<int32_t>(n);
+        if (a_.quantize_bins == 0) continue;
+        double g = 0, h = 0;
+        for (int64_t i = 0; i < partition_.count(n); ++i) g += grad[rows[i]], h += hess[rows[i]];
+        a_.sums[2 * n] = g, a_.sums[2 * n + 1] = h;
+      }
+    });
+    if (a_.quantize_bins == 0 || !reducer_.distributed()) return;
+    std::vector<double> leaf_sums(2 * leaves.size());
+    for (size_t k = 0; k < leaves.size(); ++k) {
+      leaf_sums[2 * k] = a_.sums[2 * leaves[k]], leaf_sums[2 * k + 1] = a_.sums[2 * leaves[k] + 1];
+    }
+    reducer_.sum(leaf_sums.data(), static_cast<int64_t>(leaf_sums.size()), nullptr, 0);
+    for (size_t k = 0; k < leaves.size(); ++k) {
+      a_.sums[2 * leaves[k]] = leaf_sums[2 * k], a_.sums[2 * leaves[k] + 1] = leaf_sums[2 * k + 1];
+    }
+  }
+
+  const GbdtGrowTree& a_;
+  const Gradients& grads_;
+  Reducer& reducer_;
+  const int64_t nodes_;  // of the complete tree, in heap order
+  RowPartition partition_;
+  HistogramBuilder<Gradients> histograms_;
+  SplitFinder<Gradients> splitter_;
+  std::vector<int64_t> node_rows_;  // each node's rows over every process
+  std::vector<char> reached_;
+};
+
+template <typename T>
+void grow_tree(const GbdtGrowTree& a, Reducer& reducer) {
+  const T* grad = static_cast<const T*>(a.grad);
+  const T* hess = static_cast<const T*>(a.hess);
+  const GradientSizes sizes = gradient_sizes(a, grad, hess, reducer);
+  if (a.quantize_bins == 0) {
+    const FloatGradients<T> grads{grad, hess};
+    return TreeGrower<T, FloatGradients<T>>(a, grads, reducer).grow();
+  }
+  std::vector<int64_t> packed;
+  const QuantizedGradients grads = quantize_gradients(a, grad, hess, sizes, packed);
+  TreeGrower<T, QuantizedGradients>(a, grads, reducer).grow();
+}
+
+}  // namespace
+
+void gbdt_grow_tree_cpu_kernel(const GbdtGrowTree& a) {
+  Reducer one_process;
+  std::unique_ptr<AllReduce> all_reduce;
+  if (a.all_reduce) all_reduce = std::make_unique<AllReduce>(*a.all_reduce, a.processes);
+  Reducer& reducer = all_reduce ? *all_reduce : one_process;
+  if (a.dtype == at::kDouble) grow_tree<double>(a, reducer); else grow_tree<float>(a, reducer);
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace pynotes
