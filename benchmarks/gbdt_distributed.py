@@ -33,16 +33,16 @@ folder, rounds, model_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 threads, quantized = int(sys.argv[4]), sys.argv[5] == "1"
 torch.set_num_threads(threads)
 combining = [0.0]  # seconds in the trees' collectives (waiting for the others included)
-all_reduce = _gbdt_distributed.Collective.all_reduce
+collective = _gbdt_distributed.Collective.collective
 
 
-def timed(self, kind, buffer):
+def timed(self, op, buffer):
     start = time.perf_counter()
-    all_reduce(self, kind, buffer)
+    collective(self, op, buffer)
     combining[0] += time.perf_counter() - start
 
 
-_gbdt_distributed.Collective.all_reduce = timed
+_gbdt_distributed.Collective.collective = timed
 X, y = (np.load(os.path.join(folder, n + ".npy"), mmap_mode="r") for n in ("X", "y"))
 begin, end = len(X) * rank // world, len(X) * (rank + 1) // world
 X, y = np.ascontiguousarray(X[begin:end]), np.ascontiguousarray(y[begin:end])

@@ -77,7 +77,7 @@ def main():
             print(f"round {round_ + 1:4d}  validation logloss {loss:.5f}")
         trees = len(model._ensemble.feature)
         print(f"{world} processes, {len(X)} rows on rank 0: {seconds:.2f} s, "
-              f"{model.reduced_bytes_ / trees / 1e6:.2f} MB combined per tree")
+              f"{model.reduced_bytes_ / trees / 1e6:.2f} MB sent per tree")
         if args.save:
             model.save_model(args.save)
             print(f"saved {args.save}")

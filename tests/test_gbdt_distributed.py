@@ -122,7 +122,7 @@ def test_a_dying_process_stops_the_others(tmp_path):
 
 
 class ThreadCollective:
-    """An all_reduce for ops.grow_tree between threads of this process, one per shard."""
+    """The collective of ops.grow_tree between threads of this process, one per shard."""
 
     def __init__(self, shards):
         import threading
@@ -133,24 +133,34 @@ class ThreadCollective:
     def for_shard(self, i):
         from pynotes.ops import gbdt as ops
 
-        def all_reduce(kind, buffer):
+        def collective(op, buffer):
             self.calls[i] += 1
             self.parts[i] = buffer.clone()
             self.barrier.wait()
             parts = list(self.parts)
-            total = parts[0].clone()
-            for part in parts[1:]:
-                total = torch.maximum(total, part) if kind == ops.REDUCE_MAX else total + part
+            shards = len(parts)
+            if op == ops.ALL_GATHER:  # chunk r from shard r
+                total = torch.cat([p.view(shards, -1)[r] for r, p in enumerate(parts)])
+            else:
+                total = parts[0].clone()
+                for part in parts[1:]:
+                    total = torch.maximum(total, part) if op == ops.REDUCE_MAX else total + part
             self.barrier.wait()
-            buffer.copy_(total)
-        return all_reduce
+            if op == ops.REDUCE_SCATTER:  # only this shard's chunk
+                buffer.view(shards, -1)[i].copy_(total.view(shards, -1)[i])
+            else:
+                buffer.copy_(total)
+        return collective
 
 
-@pytest.mark.parametrize("path,quantize_bins", [("extension", 0), ("extension", 8),
-                                                ("level loop", 0)])
-def test_sharded_tree_equals_the_whole(path, quantize_bins):
-    """Two shards growing one tree through all_reduce (threads here, processes in a fit) grow
-    the tree of all rows: the C++ level loop and the Python one (CUDA's)."""
+@pytest.mark.parametrize("path,quantize_bins,shards,features", [
+    ("extension", 0, 2, 5), ("extension", 8, 2, 5), ("extension", 0, 3, 5),
+    ("extension", 8, 4, 3),  # a shard owning no feature
+    ("level loop", 0, 2, 5)])
+def test_sharded_tree_equals_the_whole(path, quantize_bins, shards, features):
+    """Two shards growing one tree through a collective (threads here, processes in a fit)
+    grow the tree of all rows: the C++ grower (each shard searching its half of the features)
+    and the Python level loop (CUDA's)."""
     import threading
 
     from pynotes import _ext
@@ -158,41 +168,44 @@ def test_sharded_tree_equals_the_whole(path, quantize_bins):
     if path == "extension" and not _ext.extension_loaded():
         pytest.skip("extension not built")
     generator = torch.Generator().manual_seed(5)
-    rows, features, num_bins = 6000, 5, 32
+    rows, num_bins = 6000, 32
     bins = torch.randint(0, num_bins, (rows, features), generator=generator, dtype=torch.uint8)
     grad = torch.randint(-8, 9, (rows,), generator=generator).float() / 4 \
         + 2 * (bins[:, 0] < 9).float()
     hess = torch.randint(1, 5, (rows,), generator=generator).float() / 2
-    categorical = torch.tensor([False, True, False, False, True]) if path == "extension" else None
+    categorical = torch.tensor([False, True, False, False, True])[:features] \
+        if path == "extension" else None
     args = (5, num_bins, 1.0, 0.0, 1.0)
     kwargs = dict(quantize_bins=quantize_bins, seed=7, categorical=categorical)
     fallback = _ext.force_fallback(path == "level loop")
     with fallback:
         whole = ops.grow_tree(bins, grad, hess, *args, **kwargs)
-        cut = 2500
-        shards = [slice(0, cut), slice(cut, rows)]
-        collective = ThreadCollective(2)
-        got = [None, None]
+        cuts = [0, 2500, 4000, 5100, rows][:shards] + [rows]
+        parts = [slice(cuts[i], cuts[i + 1]) for i in range(shards)]
+        collective = ThreadCollective(shards)
+        got = [None] * shards
 
         def grow(i):
-            s = shards[i]
+            s = parts[i]
             got[i] = ops.grow_tree(bins[s], grad[s], hess[s], *args, **kwargs,
-                                   all_reduce=collective.for_shard(i), processes=2,
+                                   collective=collective.for_shard(i), processes=shards, rank=i,
                                    row_offset=s.start)
-        threads = [threading.Thread(target=grow, args=(i,)) for i in range(2)]
+        threads = [threading.Thread(target=grow, args=(i,)) for i in range(shards)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=60)
-    assert got[0] is not None and got[1] is not None and collective.calls[0] > 3
+    assert all(g is not None for g in got) and collective.calls[0] > 3
     for i, name in enumerate("feature split_bin default_left gain sums".split()):
-        assert torch.equal(got[0][i], got[1][i]), name  # both shards: one tree
+        for other in got[1:]:
+            assert torch.equal(got[0][i], other[i]), name  # every shard: one tree
         if name in ("gain", "sums"):
             torch.testing.assert_close(got[0][i], whole[i], rtol=1e-12, atol=1e-9)
         else:
             assert torch.equal(got[0][i], whole[i]), name
-    assert torch.equal(torch.cat([got[0][5], got[1][5]]), whole[5])  # each row's leaf
-    assert torch.equal(got[0][6], whole[6])
+    assert torch.equal(torch.cat([g[5] for g in got]), whole[5])  # each row's leaf
+    for other in got:
+        assert torch.equal(other[6], whole[6])
     assert (whole[0] >= 0).sum() > 3
 
 

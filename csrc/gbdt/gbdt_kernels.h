@@ -95,13 +95,17 @@ struct GbdtPredict {
 // tree_grower_cpu_kernel.cpp: integers, stochastically rounded with `seed`) and the leaves' sums
 // are renewed from grad and hess; the split nodes' sums are the quantized estimates.
 // Data-parallel training (pynotes.gbdt on torch.distributed): each process grows the tree on
-// its rows, and a GbdtAllReduce combines in place what the processes computed apart, giving
-// every process the same bits, so that all grow the same tree. Two kinds of buffer:
-enum class GbdtReduce : int64_t {
-  kSum = 0,  // int64, summed over the processes: exact, whatever order the backend adds in
-  kMax = 1,  // float64, the maximum over the processes
+// its rows, and a GbdtCollective combines in place what the processes computed apart, giving
+// every process the same bits, so that all grow the same tree. Its operations, on a buffer of
+// n elements:
+enum class GbdtCollectiveOp : int64_t {
+  kSum = 0,            // int64, summed over the processes: exact, in any order of addition
+  kMax = 1,            // float64, the maximum over the processes
+  kReduceScatter = 2,  // int64 in `processes` equal chunks: chunk `rank` summed over the
+                       // processes (the other chunks are left as they are)
+  kAllGather = 3,      // int64 in `processes` equal chunks: every process's chunk `rank`
 };
-using GbdtAllReduce = std::function<void(GbdtReduce kind, void* data, int64_t n)>;
+using GbdtCollective = std::function<void(GbdtCollectiveOp op, void* data, int64_t n)>;
 
 struct GbdtGrowTree {
   c10::ScalarType dtype;  // of grad and hess
@@ -123,13 +127,16 @@ struct GbdtGrowTree {
   // best_categorical_split), written to cat_left; their split_bin is 0.
   const bool* categorical;   // (features)
   int32_t* cat_left;         // (nodes, gbdt::kCategoryWords), zero for other nodes
-  // One process of `processes` in a data-parallel fit (or nullptr): per tree one kMax of the
-  // gradients' sizes, per level one kSum of the children's row counts and one of the
-  // histograms built (float64 sums in fixed point, gbdt.h), and with quantized gradients one
-  // kSum of the leaves' renewed sums. row_offset (this process's first row of all) seeds the
-  // rounding.
-  const GbdtAllReduce* all_reduce = nullptr;
+  // Process `rank` of `processes` in a data-parallel fit (or nullptr), as LightGBM's
+  // data-parallel learner: each process owns a block of the features. Per tree one kMax of the
+  // gradients' sizes; per level one kReduceScatter of the histograms built (float64 sums in
+  // fixed point, gbdt.h), which leaves each process the sums of its own features, with the
+  // nodes' totals and row counts; then one kAllGather of each process's best split per node;
+  // with quantized gradients one kSum of the leaves' renewed sums. row_offset (this process's
+  // first row of all) seeds the rounding.
+  const GbdtCollective* collective = nullptr;
   int64_t processes = 1;
+  int64_t rank = 0;
   int64_t row_offset = 0;
 };
 

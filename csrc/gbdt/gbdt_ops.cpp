@@ -308,8 +308,8 @@ GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
                              int64_t max_depth, int64_t num_bins, double reg_lambda, double gamma,
                              double min_child_weight, int64_t quantize_bins, int64_t seed,
                              const std::optional<at::Tensor>& categorical,
-                             const GbdtKernels& kernels, const GbdtAllReduce* all_reduce,
-                             int64_t processes, int64_t row_offset) {
+                             const GbdtKernels& kernels, const GbdtCollective* collective,
+                             int64_t processes, int64_t rank, int64_t row_offset) {
   constexpr const char* op = "gbdt_grow_tree";
   check_bins(bins, op, num_bins);
   const int64_t rows = bins.size(0), features = bins.size(1);
@@ -364,7 +364,8 @@ GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
                      default_left.mutable_data_ptr<bool>(), gain.mutable_data_ptr<double>(),
                      sums.mutable_data_ptr<double>(), leaf.mutable_data_ptr<int32_t>(),
                      cat.defined() ? cat.const_data_ptr<bool>() : nullptr,
-                     cat_left.mutable_data_ptr<int32_t>(), all_reduce, processes, row_offset});
+                     cat_left.mutable_data_ptr<int32_t>(), collective, processes, rank,
+                     row_offset});
   return {feature, split_bin, default_left, gain, sums, leaf, cat_left};
 }
 

@@ -44,19 +44,19 @@ GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
                              double min_child_weight, int64_t quantize_bins, int64_t seed,
                              const std::optional<at::Tensor>& categorical,
                              const GbdtKernels& kernels,
-                             const GbdtAllReduce* all_reduce = nullptr, int64_t processes = 1,
-                             int64_t row_offset = 0);
-// The CPU tree of one process of a data-parallel fit (gbdt_kernels.h, GbdtAllReduce): what
-// pynotes._C.gbdt_grow_tree_all_reduce runs (not an operator: it calls back into Python).
-GbdtTree gbdt_grow_tree_all_reduce_cpu(const at::Tensor& bins, const at::Tensor& grad,
+                             const GbdtCollective* collective = nullptr, int64_t processes = 1,
+                             int64_t rank = 0, int64_t row_offset = 0);
+// The CPU tree of one process of a data-parallel fit (gbdt_kernels.h, GbdtCollective): what
+// pynotes._C.gbdt_grow_tree_distributed runs (not an operator: it calls back into Python).
+GbdtTree gbdt_grow_tree_distributed_cpu(const at::Tensor& bins, const at::Tensor& grad,
                                        const at::Tensor& hess,
                                        const std::optional<at::Tensor>& feature_mask,
                                        int64_t max_depth, int64_t num_bins, double reg_lambda,
                                        double gamma, double min_child_weight,
                                        int64_t quantize_bins, int64_t seed,
                                        const std::optional<at::Tensor>& categorical,
-                                       const GbdtAllReduce& all_reduce, int64_t processes,
-                                       int64_t row_offset);
+                                       const GbdtCollective& collective, int64_t processes,
+                                       int64_t rank, int64_t row_offset);
 
 template <const GbdtKernels& (*kernels)()>
 struct GbdtOps {

@@ -6,13 +6,15 @@
 //   - HistogramBuilder: the histograms of a level's nodes, in parallel over features, every
 //     cell summed by one thread in row order (the same bits for any number of threads);
 //   - SplitFinder: each node's best split over the allowed features (the formulas: gbdt.h);
-//   - a Reducer, injected: nothing to do for one process; in a data-parallel fit, AllReduce
-//     sums what the processes computed apart, exactly (fixed point), so all grow one tree.
+//   - a Reducer, injected: nothing to do for one process; in a data-parallel fit,
+//     FeatureSharded combines what the processes computed apart, exactly (fixed point), so
+//     that all grow one tree: each sums and searches a block of the features.
 // What the histograms sum is FloatGradients (float64 (G, H) pairs) or QuantizedGradients.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <type_traits>
@@ -125,81 +127,167 @@ QuantizedGradients quantize_gradients(const GbdtGrowTree& a, const T* grad, cons
 }
 
 // ---------------------------------------------------------------------------------------------
-// The reducer: what this process computed, combined in place with what the others did. For one
-// process there is nothing to combine.
+// A node's split as the grower records it: NodeSplit (gbdt.h) and, for a categorical feature,
+// the bitset of the bins it sends left.
+struct SplitChoice {
+  gbdt::NodeSplit split;
+  int32_t cat_left[gbdt::kCategoryWords];
+};
+
+// The reducer: what this process computed, combined with what the other processes of a
+// data-parallel fit computed. For one process (this class) there is nothing to combine.
+template <typename Cell>
 class Reducer {
  public:
   virtual ~Reducer() = default;
+  virtual bool distributed() const { return false; }
+  // The features whose histograms this process sums and searches: [first, last).
+  virtual std::pair<int64_t, int64_t> features(int64_t F) const { return {0, F}; }
   // Each field the largest over the processes.
   virtual void max(GradientSizes&) {}
   // The scale of fixed-point sums for a tree of gradients this large.
   virtual void set_bound(const GradientSizes&) {}
-  // values (histogram cells or leaf sums) and counts (rows), summed over the processes in one
-  // collective.
-  virtual void sum(double* /*values*/, int64_t /*n*/, int64_t* /*counts*/, int64_t /*m*/) {}
-  virtual void sum(int64_t* /*values*/, int64_t /*n*/, int64_t* /*counts*/, int64_t /*m*/) {}
-  void sum_counts(int64_t* counts, int64_t m) { sum(static_cast<int64_t*>(nullptr), 0, counts, m); }
-  // Whether there are other processes (the gradients' sums are needed only then).
-  virtual bool distributed() const { return false; }
+  // A level's histograms of this process's rows, local (nodes x F features x feature_cells),
+  // with each node's totals (feature_cells / num_bins cells) and rows, summed over the
+  // processes: into own the histograms of this process's features, totals and rows in place.
+  virtual void sum_level(const Cell* /*local*/, int64_t /*nodes*/, Cell* /*totals*/,
+                         int64_t* /*rows*/, Cell* /*own*/) {}
+  // Each node's split, the best of every process's (the first of equal gains in process order,
+  // which is feature order).
+  virtual void best_of(std::vector<SplitChoice>&) {}
+  // float64 values (the leaves' sums) summed over the processes.
+  virtual void sum(double*, int64_t) {}
 };
 
-// One process of a data-parallel fit: a GbdtAllReduce callback (torch.distributed), float64
-// values sent as int64 in fixed point (gbdt.h, fixed_point_scale), so that the sum is exact and
-// the same on every process, whatever order the backend adds in.
-class AllReduce final : public Reducer {
+// Process `rank` of a data-parallel fit, as LightGBM's data-parallel learner: it owns a block
+// of ceil(F / processes) features. A level's histograms go through one reduce-scatter (each
+// process receives the sums of its features only, with every node's totals and rows), and
+// each process sends its best split per node to all (one all-gather of a few words). float64
+// values travel as int64 in fixed point (gbdt.h, fixed_point_scale), so that the sums are
+// exact and the same on every process, whatever order the backend adds in.
+template <typename Cell>
+class FeatureSharded final : public Reducer<Cell> {
  public:
-  AllReduce(const GbdtAllReduce& all_reduce, int64_t processes)
-      : all_reduce_(all_reduce), processes_(processes) {}
-  void max(GradientSizes& sizes) override { all_reduce_(GbdtReduce::kMax, &sizes, 4); }
+  FeatureSharded(const GbdtCollective& collective, int64_t processes, int64_t rank,
+                 int64_t features, int64_t feature_cells, int64_t total_cells)
+      : collective_(collective), processes_(processes), rank_(rank), F_(features),
+        block_((features + processes - 1) / processes), feature_cells_(feature_cells),
+        total_cells_(total_cells) {}
+  bool distributed() const override { return true; }
+  std::pair<int64_t, int64_t> features(int64_t) const override { return range(rank_); }
+  void max(GradientSizes& sizes) override { collective_(GbdtCollectiveOp::kMax, &sizes, 4); }
   void set_bound(const GradientSizes& sizes) override {
     scale_ = gbdt::fixed_point_scale(processes_ * std::max(sizes.g_sum, sizes.h_sum));
   }
-  void sum(double* values, int64_t n, int64_t* counts, int64_t m) override {
-    combine(values, n, counts, m);
+
+  void sum_level(const Cell* local, int64_t nodes, Cell* totals, int64_t* rows,
+                 Cell* own) override {
+    // Chunk p (process p's): per node its features' cells, the totals, the rows.
+    const int64_t node_words = block_ * feature_cells_ + total_cells_ + 1;
+    const int64_t chunk = nodes * node_words;
+    wire_.assign(processes_ * chunk, 0);
+    at::parallel_for(0, processes_ * nodes, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t p = i / nodes, s = i % nodes;
+        const auto [first, last] = range(p);
+        int64_t* out = wire_.data() + p * chunk + s * node_words;
+        const Cell* in = local + (s * F_ + first) * feature_cells_;
+        for (int64_t c = 0; c < (last - first) * feature_cells_; ++c) out[c] = to_wire(in[c]);
+        out += block_ * feature_cells_;
+        for (int64_t c = 0; c < total_cells_; ++c) out[c] = to_wire(totals[s * total_cells_ + c]);
+        out[total_cells_] = rows[s];
+      }
+    });
+    collective_(GbdtCollectiveOp::kReduceScatter, wire_.data(), processes_ * chunk);
+    const auto [first, last] = range(rank_);
+    const int64_t own_cells = (last - first) * feature_cells_;
+    at::parallel_for(0, nodes, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t s = lo; s < hi; ++s) {
+        const int64_t* in = wire_.data() + rank_ * chunk + s * node_words;
+        for (int64_t c = 0; c < own_cells; ++c) own[s * own_cells + c] = from_wire(in[c]);
+        in += block_ * feature_cells_;
+        for (int64_t c = 0; c < total_cells_; ++c) totals[s * total_cells_ + c] = from_wire(in[c]);
+        rows[s] = in[total_cells_];
+      }
+    });
   }
-  void sum(int64_t* values, int64_t n, int64_t* counts, int64_t m) override {
-    combine(values, n, counts, m);
+
+  void best_of(std::vector<SplitChoice>& choices) override {
+    constexpr int64_t kWords = 8 + gbdt::kCategoryWords / 2;
+    const int64_t nodes = static_cast<int64_t>(choices.size()), chunk = nodes * kWords;
+    wire_.assign(processes_ * chunk, 0);
+    for (int64_t s = 0; s < nodes; ++s) pack(choices[s], wire_.data() + rank_ * chunk + s * kWords);
+    collective_(GbdtCollectiveOp::kAllGather, wire_.data(), processes_ * chunk);
+    for (int64_t s = 0; s < nodes; ++s) {
+      for (int64_t p = 0; p < processes_; ++p) {
+        if (p == rank_) continue;
+        SplitChoice c;
+        unpack(wire_.data() + p * chunk + s * kWords, c);
+        const gbdt::NodeSplit& best = choices[s].split;
+        // Process p's features come before this process's when p < rank.
+        const bool better = c.split.feature >= 0 &&
+            (best.feature < 0 || c.split.split.gain > best.split.gain ||
+             (c.split.split.gain == best.split.gain && c.split.feature < best.feature));
+        if (better) choices[s] = c;
+      }
+    }
   }
-  bool distributed() const override { return true; }
+
+  void sum(double* values, int64_t n) override {
+    wire_.resize(n);
+    for (int64_t i = 0; i < n; ++i) wire_[i] = std::llrint(values[i] * scale_);
+    collective_(GbdtCollectiveOp::kSum, wire_.data(), n);
+    for (int64_t i = 0; i < n; ++i) values[i] = static_cast<double>(wire_[i]) / scale_;
+  }
 
  private:
-  template <typename V>
-  void combine(V* values, int64_t n, int64_t* counts, int64_t m) {
-    wire_.resize(n + m);
-    at::parallel_for(0, n, kRowGrain, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        if constexpr (std::is_same_v<V, double>) {
-          wire_[i] = std::llrint(values[i] * scale_);
-        } else {
-          wire_[i] = values[i];
-        }
-      }
-    });
-    std::copy(counts, counts + m, wire_.begin() + n);
-    all_reduce_(GbdtReduce::kSum, wire_.data(), n + m);
-    at::parallel_for(0, n, kRowGrain, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        if constexpr (std::is_same_v<V, double>) {
-          values[i] = static_cast<double>(wire_[i]) / scale_;
-        } else {
-          values[i] = wire_[i];
-        }
-      }
-    });
-    std::copy(wire_.begin() + n, wire_.end(), counts);
+  std::pair<int64_t, int64_t> range(int64_t p) const {
+    return {std::min(F_, p * block_), std::min(F_, (p + 1) * block_)};
+  }
+  int64_t to_wire(Cell v) const {
+    if constexpr (std::is_same_v<Cell, double>) return std::llrint(v * scale_); else return v;
+  }
+  Cell from_wire(int64_t v) const {
+    if constexpr (std::is_same_v<Cell, double>) return static_cast<double>(v) / scale_;
+    else return v;
+  }
+  static int64_t bits(double v) {
+    int64_t w;
+    std::memcpy(&w, &v, sizeof w);
+    return w;
+  }
+  static double value(int64_t w) {
+    double v;
+    std::memcpy(&v, &w, sizeof v);
+    return v;
+  }
+  static void pack(const SplitChoice& c, int64_t* w) {
+    const gbdt::NodeSplit& n = c.split;
+    w[0] = n.feature, w[1] = bits(n.split.gain), w[2] = n.split.bin, w[3] = n.split.default_left;
+    w[4] = bits(n.split.g_left), w[5] = bits(n.split.h_left);
+    w[6] = bits(n.g_right), w[7] = bits(n.h_right);
+    std::memcpy(w + 8, c.cat_left, sizeof c.cat_left);
+  }
+  static void unpack(const int64_t* w, SplitChoice& c) {
+    gbdt::NodeSplit& n = c.split;
+    n.feature = w[0], n.split.gain = value(w[1]), n.split.bin = w[2];
+    n.split.default_left = w[3] != 0;
+    n.split.g_left = value(w[4]), n.split.h_left = value(w[5]);
+    n.g_right = value(w[6]), n.h_right = value(w[7]);
+    std::memcpy(c.cat_left, w + 8, sizeof c.cat_left);
   }
 
-  const GbdtAllReduce& all_reduce_;
-  const int64_t processes_;
+  const GbdtCollective& collective_;
+  const int64_t processes_, rank_, F_, block_, feature_cells_, total_cells_;
   double scale_ = 1.0;
   std::vector<int64_t> wire_;
 };
 
 // The gradients' sizes over every process: needed for quantized gradients and for the
 // fixed-point sums of a data-parallel fit only.
-template <typename T>
+template <typename T, typename Cell>
 GradientSizes gradient_sizes(const GbdtGrowTree& a, const T* grad, const T* hess,
-                             Reducer& reducer) {
+                             Reducer<Cell>& reducer) {
   GradientSizes s;
   if (a.quantize_bins == 0 && !reducer.distributed()) return s;
   std::vector<GradientSizes> parts(std::max<int64_t>(1, at::get_num_threads()));
@@ -389,22 +477,25 @@ class HistogramBuilder {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Per node of a level, the best split over the allowed features.
+// Per node of a level, the best split over the allowed features of this process.
 template <typename Gradients>
 class SplitFinder {
  public:
   using Cell = typename Gradients::Cell;
-  SplitFinder(const GbdtGrowTree& a, const Gradients& grads) : a_(a), grads_(grads) {}
+  SplitFinder(const GbdtGrowTree& a, const Gradients& grads, std::pair<int64_t, int64_t> features)
+      : a_(a), grads_(grads), first_(features.first), F_(features.second - features.first) {}
 
-  // level's nodes have their histograms in hist, node_rows[n] rows each (over every process).
-  std::vector<gbdt::NodeSplit> find(const std::vector<int32_t>& level, const Cell* hist,
-                                    const std::vector<int64_t>& node_rows) {
-    const int64_t S = static_cast<int64_t>(level.size()), F = a_.features, B = a_.num_bins;
-    const int64_t feature_cells = B * Gradients::kPerBin, cells = F * feature_cells;
+  // level's nodes have the histograms of features [first, first + F) in hist, totals (G, H)
+  // and node_rows[n] rows (over every process).
+  std::vector<SplitChoice> find(const std::vector<int32_t>& level, const Cell* hist,
+                                const std::vector<double>& totals,
+                                const std::vector<int64_t>& node_rows) {
+    const int64_t S = static_cast<int64_t>(level.size()), F = F_, B = a_.num_bins;
+    const int64_t feature_cells = B * Gradients::kPerBin;
     per_feature_.resize(S * F);
     at::parallel_for(0, S * F, 16, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
-        const int64_t f = i % F;
+        const int64_t f = first_ + i % F;
         const auto bins = grads_.bins(hist + i * feature_cells);
         per_feature_[i] =
             a_.feature_mask && !a_.feature_mask[f] ? gbdt::no_split()
@@ -415,75 +506,121 @@ class SplitFinder {
                                               a_.min_child_weight);
       }
     });
-    std::vector<gbdt::NodeSplit> splits(S);
+    std::vector<SplitChoice> choices(S);
     for (int64_t s = 0; s < S; ++s) {
-      double g_total = 0, h_total = 0;
-      if (F > 0) gbdt::bin_totals(grads_.bins(hist + s * cells), B, g_total, h_total);
-      splits[s] = gbdt::choose_split(per_feature_.data() + s * F, F, g_total, h_total);
+      SplitChoice& c = choices[s];
+      c.split = gbdt::choose_split(per_feature_.data() + s * F, F, totals[2 * s],
+                                   totals[2 * s + 1]);
+      std::fill(c.cat_left, c.cat_left + gbdt::kCategoryWords, 0);
+      if (c.split.feature < 0) continue;
+      const int64_t f = c.split.feature;
+      c.split.feature += first_;
+      if (a_.categorical && a_.categorical[c.split.feature]) {
+        gbdt::categorical_left_set(grads_.bins(hist + (s * F + f) * feature_cells), B,
+                                   node_rows[level[s]], c.split.split.bin, c.cat_left);
+      }
     }
-    return splits;
+    return choices;
   }
 
  private:
   const GbdtGrowTree& a_;
   const Gradients& grads_;
+  const int64_t first_, F_;  // this process's features
   std::vector<gbdt::Split> per_feature_;  // (nodes, features)
 };
 
 // ---------------------------------------------------------------------------------------------
 // Grows the tree depth-wise into a's outputs (GbdtGrowTree): per level the best split of every
 // node, the rows of the split nodes partitioned, and the next level's histograms built for the
-// child of each pair with fewer rows (the left one on a tie), its sibling's taken as the
-// parent's minus it.
+// smaller child of each pair, its sibling's taken as the parent's minus it. One process knows
+// the children's rows before it builds and takes the child with fewer (the left one on a
+// tie); a data-parallel fit learns them with the histograms, so it takes the child with the
+// smaller hessian sum, known from the split (LightGBM's estimate of the smaller leaf).
 template <typename T, typename Gradients>
 class TreeGrower {
  public:
   using Cell = typename Gradients::Cell;
-  TreeGrower(const GbdtGrowTree& a, const Gradients& grads, Reducer& reducer)
+  TreeGrower(const GbdtGrowTree& a, const Gradients& grads, Reducer<Cell>& reducer)
       : a_(a), grads_(grads), reducer_(reducer), nodes_((int64_t(2) << a.max_depth) - 1),
-        partition_(a.rows, nodes_), histograms_(a, grads), splitter_(a, grads),
+        own_(reducer.features(a.features)),
+        own_cells_((own_.second - own_.first) * a.num_bins * Gradients::kPerBin),
+        partition_(a.rows, nodes_), histograms_(a, grads), splitter_(a, grads, own_),
         node_rows_(nodes_, 0), reached_(nodes_, 0) {}
 
   void grow() {
-    const int64_t cells = histograms_.cells();
     std::vector<int32_t> level{0};  // this level's nodes, their histograms in this order
-    std::unique_ptr<Cell[]> hist(new Cell[cells]);
-    node_rows_[0] = a_.rows;
+    std::unique_ptr<Cell[]> hist(new Cell[own_cells_]);
+    std::vector<double> totals(2);  // (G, H) of each node of the level
     reached_[0] = 1;
-    histograms_.build(partition_, level.data(), 1, hist.get());
-    reducer_.sum(hist.get(), cells, node_rows_.data(), 1);
-    if (a_.features > 0) gbdt::bin_totals(grads_.bins(hist.get()), a_.num_bins, a_.sums[0], a_.sums[1]);
+    build_level(level.data(), 1, hist.get(), totals.data());
+    a_.sums[0] = totals[0], a_.sums[1] = totals[1];
     for (int64_t depth = 0; depth < a_.max_depth; ++depth) {
+      std::vector<SplitChoice> choices = splitter_.find(level, hist.get(), totals, node_rows_);
+      reducer_.best_of(choices);
       std::vector<int64_t> split_nodes, split_slots;
-      record_splits(level, splitter_.find(level, hist.get(), node_rows_), hist.get(),
-                    split_nodes, split_slots);
+      record_splits(level, choices, split_nodes, split_slots);
       if (split_nodes.empty()) break;
       partition_.split(a_, split_nodes);
       if (depth + 1 == a_.max_depth) break;  // the children are leaves: their sums are known
-      level = next_level(split_nodes, split_slots, hist);
+      level = next_level(split_nodes, split_slots, hist, totals);
     }
     finish_leaves();
   }
 
  private:
+  // The histograms of this process's features for nodes list[0, S) into out, summed over the
+  // processes, with each node's totals (G, H) and rows (node_rows_).
+  void build_level(const int32_t* list, int64_t S, Cell* out, double* totals) {
+    const int64_t B = a_.num_bins, k = Gradients::kPerBin;
+    if (!reducer_.distributed()) {
+      histograms_.build(partition_, list, S, out);
+      for (int64_t s = 0; s < S; ++s) {
+        node_rows_[list[s]] = partition_.count(list[s]);
+        node_totals(out + s * own_cells_, totals + 2 * s);
+      }
+      return;
+    }
+    local_.resize(S * histograms_.cells());
+    histograms_.build(partition_, list, S, local_.data());
+    std::vector<Cell> total_cells(S * k, Cell(0));  // per node the sums over feature 0's bins
+    std::vector<int64_t> rows(S);
+    for (int64_t s = 0; s < S; ++s) {
+      rows[s] = partition_.count(list[s]);
+      if (a_.features == 0) continue;
+      const Cell* h = local_.data() + s * histograms_.cells();
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t c = 0; c < k; ++c) total_cells[s * k + c] += h[b * k + c];
+      }
+    }
+    reducer_.sum_level(local_.data(), S, total_cells.data(), rows.data(), out);
+    for (int64_t s = 0; s < S; ++s) {
+      node_rows_[list[s]] = rows[s];
+      const auto bins = grads_.bins(total_cells.data() + s * k);
+      totals[2 * s] = bins.g(0), totals[2 * s + 1] = bins.h(0);
+    }
+  }
+
+  // A node's (G, H) from one process's histogram of every feature: feature 0's bins.
+  void node_totals(const Cell* hist, double* totals) const {
+    totals[0] = totals[1] = 0;
+    if (a_.features > 0) gbdt::bin_totals(grads_.bins(hist), a_.num_bins, totals[0], totals[1]);
+  }
+
   // Writes the splits with a positive gain into the tree; returns the split nodes and their
-  // slots in hist.
-  void record_splits(const std::vector<int32_t>& level, const std::vector<gbdt::NodeSplit>& splits,
-                     const Cell* hist, std::vector<int64_t>& split_nodes,
-                     std::vector<int64_t>& split_slots) {
-    const int64_t cells = histograms_.cells(), feature_cells = histograms_.feature_cells();
+  // slots in the level.
+  void record_splits(const std::vector<int32_t>& level, const std::vector<SplitChoice>& choices,
+                     std::vector<int64_t>& split_nodes, std::vector<int64_t>& split_slots) {
     for (int64_t s = 0; s < static_cast<int64_t>(level.size()); ++s) {
-      const gbdt::NodeSplit& c = splits[s];
+      const gbdt::NodeSplit& c = choices[s].split;
       if (c.feature < 0 || !(c.split.gain > 0)) continue;
       const int64_t n = level[s];
       a_.feature[n] = static_cast<int32_t>(c.feature);
-      if (a_.categorical && a_.categorical[c.feature]) {
-        gbdt::categorical_left_set(grads_.bins(hist + s * cells + c.feature * feature_cells),
-                                   a_.num_bins, node_rows_[n], c.split.bin,
-                                   a_.cat_left + n * gbdt::kCategoryWords);
-        a_.split_bin[n] = 0;
-      } else {
-        a_.split_bin[n] = static_cast<int32_t>(c.split.bin);
+      const bool categorical = a_.categorical && a_.categorical[c.feature];
+      a_.split_bin[n] = categorical ? 0 : static_cast<int32_t>(c.split.bin);
+      if (categorical) {
+        std::copy(choices[s].cat_left, choices[s].cat_left + gbdt::kCategoryWords,
+                  a_.cat_left + n * gbdt::kCategoryWords);
       }
       a_.default_left[n] = c.split.default_left;
       a_.gain[n] = c.split.gain;
@@ -496,36 +633,43 @@ class TreeGrower {
   }
 
   // The children of the split nodes, the smaller of each pair first (built), then the larger
-  // (parent - smaller); hist becomes their histograms in that order.
+  // (parent - smaller); hist and totals become theirs in that order.
   std::vector<int32_t> next_level(const std::vector<int64_t>& split_nodes,
                                   const std::vector<int64_t>& split_slots,
-                                  std::unique_ptr<Cell[]>& hist) {
-    const int64_t P = static_cast<int64_t>(split_nodes.size()), cells = histograms_.cells();
-    std::vector<int64_t> child_rows(2 * P);
-    for (int64_t i = 0; i < 2 * P; ++i) {
-      child_rows[i] = partition_.count(2 * split_nodes[i / 2] + 1 + i % 2);
-    }
-    reducer_.sum_counts(child_rows.data(), 2 * P);
+                                  std::unique_ptr<Cell[]>& hist, std::vector<double>& totals) {
+    const int64_t P = static_cast<int64_t>(split_nodes.size()), cells = own_cells_;
     std::vector<int32_t> next(2 * P);
     for (int64_t i = 0; i < P; ++i) {
       const int64_t l = 2 * split_nodes[i] + 1, r = l + 1;
-      node_rows_[l] = child_rows[2 * i], node_rows_[r] = child_rows[2 * i + 1];
-      const bool build_left = node_rows_[l] <= node_rows_[r];
+      const bool build_left = reducer_.distributed()
+          ? a_.sums[2 * l + 1] <= a_.sums[2 * r + 1]
+          : partition_.count(l) <= partition_.count(r);
       next[i] = static_cast<int32_t>(build_left ? l : r);
       next[P + i] = static_cast<int32_t>(build_left ? r : l);
     }
     std::unique_ptr<Cell[]> next_hist(new Cell[2 * P * cells]);
-    histograms_.build(partition_, next.data(), P, next_hist.get());
-    reducer_.sum(next_hist.get(), P * cells, nullptr, 0);
+    std::vector<double> next_totals(4 * P);
+    build_level(next.data(), P, next_hist.get(), next_totals.data());
     at::parallel_for(0, P, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         const Cell* parent = hist.get() + split_slots[i] * cells;
         const Cell* small = next_hist.get() + i * cells;
         Cell* large = next_hist.get() + (P + i) * cells;
         for (int64_t c = 0; c < cells; ++c) large[c] = parent[c] - small[c];
+        const int64_t parent_node = split_nodes[i], small_node = next[i], large_node = next[P + i];
+        double* t = next_totals.data() + 2 * (P + i);
+        if (reducer_.distributed()) {  // this process holds only its features' histograms
+          node_rows_[large_node] = node_rows_[parent_node] - node_rows_[small_node];
+          t[0] = totals[2 * split_slots[i]] - next_totals[2 * i];
+          t[1] = totals[2 * split_slots[i] + 1] - next_totals[2 * i + 1];
+        } else {
+          node_rows_[large_node] = partition_.count(large_node);
+          node_totals(large, t);
+        }
       }
     });
     hist = std::move(next_hist);
+    totals = std::move(next_totals);
     return next;
   }
 
@@ -554,7 +698,7 @@ class TreeGrower {
     for (size_t k = 0; k < leaves.size(); ++k) {
       leaf_sums[2 * k] = a_.sums[2 * leaves[k]], leaf_sums[2 * k + 1] = a_.sums[2 * leaves[k] + 1];
     }
-    reducer_.sum(leaf_sums.data(), static_cast<int64_t>(leaf_sums.size()), nullptr, 0);
+    reducer_.sum(leaf_sums.data(), static_cast<int64_t>(leaf_sums.size()));
     for (size_t k = 0; k < leaves.size(); ++k) {
       a_.sums[2 * leaves[k]] = leaf_sums[2 * k], a_.sums[2 * leaves[k] + 1] = leaf_sums[2 * k + 1];
     }
@@ -562,37 +706,46 @@ class TreeGrower {
 
   const GbdtGrowTree& a_;
   const Gradients& grads_;
-  Reducer& reducer_;
+  Reducer<Cell>& reducer_;
   const int64_t nodes_;  // of the complete tree, in heap order
+  const std::pair<int64_t, int64_t> own_;  // the features this process searches
+  const int64_t own_cells_;                // of a node's histograms of them
   RowPartition partition_;
   HistogramBuilder<Gradients> histograms_;
   SplitFinder<Gradients> splitter_;
+  std::vector<Cell> local_;         // a data-parallel level's histograms of this process's rows
   std::vector<int64_t> node_rows_;  // each node's rows over every process
   std::vector<char> reached_;
 };
 
+template <typename Cell>
+std::unique_ptr<Reducer<Cell>> make_reducer(const GbdtGrowTree& a, int64_t per_bin) {
+  if (a.collective == nullptr) return std::make_unique<Reducer<Cell>>();
+  return std::make_unique<FeatureSharded<Cell>>(*a.collective, a.processes, a.rank, a.features,
+                                                a.num_bins * per_bin, per_bin);
+}
+
 template <typename T>
-void grow_tree(const GbdtGrowTree& a, Reducer& reducer) {
+void grow_tree(const GbdtGrowTree& a) {
   const T* grad = static_cast<const T*>(a.grad);
   const T* hess = static_cast<const T*>(a.hess);
-  const GradientSizes sizes = gradient_sizes(a, grad, hess, reducer);
   if (a.quantize_bins == 0) {
+    auto reducer = make_reducer<double>(a, FloatGradients<T>::kPerBin);
+    gradient_sizes(a, grad, hess, *reducer);
     const FloatGradients<T> grads{grad, hess};
-    return TreeGrower<T, FloatGradients<T>>(a, grads, reducer).grow();
+    return TreeGrower<T, FloatGradients<T>>(a, grads, *reducer).grow();
   }
+  auto reducer = make_reducer<int64_t>(a, QuantizedGradients::kPerBin);
+  const GradientSizes sizes = gradient_sizes(a, grad, hess, *reducer);
   std::vector<int64_t> packed;
   const QuantizedGradients grads = quantize_gradients(a, grad, hess, sizes, packed);
-  TreeGrower<T, QuantizedGradients>(a, grads, reducer).grow();
+  TreeGrower<T, QuantizedGradients>(a, grads, *reducer).grow();
 }
 
 }  // namespace
 
 void gbdt_grow_tree_cpu_kernel(const GbdtGrowTree& a) {
-  Reducer one_process;
-  std::unique_ptr<AllReduce> all_reduce;
-  if (a.all_reduce) all_reduce = std::make_unique<AllReduce>(*a.all_reduce, a.processes);
-  Reducer& reducer = all_reduce ? *all_reduce : one_process;
-  if (a.dtype == at::kDouble) grow_tree<double>(a, reducer); else grow_tree<float>(a, reducer);
+  if (a.dtype == at::kDouble) grow_tree<double>(a); else grow_tree<float>(a);
 }
 
 }  // namespace CPU_CAPABILITY

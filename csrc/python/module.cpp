@@ -156,28 +156,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return d;
   });
   m.def(
-      "gbdt_grow_tree_all_reduce",
+      "gbdt_grow_tree_distributed",
       [](const at::Tensor& bins, const at::Tensor& grad, const at::Tensor& hess,
          const std::optional<at::Tensor>& feature_mask, int64_t max_depth, int64_t num_bins,
          double reg_lambda, double gamma, double min_child_weight, int64_t quantize_bins,
          int64_t seed, const std::optional<at::Tensor>& categorical, int64_t processes,
-         int64_t row_offset, const py::function& all_reduce) {
-        // The kernel runs without the GIL; each reduction takes it to call all_reduce(kind,
+         int64_t rank, int64_t row_offset, const py::function& collective) {
+        // The kernel runs without the GIL; each collective takes it to call collective(op,
         // buffer) on a tensor over the kernel's buffer, which it must update in place.
-        const pynotes::GbdtAllReduce reduce = [&](pynotes::GbdtReduce kind, void* data,
-                                                  int64_t n) {
-          const bool integer = kind == pynotes::GbdtReduce::kSum;
+        const pynotes::GbdtCollective call = [&](pynotes::GbdtCollectiveOp op, void* data,
+                                                 int64_t n) {
+          const bool integer = op != pynotes::GbdtCollectiveOp::kMax;
           py::gil_scoped_acquire gil;
-          all_reduce(static_cast<int64_t>(kind),
+          collective(static_cast<int64_t>(op),
                      at::from_blob(data, {n}, at::TensorOptions().dtype(
                                                   integer ? at::kLong : at::kDouble)));
         };
         py::gil_scoped_release no_gil;
-        return pynotes::gbdt_grow_tree_all_reduce_cpu(
+        return pynotes::gbdt_grow_tree_distributed_cpu(
             bins, grad, hess, feature_mask, max_depth, num_bins, reg_lambda, gamma,
-            min_child_weight, quantize_bins, seed, categorical, reduce, processes, row_offset);
+            min_child_weight, quantize_bins, seed, categorical, call, processes, rank,
+            row_offset);
       },
-      "gbdt_grow_tree on the CPU for one process of a data-parallel fit: all_reduce(kind, "
+      "gbdt_grow_tree on the CPU for process `rank` of a data-parallel fit: collective(op, "
       "buffer) combines in place what the processes computed apart (pynotes.ops.gbdt).");
   m.def("gbdt_fixed_point_scale", &pynotes::gbdt::fixed_point_scale,
         "The scale of a data-parallel fit's fixed-point sums (csrc/gbdt/gbdt.h; tested against "

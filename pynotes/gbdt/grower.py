@@ -10,15 +10,16 @@ from pynotes.reference import gbdt as reference
 class TreeGrower:
     """Grows one tree depth-wise on binned data with the pynotes kernels."""
 
-    def __init__(self, bins, cuts, params, device, categorical=None, all_reduce=None,
-                 processes=1, row_offset=0):
+    def __init__(self, bins, cuts, params, device, categorical=None, collective=None,
+                 processes=1, rank=0, row_offset=0):
         # Stored one feature after another: the layout ops.grow_tree reads on the CPU.
         self.bins = bins.t().contiguous().t() if bins.device.type == "cpu" else bins
         self.device, self.p = device, params
         self.categorical = categorical
-        # One process of a distributed fit: the combining callback, the number of processes
-        # and this one's first row (ops.grow_tree).
-        self.all_reduce, self.processes, self.row_offset = all_reduce, processes, row_offset
+        # One process of a distributed fit: the combining callback, the number of processes,
+        # this one's rank and first row (ops.grow_tree).
+        self.collective, self.processes = collective, processes
+        self.rank, self.row_offset = rank, row_offset
         self.num_bins = params.max_bins
         # Threshold values by (feature, bin); a bin past the last cut means "every value".
         inf = torch.full((cuts.shape[0], 1), torch.inf, dtype=cuts.dtype, device=cuts.device)
@@ -34,8 +35,8 @@ class TreeGrower:
             self.bins, grad, hess, p.max_depth, self.num_bins, p.reg_lambda, p.gamma,
             p.min_child_weight, feature_mask,
             quantize_bins=p.num_grad_quant_bins if p.use_quantized_grad else 0, seed=seed,
-            categorical=self.categorical, all_reduce=self.all_reduce, processes=self.processes,
-            row_offset=self.row_offset)
+            categorical=self.categorical, collective=self.collective, processes=self.processes,
+            rank=self.rank, row_offset=self.row_offset)
         value = torch.where(feature < 0, -sums[:, 0] / (sums[:, 1] + p.reg_lambda), 0.0)
         value = (value * p.learning_rate).float()
         numeric = feature >= 0
@@ -48,7 +49,7 @@ class TreeGrower:
 
 
 def grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma,
-                        min_child_weight, feature_mask, all_reduce=None, processes=1):
+                        min_child_weight, feature_mask, collective=None, processes=1):
     """ops.grow_tree where the CPU extension does not run it (CUDA, the pure-PyTorch
     fallback): a loop over levels of ops.build_histogram, find_best_splits and advance_nodes,
     with the same results (see there)."""
@@ -65,16 +66,16 @@ def grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma
     slot_of_node = torch.full((nodes,), -1, dtype=torch.int32, device=dev)
     slot_of_node[0] = 0
     scale = None  # of a data-parallel fit's fixed-point histogram sums
-    if all_reduce is not None:
+    if collective is not None:
         sizes = torch.tensor([0.0, 0.0, float(grad.double().abs().sum()),
                               float(hess.double().sum())], dtype=torch.float64, device=dev)
-        all_reduce(ops.REDUCE_MAX, sizes)  # (the layout of the C++ loop's gradient sizes)
+        collective(ops.REDUCE_MAX, sizes)  # (the layout of the C++ loop's gradient sizes)
         scale = reference.fixed_point_scale(processes * float(sizes[2:].max()))
 
     def combine(hist):  # a histogram summed over the processes, in place
         if scale is not None:
             wire = torch.round(hist * scale).to(torch.int64)
-            all_reduce(ops.REDUCE_SUM, wire.view(-1))
+            collective(ops.REDUCE_SUM, wire.view(-1))
             hist.copy_(wire.double() / scale)
     root = ops.build_histogram(bins, grad, hess, node, slot_of_node, 1, num_bins)
     combine(root)
@@ -104,8 +105,8 @@ def grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma
         node, count = ops.advance_nodes(bins, node, feature, split_bin, default_left, missing_bin)
         if depth + 1 == max_depth:
             break  # the children are leaves: their sums came with the splits
-        if all_reduce is not None:
-            all_reduce(ops.REDUCE_SUM, count)
+        if collective is not None:
+            collective(ops.REDUCE_SUM, count)
         parents, parent_hist, count = torch.cat(parents), torch.cat(parent_hists), count.cpu()
         left, right = 2 * parents + 1, 2 * parents + 2
         build_left = count[left] <= count[right]

@@ -14,9 +14,10 @@ Splits = reference.Splits
 # The deepest tree grow_tree and the trainer grow: csrc/gbdt/gbdt.h's kMaxDepth.
 MAX_DEPTH = 20
 
-# The buffers a data-parallel tree's all_reduce(kind, buffer) combines over the processes
-# (csrc/gbdt/gbdt_kernels.h, GbdtReduce): int64 summed, float64 maxed.
-REDUCE_SUM, REDUCE_MAX = 0, 1
+# The operations of a data-parallel tree's collective(op, buffer) over the processes
+# (csrc/gbdt/gbdt_kernels.h, GbdtCollectiveOp), in place: int64 summed, float64 maxed, int64 in
+# one chunk per process reduce-scattered (this process's chunk summed) or all-gathered.
+REDUCE_SUM, REDUCE_MAX, REDUCE_SCATTER, ALL_GATHER = 0, 1, 2, 3
 
 
 def _compute_cuts(x, max_bins, sample_size, random_state):
@@ -175,7 +176,7 @@ def predict_trees(x, feature, threshold, default_left, value, group, base, missi
 
 def grow_tree(bins, grad, hess, max_depth, num_bins=256, reg_lambda=1.0, gamma=0.0,
               min_child_weight=1.0, feature_mask=None, quantize_bins=0, seed=0,
-              categorical=None, all_reduce=None, processes=1, row_offset=0):
+              categorical=None, collective=None, processes=1, rank=0, row_offset=0):
     """One tree grown depth-wise to max_depth on binned rows: per level the best split of
     every node (find_best_splits; a node splits where its gain is > 0), its rows sent to the
     children, and the next level's histograms built for the child of each pair with fewer rows
@@ -201,19 +202,22 @@ def grow_tree(bins, grad, hess, max_depth, num_bins=256, reg_lambda=1.0, gamma=0
     G / (H + 10) and splitting that order where the gain is best (as LightGBM and scikit-learn's
     HistGradientBoosting); the missing bin goes the default way.
 
-    all_reduce(kind, buffer) makes this one process of `processes` in a data-parallel fit
+    collective(op, buffer) makes this process `rank` of `processes` in a data-parallel fit
     (pynotes.gbdt on torch.distributed): every process passes its rows, and the callback
-    combines in place what they computed apart (REDUCE_SUM: int64 buffers, summed; REDUCE_MAX:
-    float64, maxed), so that all grow the tree of the union of their rows with the same bits:
-    per tree the gradients' sizes, per level the children's row counts and the histograms
-    built (float64 sums in fixed point, as reference.fixed_point_scale says), and for quantized
-    gradients the leaves' renewed sums. row_offset (this process's first row of all) seeds
-    the rounding."""
-    if all_reduce is not None and _ext.use_extension(bins) and bins.device.type == "cpu":
-        return _ext._C.gbdt_grow_tree_all_reduce(
+    combines in place what they computed apart (the operations above), so that all grow the
+    tree of the union of their rows with the same bits. On the CPU each process owns a block
+    of the features, as LightGBM's data-parallel learner: per tree one REDUCE_MAX of the
+    gradients' sizes; per level one REDUCE_SCATTER of the histograms built (float64 sums in
+    fixed point, as reference.fixed_point_scale says), after which each process holds the sums
+    of its features with every node's totals and rows, and one ALL_GATHER of each process's
+    best split per node; for quantized gradients one REDUCE_SUM of the leaves' renewed sums.
+    Elsewhere (the level loop) every histogram and the children's row counts are REDUCE_SUMmed
+    whole. row_offset (this process's first row of all) seeds the rounding."""
+    if collective is not None and _ext.use_extension(bins) and bins.device.type == "cpu":
+        return _ext._C.gbdt_grow_tree_distributed(
             bins, grad, hess, feature_mask, max_depth, num_bins, reg_lambda, gamma,
-            min_child_weight, quantize_bins, seed, categorical, processes, row_offset,
-            all_reduce)
+            min_child_weight, quantize_bins, seed, categorical, processes, rank, row_offset,
+            collective)
     if _ext.use_extension(bins) and bins.device.type == "cpu":
         return torch.ops.pynotes.gbdt_grow_tree(bins, grad, hess, feature_mask, max_depth,
                                                 num_bins, reg_lambda, gamma, min_child_weight,
@@ -225,7 +229,7 @@ def grow_tree(bins, grad, hess, max_depth, num_bins=256, reg_lambda=1.0, gamma=0
                                       f"on {bins.device} or the pure-PyTorch fallback")
     from pynotes.gbdt.grower import grow_tree_by_levels
     return grow_tree_by_levels(bins, grad, hess, max_depth, num_bins, reg_lambda, gamma,
-                               min_child_weight, feature_mask, all_reduce, processes)
+                               min_child_weight, feature_mask, collective, processes)
 
 
 if _ext.extension_loaded():
