@@ -376,7 +376,7 @@ def test_gbdt_histogram(order, rows, features, num_bins, nodes, slots, dtype):
     args = histogram_inputs(rows, features, num_bins, nodes, slots, dtype)
     got = GPU.gbdt_histogram(*args)
     scale = float(args[1].abs().max()) + 1
-    for expected in (CPU.gbdt_histogram(*args), reference_gbdt.histogram(*args)):
+    for expected in (CPU.gbdt_histogram(*args), reference_gbdt.build_histogram(*args)):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12 * scale)
 
 
@@ -433,7 +433,7 @@ def test_gbdt_advance(order, rows, features, num_bins, depth):
     node = torch.randint(0, feature.shape[1], (rows,), dtype=torch.int32)
     args = (bins, node, feature[0], split_bin[0], default_left[0], num_bins - 1)
     for g, c, r in zip(GPU.gbdt_advance(*args), CPU.gbdt_advance(*args),
-                       reference_gbdt.advance(*args)):
+                       reference_gbdt.advance_nodes(*args)):
         assert torch.equal(g, c) and torch.equal(g, r.to(g.dtype))
 
 
@@ -461,7 +461,7 @@ def test_gbdt_predict(order, rows, trees, depth, kind):
             cat_left)
     got = GPU.gbdt_predict(*args)
     torch.testing.assert_close(got, CPU.gbdt_predict(*args), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(got, reference_gbdt.predict(*args[:8], categorical=categorical,
+    torch.testing.assert_close(got, reference_gbdt.predict_trees(*args[:8], categorical=categorical,
                                                            cat_left=cat_left),
                                rtol=1e-12, atol=1e-12)
 

@@ -686,10 +686,11 @@ class TreeGrower {
       for (int64_t k = lo; k < hi; ++k) {
         const int64_t n = leaves[k];
         const int32_t* rows = partition_.rows(n);
-        for (int64_t i = 0; i < partition_.count(n); ++i) a_.leaf[rows[i]] = static_cast<int32_t>(n);
+        const int64_t count = partition_.count(n);
+        for (int64_t i = 0; i < count; ++i) a_.leaf[rows[i]] = static_cast<int32_t>(n);
         if (a_.quantize_bins == 0) continue;
         double g = 0, h = 0;
-        for (int64_t i = 0; i < partition_.count(n); ++i) g += grad[rows[i]], h += hess[rows[i]];
+        for (int64_t i = 0; i < count; ++i) g += grad[rows[i]], h += hess[rows[i]];
         a_.sums[2 * n] = g, a_.sums[2 * n + 1] = h;
       }
     });

@@ -7,9 +7,9 @@
 XGBoost's second-order method (gradients g and hessians h of the loss at the current margins;
 leaf weight -G / (H + reg_lambda); split gain as in csrc/gbdt/gbdt.h) on 256-bin
 histograms, trees grown depth-wise one level at a time by pynotes.ops.gbdt.grow_tree (one call
-per tree on the CPU: csrc/gbdt/tree_grower_cpu_kernel.cpp): per level one split search, the rows of the split nodes sent down, and one
-histogram pass for the smaller child of every split (its sibling is the parent's histogram
-minus it).
+per tree on the CPU: csrc/gbdt/tree_grower_cpu_kernel.cpp): per level one split search, the
+rows of the split nodes sent down, and one histogram pass for the smaller child of every split
+(its sibling is the parent's histogram minus it).
 use_quantized_grad=True (CPU) sums gradients rounded to num_grad_quant_bins levels in integer
 histograms, the leaf values from the exact sums (Shi et al., NeurIPS 2022; LightGBM's option of
 the same name). Categorical features (pandas "category" columns by default, or

@@ -8,8 +8,8 @@ values to integers at a scale shared by all, the integers are summed exactly by 
 any order, by any algorithm) and converted back, so every process gets the same bits whatever
 the backend's algorithm. On the CPU each process sums and searches the histograms of a block
 of the features only (a reduce-scatter), and the processes exchange their best splits (an
-all-gather), as LightGBM's data-parallel learner. Small values outside the trees (the base margin, the eval metric) are
-gathered and added in rank order.
+all-gather), as LightGBM's data-parallel learner. Small values outside the trees (the base
+margin, the eval metric) are gathered and added in rank order.
 """
 import numpy as np
 import torch
