@@ -72,6 +72,13 @@ class Collective:
         backend = str(dist.get_backend(group)).lower()
         self.device = torch.device("cuda", torch.cuda.current_device()) \
             if backend == "nccl" else torch.device("cpu")
+        # gloo's reduce_scatter all-reduces every chunk (torch's ProcessGroupGloo): the full
+        # buffer's bytes. A ring of sends sends (W - 1) / W of them.
+        self.ring = backend == "gloo"
+        ranks = [dist.get_global_rank(group, r) for r in range(self.size)] \
+            if group is not dist.group.WORLD else list(range(self.size))
+        self.next_rank = ranks[(self.rank + 1) % self.size]
+        self.previous_rank = ranks[(self.rank - 1) % self.size]
         self.tree_bytes = 0  # this process sent in the trees' collectives (see collective)
 
     def _call(self, what, fn, *args):
@@ -122,6 +129,18 @@ class Collective:
         return {"collective": self.collective, "processes": self.size, "rank": self.rank,
                 "row_offset": sum(self.rows_per_process[:self.rank])}
 
+    def _ring_reduce_scatter(self, chunks, group):
+        """Chunk `rank` of (W, n) int64 chunks summed over the processes, in place: W - 1 steps,
+        each sending one partial sum to the next process and adding the previous one's (exact
+        in any order)."""
+        W, incoming = self.size, torch.empty_like(chunks[0])
+        for step in range(W - 1):
+            send = torch.distributed.isend(chunks[(self.rank - step - 1) % W], self.next_rank,
+                                           group=group)
+            torch.distributed.recv(incoming, self.previous_rank, group=group)
+            send.wait()
+            chunks[(self.rank - step - 2) % W] += incoming
+
     def collective(self, op, buffer):
         """The collective of ops.grow_tree: combines a tree's buffer in place. tree_bytes counts
         what this process sends in a bandwidth-optimal algorithm: 2 (W - 1) / W of an
@@ -135,6 +154,10 @@ class Collective:
             self._reduce(buffer, torch.distributed.ReduceOp.MAX, "a tree's gradient sizes")
         elif op == ops.REDUCE_SCATTER:
             self.tree_bytes += (W - 1) * nbytes // W
+            if self.ring:
+                self._call("summing a tree level's histograms", self._ring_reduce_scatter,
+                           buffer.view(W, -1))
+                return
             chunks = list(buffer.view(W, -1).to(self.device).unbind(0))
             mine = torch.empty_like(chunks[self.rank])
             self._call("summing a tree level's histograms", torch.distributed.reduce_scatter,
