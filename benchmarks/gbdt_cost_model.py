@@ -12,8 +12,9 @@ cost per row and feature measured on this machine (benchmarks/gbdt_distributed.p
 one thread: its time per tree over N x F x (1 + (D - 1) / 2)). Communication per level, as
 the CPU grower does it (csrc/gbdt/tree_grower_cpu_kernel.cpp, FeatureSharded): one
 reduce-scatter of the histograms built, each worker sending (W - 1) / W of them, and one
-all-gather of every worker's best split per node (96 bytes each), each a ring of W - 1 latency
-steps; per tree one all-reduce of the gradients' sizes (2 log2 W steps). The grower does not
+all-gather of every worker's best split per node (96 bytes each), each in log2 W latency steps
+for a power-of-two W (recursive halving and doubling, pynotes/gbdt/distributed.py), else W - 1
+(a ring); per tree one all-reduce of the gradients' sizes (2 log2 W steps). The grower does not
 overlap communication with compute, so a tree costs their sum; the level where communication
 starts to dominate is the first whose collectives take longer than its histogram pass.
 benchmarks/gbdt_network.py checks the model against runs over emulated links.
@@ -35,7 +36,7 @@ def communication(built, nodes, features, workers, gbps, latency_us, bin_bytes=B
     # every chunk carries each node's totals and rows
     sent = share * built * (features * BINS * bin_bytes + workers * (bin_bytes + 8))
     sent += share * workers * nodes * SPLIT_BYTES
-    steps = 2 * (workers - 1)
+    steps = 2 * (math.ceil(math.log2(workers)) if workers & (workers - 1) == 0 else workers - 1)
     return sent / (gbps * 1e9 / 8) + steps * latency_us * 1e-6, sent
 
 

@@ -58,7 +58,7 @@ def trees(path):
     return json.loads(open(path).read())["ensemble"]
 
 
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, 3, 4])
 def test_distributed_equals_single_process(world, tmp_path):
     codes, results, logs = run_processes("fit", world, tmp_path)
     assert codes == [0] * world, "\n".join(logs)

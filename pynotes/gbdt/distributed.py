@@ -72,13 +72,11 @@ class Collective:
         backend = str(dist.get_backend(group)).lower()
         self.device = torch.device("cuda", torch.cuda.current_device()) \
             if backend == "nccl" else torch.device("cpu")
-        # gloo's reduce_scatter all-reduces every chunk (torch's ProcessGroupGloo): the full
-        # buffer's bytes. A ring of sends sends (W - 1) / W of them.
-        self.ring = backend == "gloo"
-        ranks = [dist.get_global_rank(group, r) for r in range(self.size)] \
+        # gloo's reduce_scatter all-reduces every chunk (torch's ProcessGroupGloo), sending the
+        # whole buffer: with gloo the trees' reduce-scatters and all-gathers are sends here.
+        self.by_sends = backend == "gloo"
+        self.ranks = [dist.get_global_rank(group, r) for r in range(self.size)] \
             if group is not dist.group.WORLD else list(range(self.size))
-        self.next_rank = ranks[(self.rank + 1) % self.size]
-        self.previous_rank = ranks[(self.rank - 1) % self.size]
         self.tree_bytes = 0  # this process sent in the trees' collectives (see collective)
 
     def _call(self, what, fn, *args):
@@ -129,17 +127,50 @@ class Collective:
         return {"collective": self.collective, "processes": self.size, "rank": self.rank,
                 "row_offset": sum(self.rows_per_process[:self.rank])}
 
-    def _ring_reduce_scatter(self, chunks, group):
-        """Chunk `rank` of (W, n) int64 chunks summed over the processes, in place: W - 1 steps,
-        each sending one partial sum to the next process and adding the previous one's (exact
-        in any order)."""
-        W, incoming = self.size, torch.empty_like(chunks[0])
-        for step in range(W - 1):
-            send = torch.distributed.isend(chunks[(self.rank - step - 1) % W], self.next_rank,
+    def _exchange(self, send, receive, partner, group):
+        """Sends `send` to the process of rank `partner` while receiving `receive` from it."""
+        work = torch.distributed.isend(send.contiguous(), self.ranks[partner], group=group)
+        torch.distributed.recv(receive, self.ranks[partner], group=group)
+        work.wait()
+
+    def _reduce_scatter(self, chunks, group):
+        """Chunk `rank` of (W, n) int64 chunks summed over the processes, in place (the int64
+        sums are exact in any order). Each process sends (W - 1) / W of the buffer: by recursive
+        halving in log2 W steps when W is a power of two (each step sends the half of its range
+        the partner keeps and adds the partner's half of its own), else in a ring of W - 1."""
+        W, r = self.size, self.rank
+        if W & (W - 1) == 0:
+            low, high, mask = 0, W, W // 2
+            while mask:
+                middle = (low + high) // 2
+                keep, give = ((middle, high), (low, middle)) if r & mask else \
+                    ((low, middle), (middle, high))
+                incoming = torch.empty_like(chunks[keep[0]:keep[1]])
+                self._exchange(chunks[give[0]:give[1]], incoming, r ^ mask, group)
+                chunks[keep[0]:keep[1]] += incoming
+                (low, high), mask = keep, mask // 2
+            return
+        incoming = torch.empty_like(chunks[0])
+        for step in range(W - 1):  # ring: chunk r - step - 1 on, chunk r - step - 2 summed
+            work = torch.distributed.isend(chunks[(r - step - 1) % W], self.ranks[(r + 1) % W],
                                            group=group)
-            torch.distributed.recv(incoming, self.previous_rank, group=group)
-            send.wait()
-            chunks[(self.rank - step - 2) % W] += incoming
+            torch.distributed.recv(incoming, self.ranks[(r - 1) % W], group=group)
+            work.wait()
+            chunks[(r - step - 2) % W] += incoming
+
+    def _all_gather(self, chunks, group):
+        """Every process's chunk `rank` of (W, n) chunks, in place: by recursive doubling in
+        log2 W steps when W is a power of two, else gloo's all_gather."""
+        W, r = self.size, self.rank
+        if W & (W - 1):
+            torch.distributed.all_gather(list(chunks.unbind(0)), chunks[r].clone(), group=group)
+            return
+        mask = 1
+        while mask < W:
+            mine, theirs = r & ~(mask - 1), (r ^ mask) & ~(mask - 1)  # blocks of mask chunks
+            self._exchange(chunks[mine:mine + mask], chunks[theirs:theirs + mask], r ^ mask,
+                           group)
+            mask *= 2
 
     def collective(self, op, buffer):
         """The collective of ops.grow_tree: combines a tree's buffer in place. tree_bytes counts
@@ -154,8 +185,8 @@ class Collective:
             self._reduce(buffer, torch.distributed.ReduceOp.MAX, "a tree's gradient sizes")
         elif op == ops.REDUCE_SCATTER:
             self.tree_bytes += (W - 1) * nbytes // W
-            if self.ring:
-                self._call("summing a tree level's histograms", self._ring_reduce_scatter,
+            if self.by_sends:
+                self._call("summing a tree level's histograms", self._reduce_scatter,
                            buffer.view(W, -1))
                 return
             chunks = list(buffer.view(W, -1).to(self.device).unbind(0))
@@ -165,6 +196,10 @@ class Collective:
             buffer.view(W, -1)[self.rank].copy_(mine)
         else:  # ALL_GATHER
             self.tree_bytes += (W - 1) * nbytes // W
+            if self.by_sends:
+                self._call("exchanging a tree level's splits", self._all_gather,
+                           buffer.view(W, -1))
+                return
             chunks = buffer.view(W, -1)
             on = chunks.to(self.device)
             self._call("exchanging a tree level's splits", torch.distributed.all_gather,
