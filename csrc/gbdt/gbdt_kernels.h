@@ -104,6 +104,8 @@ enum class GbdtCollectiveOp : int64_t {
   kReduceScatter = 2,  // int64 in `processes` equal chunks: chunk `rank` summed over the
                        // processes (the other chunks are left as they are)
   kAllGather = 3,      // int64 in `processes` equal chunks: every process's chunk `rank`
+  kReduceScatterStart = 4,  // may start the kReduceScatter of this buffer that follows: every
+                            // chunk but `rank` is final, chunk `rank` is written until then
 };
 using GbdtCollective = std::function<void(GbdtCollectiveOp op, void* data, int64_t n)>;
 

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <type_traits>
@@ -147,11 +148,13 @@ class Reducer {
   virtual void max(GradientSizes&) {}
   // The scale of fixed-point sums for a tree of gradients this large.
   virtual void set_bound(const GradientSizes&) {}
-  // A level's histograms of this process's rows, local (nodes x F features x feature_cells),
-  // with each node's totals (feature_cells / num_bins cells) and rows, summed over the
-  // processes: into own the histograms of this process's features, totals and rows in place.
-  virtual void sum_level(const Cell* /*local*/, int64_t /*nodes*/, Cell* /*totals*/,
-                         int64_t* /*rows*/, Cell* /*own*/) {}
+  // A level's histograms of this process's rows, which build(first, last) writes into local
+  // (nodes x F features x feature_cells) for features [first, last), with each node's totals
+  // (feature_cells / num_bins cells) and rows, summed over the processes: into own the
+  // histograms of this process's features, totals and rows in place.
+  using BuildFeatures = std::function<void(int64_t first, int64_t last)>;
+  virtual void sum_level(const BuildFeatures& /*build*/, const Cell* /*local*/,
+                         int64_t /*nodes*/, Cell* /*totals*/, int64_t* /*rows*/, Cell* /*own*/) {}
   // Each node's split, the best of every process's (the first of equal gains in process order,
   // which is feature order).
   virtual void best_of(std::vector<SplitChoice>&) {}
@@ -162,7 +165,9 @@ class Reducer {
 // Process `rank` of a data-parallel fit, as LightGBM's data-parallel learner: it owns a block
 // of ceil(F / processes) features. A level's histograms go through one reduce-scatter (each
 // process receives the sums of its features only, with every node's totals and rows), and
-// each process sends its best split per node to all (one all-gather of a few words). float64
+// each process sends its best split per node to all (one all-gather of a few words). The
+// other processes' blocks are built first and their reduce-scatter started (kReduceScatterStart)
+// before this process builds its own, so that the transfer overlaps that work. float64
 // values travel as int64 in fixed point (gbdt.h, fixed_point_scale), so that the sums are
 // exact and the same on every process, whatever order the backend adds in.
 template <typename Cell>
@@ -180,26 +185,37 @@ class FeatureSharded final : public Reducer<Cell> {
     scale_ = gbdt::fixed_point_scale(processes_ * std::max(sizes.g_sum, sizes.h_sum));
   }
 
-  void sum_level(const Cell* local, int64_t nodes, Cell* totals, int64_t* rows,
-                 Cell* own) override {
+  void sum_level(const typename Reducer<Cell>::BuildFeatures& build, const Cell* local,
+                 int64_t nodes, Cell* totals, int64_t* rows, Cell* own) override {
     // Chunk p (process p's): per node its features' cells, the totals, the rows.
     const int64_t node_words = block_ * feature_cells_ + total_cells_ + 1;
     const int64_t chunk = nodes * node_words;
     wire_.assign(processes_ * chunk, 0);
-    at::parallel_for(0, processes_ * nodes, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        const int64_t p = i / nodes, s = i % nodes;
-        const auto [first, last] = range(p);
-        int64_t* out = wire_.data() + p * chunk + s * node_words;
-        const Cell* in = local + (s * F_ + first) * feature_cells_;
-        for (int64_t c = 0; c < (last - first) * feature_cells_; ++c) out[c] = to_wire(in[c]);
-        out += block_ * feature_cells_;
-        for (int64_t c = 0; c < total_cells_; ++c) out[c] = to_wire(totals[s * total_cells_ + c]);
-        out[total_cells_] = rows[s];
-      }
-    });
-    collective_(GbdtCollectiveOp::kReduceScatter, wire_.data(), processes_ * chunk);
+    const auto to_chunk = [&](int64_t p) {
+      const auto [first, last] = range(p);
+      at::parallel_for(0, nodes, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t s = lo; s < hi; ++s) {
+          int64_t* out = wire_.data() + p * chunk + s * node_words;
+          const Cell* in = local + (s * F_ + first) * feature_cells_;
+          for (int64_t c = 0; c < (last - first) * feature_cells_; ++c) out[c] = to_wire(in[c]);
+          out += block_ * feature_cells_;
+          for (int64_t c = 0; c < total_cells_; ++c) {
+            out[c] = to_wire(totals[s * total_cells_ + c]);
+          }
+          out[total_cells_] = rows[s];
+        }
+      });
+    };
     const auto [first, last] = range(rank_);
+    build(0, first);
+    build(last, F_);
+    for (int64_t p = 0; p < processes_; ++p) {
+      if (p != rank_) to_chunk(p);
+    }
+    collective_(GbdtCollectiveOp::kReduceScatterStart, wire_.data(), processes_ * chunk);
+    build(first, last);
+    to_chunk(rank_);
+    collective_(GbdtCollectiveOp::kReduceScatter, wire_.data(), processes_ * chunk);
     const int64_t own_cells = (last - first) * feature_cells_;
     at::parallel_for(0, nodes, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t s = lo; s < hi; ++s) {
@@ -436,7 +452,13 @@ class HistogramBuilder {
   // gathered in their rows' order, then in parallel over features, every bin summed by one
   // thread in a fixed order (the same for any thread count).
   void build(const RowPartition& partition, const int32_t* list, int64_t count, Cell* out) {
-    const int64_t F = a_.features, k = Gradients::kPerBin;
+    gather(partition, list, count);
+    build_features(partition, list, count, out, 0, a_.features);
+  }
+
+  // The first step of build: the listed nodes' values in their rows' order.
+  void gather(const RowPartition& partition, const int32_t* list, int64_t count) {
+    const int64_t k = Gradients::kPerBin;
     value_at_.assign(count + 1, 0);
     for (int64_t s = 0; s < count; ++s) value_at_[s + 1] = value_at_[s] + partition.count(list[s]);
     const int64_t total = value_at_[count];
@@ -448,6 +470,22 @@ class HistogramBuilder {
         grads_.gather(partition.rows(list[s])[p - value_at_[s]], values_.data() + p * k);
       }
     });
+  }
+
+  // Each listed node's sum of its gathered values (kPerBin cells), in row order.
+  void node_sums(int64_t count, Cell* out) const {
+    const int64_t k = Gradients::kPerBin;
+    for (int64_t s = 0; s < count; ++s) {
+      Cell sum[k] = {};
+      for (int64_t p = value_at_[s]; p < value_at_[s + 1]; ++p) Gradients::add(sum, &values_[p * k]);
+      std::copy(sum, sum + k, out + s * k);
+    }
+  }
+
+  // The second step: the histograms of features [first, last) (after gather).
+  void build_features(const RowPartition& partition, const int32_t* list, int64_t count,
+                      Cell* out, int64_t first, int64_t last) {
+    const int64_t k = Gradients::kPerBin, F = last - first;
     const auto run = [&](int64_t f_begin, int64_t f_end) {
       std::vector<Cell> second;
       for (int64_t s = 0; s < count; ++s) {
@@ -461,11 +499,13 @@ class HistogramBuilder {
         }
       }
     };
-    const int64_t tasks = total * F < (int64_t(1) << 16) ? 1 :
+    const int64_t tasks = value_at_[count] * F < (int64_t(1) << 16) ? 1 :
                           std::min<int64_t>(at::get_num_threads(), F);
-    if (tasks <= 1) return run(0, F);
+    if (tasks <= 1) return run(first, last);
     at::parallel_for(0, tasks, 1, [&](int64_t t_begin, int64_t t_end) {
-      for (int64_t t = t_begin; t < t_end; ++t) run(F * t / tasks, F * (t + 1) / tasks);
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        run(first + F * t / tasks, first + F * (t + 1) / tasks);
+      }
     });
   }
 
@@ -572,7 +612,7 @@ class TreeGrower {
   // The histograms of this process's features for nodes list[0, S) into out, summed over the
   // processes, with each node's totals (G, H) and rows (node_rows_).
   void build_level(const int32_t* list, int64_t S, Cell* out, double* totals) {
-    const int64_t B = a_.num_bins, k = Gradients::kPerBin;
+    const int64_t k = Gradients::kPerBin;
     if (!reducer_.distributed()) {
       histograms_.build(partition_, list, S, out);
       for (int64_t s = 0; s < S; ++s) {
@@ -582,18 +622,15 @@ class TreeGrower {
       return;
     }
     local_.resize(S * histograms_.cells());
-    histograms_.build(partition_, list, S, local_.data());
-    std::vector<Cell> total_cells(S * k, Cell(0));  // per node the sums over feature 0's bins
+    histograms_.gather(partition_, list, S);
+    std::vector<Cell> total_cells(S * k, Cell(0));  // per node the sums of its values
+    if (a_.features > 0) histograms_.node_sums(S, total_cells.data());  // (as one process)
     std::vector<int64_t> rows(S);
-    for (int64_t s = 0; s < S; ++s) {
-      rows[s] = partition_.count(list[s]);
-      if (a_.features == 0) continue;
-      const Cell* h = local_.data() + s * histograms_.cells();
-      for (int64_t b = 0; b < B; ++b) {
-        for (int64_t c = 0; c < k; ++c) total_cells[s * k + c] += h[b * k + c];
-      }
-    }
-    reducer_.sum_level(local_.data(), S, total_cells.data(), rows.data(), out);
+    for (int64_t s = 0; s < S; ++s) rows[s] = partition_.count(list[s]);
+    const auto build = [&](int64_t first, int64_t last) {
+      histograms_.build_features(partition_, list, S, local_.data(), first, last);
+    };
+    reducer_.sum_level(build, local_.data(), S, total_cells.data(), rows.data(), out);
     for (int64_t s = 0; s < S; ++s) {
       node_rows_[list[s]] = rows[s];
       const auto bins = grads_.bins(total_cells.data() + s * k);

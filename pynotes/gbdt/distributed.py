@@ -78,6 +78,7 @@ class Collective:
         self.ranks = [dist.get_global_rank(group, r) for r in range(self.size)] \
             if group is not dist.group.WORLD else list(range(self.size))
         self.tree_bytes = 0  # this process sent in the trees' collectives (see collective)
+        self.started = None  # a reduce-scatter's first step, begun (REDUCE_SCATTER_START)
 
     def _call(self, what, fn, *args):
         try:
@@ -129,34 +130,49 @@ class Collective:
 
     def _exchange(self, send, receive, partner, group):
         """Sends `send` to the process of rank `partner` while receiving `receive` from it."""
-        work = torch.distributed.isend(send.contiguous(), self.ranks[partner], group=group)
+        work = torch.distributed.isend(send, self.ranks[partner], group=group)
         torch.distributed.recv(receive, self.ranks[partner], group=group)
         work.wait()
 
-    def _reduce_scatter(self, chunks, group):
-        """Chunk `rank` of (W, n) int64 chunks summed over the processes, in place (the int64
-        sums are exact in any order). Each process sends (W - 1) / W of the buffer: by recursive
-        halving in log2 W steps when W is a power of two (each step sends the half of its range
-        the partner keeps and adds the partner's half of its own), else in a ring of W - 1."""
-        W, r = self.size, self.rank
+    def _reduce_scatter_steps(self):
+        """The steps of a reduce-scatter of W chunks, each (chunks sent, to, chunks received
+        and added, from), so that chunk `rank` ends summed over the processes and each process
+        sends (W - 1) / W of the buffer: by recursive halving in log2 W steps when W is a
+        power of two (each step sends the half of its range the partner keeps), else a ring
+        of W - 1."""
+        W, r, steps = self.size, self.rank, []
         if W & (W - 1) == 0:
             low, high, mask = 0, W, W // 2
             while mask:
                 middle = (low + high) // 2
                 keep, give = ((middle, high), (low, middle)) if r & mask else \
                     ((low, middle), (middle, high))
-                incoming = torch.empty_like(chunks[keep[0]:keep[1]])
-                self._exchange(chunks[give[0]:give[1]], incoming, r ^ mask, group)
-                chunks[keep[0]:keep[1]] += incoming
+                steps.append((give, r ^ mask, keep, r ^ mask))
                 (low, high), mask = keep, mask // 2
-            return
-        incoming = torch.empty_like(chunks[0])
-        for step in range(W - 1):  # ring: chunk r - step - 1 on, chunk r - step - 2 summed
-            work = torch.distributed.isend(chunks[(r - step - 1) % W], self.ranks[(r + 1) % W],
-                                           group=group)
-            torch.distributed.recv(incoming, self.ranks[(r - 1) % W], group=group)
-            work.wait()
-            chunks[(r - step - 2) % W] += incoming
+            return steps
+        for step in range(W - 1):  # chunk r - step - 1 on, chunk r - step - 2 summed
+            send, add = (r - step - 1) % W, (r - step - 2) % W
+            steps.append(((send, send + 1), (r + 1) % W, (add, add + 1), (r - 1) % W))
+        return steps
+
+    def _start_step(self, chunks, step, group):
+        (s0, s1), to, (k0, k1), source = step
+        incoming = torch.empty_like(chunks[k0:k1])
+        return (torch.distributed.isend(chunks[s0:s1], self.ranks[to], group=group),
+                torch.distributed.irecv(incoming, self.ranks[source], group=group), incoming,
+                (k0, k1))
+
+    def _reduce_scatter(self, chunks, started, group):
+        """Chunk `rank` of (W, n) int64 chunks summed over the processes, in place (the int64
+        sums are exact in any order); `started`: the first step's sends, begun while this
+        process built its own chunk (REDUCE_SCATTER_START)."""
+        steps = self._reduce_scatter_steps()
+        for i, step in enumerate(steps):
+            send, receive, incoming, (k0, k1) = started if i == 0 and started else \
+                self._start_step(chunks, step, group)
+            send.wait()
+            receive.wait()
+            chunks[k0:k1] += incoming
 
     def _all_gather(self, chunks, group):
         """Every process's chunk `rank` of (W, n) chunks, in place: by recursive doubling in
@@ -183,11 +199,17 @@ class Collective:
         elif op == ops.REDUCE_MAX:
             self.tree_bytes += 2 * (W - 1) * nbytes // W
             self._reduce(buffer, torch.distributed.ReduceOp.MAX, "a tree's gradient sizes")
+        elif op == ops.REDUCE_SCATTER_START:
+            if self.by_sends and W > 1:
+                self.started = self._call("summing a tree level's histograms",
+                                          self._start_step, buffer.view(W, -1),
+                                          self._reduce_scatter_steps()[0])
         elif op == ops.REDUCE_SCATTER:
             self.tree_bytes += (W - 1) * nbytes // W
             if self.by_sends:
+                started, self.started = self.started, None
                 self._call("summing a tree level's histograms", self._reduce_scatter,
-                           buffer.view(W, -1))
+                           buffer.view(W, -1), started)
                 return
             chunks = list(buffer.view(W, -1).to(self.device).unbind(0))
             mine = torch.empty_like(chunks[self.rank])

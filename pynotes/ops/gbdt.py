@@ -16,8 +16,10 @@ MAX_DEPTH = 20
 
 # The operations of a data-parallel tree's collective(op, buffer) over the processes
 # (csrc/gbdt/gbdt_kernels.h, GbdtCollectiveOp), in place: int64 summed, float64 maxed, int64 in
-# one chunk per process reduce-scattered (this process's chunk summed) or all-gathered.
-REDUCE_SUM, REDUCE_MAX, REDUCE_SCATTER, ALL_GATHER = 0, 1, 2, 3
+# one chunk per process reduce-scattered (this process's chunk summed) or all-gathered;
+# REDUCE_SCATTER_START may start the REDUCE_SCATTER of the same buffer that follows it (every
+# chunk but this process's is final; a collective may ignore it).
+REDUCE_SUM, REDUCE_MAX, REDUCE_SCATTER, ALL_GATHER, REDUCE_SCATTER_START = 0, 1, 2, 3, 4
 
 
 def _compute_cuts(x, max_bins, sample_size, random_state):
