@@ -27,17 +27,26 @@ BINS = 256
 SPLIT_BYTES = 96  # a split as the workers exchange it (12 int64 words)
 
 
-def communication(built, nodes, features, workers, gbps, latency_us, bin_bytes=BIN_BYTES):
+def communication(built, nodes, features, workers, gbps, latency_us, bin_bytes=BIN_BYTES,
+                  overlap_s=0.0):
     """Seconds and bytes a worker sends for one level: `built` histograms reduce-scattered (with
-    each node's totals and rows), then `nodes` best splits all-gathered."""
+    each node's totals and rows), then `nodes` best splits all-gathered. overlap_s: the
+    compute the reduce-scatter's first step overlaps (the build of the worker's own features),
+    which hides as much of that step's transfer."""
     if workers == 1:
         return 0.0, 0.0
     share = (workers - 1) / workers
     # every chunk carries each node's totals and rows
-    sent = share * built * (features * BINS * bin_bytes + workers * (bin_bytes + 8))
-    sent += share * workers * nodes * SPLIT_BYTES
+    histograms = share * built * (features * BINS * bin_bytes + workers * (bin_bytes + 8))
+    splits = share * workers * nodes * SPLIT_BYTES
+    bytes_per_s = gbps * 1e9 / 8
+    buffer = histograms * workers / (workers - 1)
+    # recursive halving sends half the buffer first, a ring one chunk
+    first_step = (buffer / 2 if workers & (workers - 1) == 0 else buffer / workers) / bytes_per_s
+    hidden = min(overlap_s, first_step)
     steps = 2 * (math.ceil(math.log2(workers)) if workers & (workers - 1) == 0 else workers - 1)
-    return sent / (gbps * 1e9 / 8) + steps * latency_us * 1e-6, sent
+    return (histograms + splits) / bytes_per_s - hidden + steps * latency_us * 1e-6, \
+        histograms + splits
 
 
 def tree_overhead(workers, latency_us):

@@ -5,12 +5,15 @@ token bucket (tbf) limits on both ends.
 
     python -m benchmarks.gbdt_network [--rows 400000] [--rounds 30] [--gbps 0 10 1 0.1]
 
-(as root; --gbps 0 leaves the link unlimited). For each link it measures one collective's
-latency (a gloo all-reduce of 8 bytes, median of 300) and a 16 MB reduce-scatter's bandwidth,
-then the fits. The model (benchmarks/gbdt_cost_model.py) predicts a tree's time as the
-compute of rank 0 on the unlimited link (its fit outside the collectives) plus the
-communication of the levels its trees built, at the link's measured latency and bandwidth.
-Writes the table into benchmarks/results/cpu-gbdt-distributed.md (replacing an earlier one).
+(as root; --gbps 0 leaves the link unlimited). For each link it measures the latency and
+bandwidth of what the trees' collectives do (gloo sends and receives between the two
+processes: 8 bytes each way, median of 300, and 2 MB, median of 15), then the fits. The model
+(benchmarks/gbdt_cost_model.py) predicts a tree's time as rank 0's compute and waiting for the
+other process on the unlimited link (its fit outside the collectives, and its time in them
+beyond the model's communication) plus the communication of the levels its trees built, at
+the link's measured latency and bandwidth, less the transfer that overlaps the build of the
+process's own features. Writes the table into benchmarks/results/cpu-gbdt-distributed.md
+(replacing an earlier one).
 
 The kernel these results were measured on has no netem qdisc ("Specified qdisc kind is
 unknown"), so a link's latency cannot be set: it is the veth's own, as measured.
@@ -40,20 +43,28 @@ rank = int(os.environ["RANK"])
 dist.init_process_group("gloo", init_method=f"tcp://{os.environ['MASTER_ADDR']}:"
                         + os.environ["MASTER_PORT"], rank=rank, world_size=2,
                         timeout=datetime.timedelta(seconds=60))
-small, times = torch.zeros(1, dtype=torch.int64), []
-for _ in range(300):
-    start = time.perf_counter()
-    dist.all_reduce(small)
-    times.append(time.perf_counter() - start)
-big = torch.zeros(2 * 2 ** 20, dtype=torch.int64)  # 16 MB, 8 MB a chunk
-mine, seconds = torch.empty(2 ** 20, dtype=torch.int64), []
-for _ in range(5):
-    dist.barrier()
-    start = time.perf_counter()
-    dist.reduce_scatter(mine, list(big.chunk(2)))
-    seconds.append(time.perf_counter() - start)
-print(json.dumps({"latency_us": statistics.median(times) * 1e6,
-                  "gbps": 8 * 2 ** 20 * 8 / statistics.median(seconds) / 1e9}))
+
+
+def exchange(send, receive):  # what the trees' collectives do (pynotes/gbdt/distributed.py)
+    work = dist.isend(send, 1 - rank)
+    dist.recv(receive, 1 - rank)
+    work.wait()
+
+
+def seconds(n, repeats):
+    send, receive, times = torch.zeros(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64), []
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        exchange(send, receive)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+latency = seconds(1, 300)
+big = 2 ** 18  # 2 MB each way, a level's histograms of case (a)
+print(json.dumps({"latency_us": latency * 1e6,
+                  "gbps": big * 8 * 8 / (seconds(big, 15) - latency) / 1e9}))
 dist.destroy_process_group()
 """
 
@@ -147,36 +158,52 @@ def main():
 def table(rows, features, rounds, args):
     """Measured and predicted seconds per tree on each link."""
     fastest = rows[0]
-    seconds, out, path = min(fastest[2]["pynotes"], key=lambda r: r[0])
-    compute = (seconds - out["combining"]) / rounds
-    built = level_histograms(path)
+    built = level_histograms(fastest[2]["pynotes"][0][2])
     nodes = [1] + [2 * b for b in built[1:]]  # a level's nodes: its built and derived ones
+
+    def per_tree(runs, key):
+        return statistics.median(key(r) for r in runs) / rounds
+    # From the unlimited link: rank 0's compute per tree, and its waiting for the other
+    # process (its time in collectives beyond the model's communication). Each level's
+    # transfer overlaps the build of the process's own features (half of the level's
+    # histograms; the model's rows read per level times the fit's measured cost of a row).
+    compute = per_tree(fastest[2]["pynotes"], lambda r: r[0] - r[1]["combining"])
+    rows_read = [1.0] + [0.5] * (len(built) - 1)  # of a process's rows, per level
+    build = [compute * share / sum(rows_read) / 2 for share in rows_read]
+
+    def communication(link):  # the model's, per tree
+        return model.tree_overhead(2, link["latency_us"]) + sum(
+            model.communication(b, n, features, 2, link["gbps"], link["latency_us"],
+                                overlap_s=o)[0]
+            for b, n, o in zip(built, nodes, build))
+    hidden = sum(build)
+    wait = per_tree(fastest[2]["pynotes"], lambda r: r[1]["combining"]) - \
+        communication(fastest[1])
     lines = [f"{args.rows // 1000}k x {features} rows (case (a)), depth 6, {args.rounds} "
              f"rounds, {args.repeats} runs per link (medians), 2 processes x 1 thread in "
              "separate network namespaces joined by a veth pair (tc tbf on both ends; no "
              "netem in this kernel, so latency is the link's own). Predicted = rank 0's "
-             f"compute per tree on the unlimited link ({compute * 1e3:.1f} ms) + the cost "
-             "model's communication for the levels built (histograms per level "
-             f"{', '.join(f'{b:g}' for b in built)}) at the link's measured latency and "
-             "bandwidth (a gloo reduce-scatter's, which tbf's nominal rate bounds).", "",
+             f"compute per tree ({compute * 1e3:.1f} ms) and its waiting for the other process "
+             f"({wait * 1e3:.1f} ms: time in collectives beyond the model's), both measured on "
+             "the unlimited link, + the cost model's communication for the levels built "
+             f"(histograms per level {', '.join(f'{b:g}' for b in built)}) at the link's "
+             "measured latency and bandwidth (of 2 MB sent each way: tbf delivers less than "
+             "its nominal rate), less the transfer that overlaps the build of the process's "
+             f"own features ({hidden * 1e3:.1f} ms at most: half the levels' compute).", "",
              "| link | measured latency | measured bandwidth | pynotes ms / tree | in "
-             "collectives ms / tree | predicted ms / tree | measured / predicted | LightGBM "
-             "ms / tree | pynotes vs LightGBM |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "collectives ms / tree | model's communication ms / tree | predicted ms / tree "
+             "| measured / predicted | LightGBM ms / tree | pynotes vs LightGBM |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for gbps, link, runs in rows:
-        rate = link["gbps"]  # what the link delivers to a collective, not the tbf setting
-        comm = model.tree_overhead(2, link["latency_us"]) + sum(
-            model.communication(b, n, features, 2, rate, link["latency_us"])[0]
-            for b, n in zip(built, nodes))
-        predicted = compute + comm
-        ours = statistics.median(r[0] for r in runs["pynotes"]) / rounds
-        in_collectives = statistics.median(r[1]["combining"] for r in runs["pynotes"]) / rounds
-        theirs = statistics.median(r[0] for r in runs["LightGBM"]) / rounds \
-            if runs.get("LightGBM") else None
+        comm = communication(link)
+        predicted = compute + wait + comm
+        ours = per_tree(runs["pynotes"], lambda r: r[0])
+        in_collectives = per_tree(runs["pynotes"], lambda r: r[1]["combining"])
+        theirs = per_tree(runs["LightGBM"], lambda r: r[0]) if runs.get("LightGBM") else None
         lines.append(
             f"| {'unlimited' if not gbps else f'{gbps:g} Gb/s'} | {link['latency_us']:.0f} µs "
             f"| {link['gbps']:.2f} Gb/s | {ours * 1e3:.1f} | {in_collectives * 1e3:.1f} "
-            f"| {predicted * 1e3:.1f} | {ours / predicted:.2f} | "
+            f"| {comm * 1e3:.1f} | {predicted * 1e3:.1f} | {ours / predicted:.2f} | "
             + (f"{theirs * 1e3:.1f} | {theirs / ours:.2f}x |" if theirs else "| |"))
     return "\n".join(lines)
 
