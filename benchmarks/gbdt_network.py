@@ -30,6 +30,7 @@ import numpy as np
 
 from benchmarks import gbdt_cost_model as model
 from benchmarks.gbdt_distributed import _fit, level_histograms
+from pynotes.gbdt.estimators import _CUT_SAMPLE_ROWS as CUT_SAMPLE_ROWS
 
 NAMESPACES = ["pynotes-gbdt-0", "pynotes-gbdt-1"]
 DEVICES = ["pynotes-v0", "pynotes-v1"]
@@ -148,14 +149,14 @@ def main():
                                                 network=network()), path))
                 rows.append((gbps, link, runs))
                 print(gbps, link, {k: [r[0] for r in v] for k, v in runs.items()}, flush=True)
-            report = table(rows, features, args.rounds, args)
+            report = table(rows, features, args.rounds, args, X.itemsize)
     finally:
         teardown()
     print(report)
     write_section(args.out, report)
 
 
-def table(rows, features, rounds, args):
+def table(rows, features, rounds, args, itemsize):
     """Measured and predicted seconds per tree on each link."""
     fastest = rows[0]
     built = level_histograms(fastest[2]["pynotes"][0][2])
@@ -171,14 +172,20 @@ def table(rows, features, rounds, args):
     rows_read = [1.0] + [0.5] * (len(built) - 1)  # of a process's rows, per level
     build = [compute * share / sum(rows_read) / 2 for share in rows_read]
 
-    def communication(link):  # the model's, per tree
+    # Once per fit, each process sends its share of the cut points' sample (gbdt/distributed.py,
+    # Collective.cut_points: 200k rows in all).
+    sample_bytes = min(args.rows, CUT_SAMPLE_ROWS) / 2 * features * itemsize
+
+    def in_trees(link):  # the model's communication per tree, in the trees' collectives
         return model.tree_overhead(2, link["latency_us"]) + sum(
             model.communication(b, n, features, 2, link["gbps"], link["latency_us"],
                                 overlap_s=o)[0]
             for b, n, o in zip(built, nodes, build))
+
+    def sample(link):  # per tree, outside them (in the compute measured on the fastest link)
+        return sample_bytes / (link["gbps"] * 1e9 / 8) / rounds
     hidden = sum(build)
-    wait = per_tree(fastest[2]["pynotes"], lambda r: r[1]["combining"]) - \
-        communication(fastest[1])
+    wait = per_tree(fastest[2]["pynotes"], lambda r: r[1]["combining"]) - in_trees(fastest[1])
     lines = [f"{args.rows // 1000}k x {features} rows (case (a)), depth 6, {args.rounds} "
              f"rounds, {args.repeats} runs per link (medians), 2 processes x 1 thread in "
              "separate network namespaces joined by a veth pair (tc tbf on both ends; no "
@@ -189,14 +196,16 @@ def table(rows, features, rounds, args):
              f"(histograms per level {', '.join(f'{b:g}' for b in built)}) at the link's "
              "measured latency and bandwidth (of 2 MB sent each way: tbf delivers less than "
              "its nominal rate), less the transfer that overlaps the build of the process's "
-             f"own features ({hidden * 1e3:.1f} ms at most: half the levels' compute).", "",
+             f"own features ({hidden * 1e3:.1f} ms at most: half the levels' compute), and "
+             f"the fit's exchange of the cut points' sample ({sample_bytes / 1e6:.0f} MB sent "
+             "by each process) spread over the trees.", "",
              "| link | measured latency | measured bandwidth | pynotes ms / tree | in "
              "collectives ms / tree | model's communication ms / tree | predicted ms / tree "
              "| measured / predicted | LightGBM ms / tree | pynotes vs LightGBM |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for gbps, link, runs in rows:
-        comm = communication(link)
-        predicted = compute + wait + comm
+        comm = in_trees(link) + sample(link)
+        predicted = compute - sample(fastest[1]) + wait + comm
         ours = per_tree(runs["pynotes"], lambda r: r[0])
         in_collectives = per_tree(runs["pynotes"], lambda r: r[1]["combining"])
         theirs = per_tree(runs["LightGBM"], lambda r: r[0]) if runs.get("LightGBM") else None

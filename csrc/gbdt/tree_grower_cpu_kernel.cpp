@@ -140,10 +140,11 @@ struct SplitChoice {
 template <typename Cell>
 class Reducer {
  public:
+  Reducer(int64_t features, int64_t feature_cells) : F_(features), feature_cells_(feature_cells) {}
   virtual ~Reducer() = default;
   virtual bool distributed() const { return false; }
   // The features whose histograms this process sums and searches: [first, last).
-  virtual std::pair<int64_t, int64_t> features(int64_t F) const { return {0, F}; }
+  virtual std::pair<int64_t, int64_t> features() const { return {0, F_}; }
   // Each field the largest over the processes.
   virtual void max(GradientSizes&) {}
   // The scale of fixed-point sums for a tree of gradients this large.
@@ -152,14 +153,22 @@ class Reducer {
   // (nodes x F features x feature_cells) for features [first, last), with each node's totals
   // (feature_cells / num_bins cells) and rows, summed over the processes: into own the
   // histograms of this process's features, totals and rows in place.
+  // (One process: build, and its histograms are the sums; the grower builds straight into
+  // its own instead.)
   using BuildFeatures = std::function<void(int64_t first, int64_t last)>;
-  virtual void sum_level(const BuildFeatures& /*build*/, const Cell* /*local*/,
-                         int64_t /*nodes*/, Cell* /*totals*/, int64_t* /*rows*/, Cell* /*own*/) {}
+  virtual void sum_level(const BuildFeatures& build, const Cell* local, int64_t nodes,
+                         Cell* /*totals*/, int64_t* /*rows*/, Cell* own) {
+    build(0, F_);
+    std::copy(local, local + nodes * F_ * feature_cells_, own);
+  }
   // Each node's split, the best of every process's (the first of equal gains in process order,
   // which is feature order).
   virtual void best_of(std::vector<SplitChoice>&) {}
   // float64 values (the leaves' sums) summed over the processes.
   virtual void sum(double*, int64_t) {}
+
+ protected:
+  const int64_t F_, feature_cells_;  // of the histograms
 };
 
 // Process `rank` of a data-parallel fit, as LightGBM's data-parallel learner: it owns a block
@@ -175,11 +184,10 @@ class FeatureSharded final : public Reducer<Cell> {
  public:
   FeatureSharded(const GbdtCollective& collective, int64_t processes, int64_t rank,
                  int64_t features, int64_t feature_cells, int64_t total_cells)
-      : collective_(collective), processes_(processes), rank_(rank), F_(features),
-        block_((features + processes - 1) / processes), feature_cells_(feature_cells),
-        total_cells_(total_cells) {}
+      : Reducer<Cell>(features, feature_cells), collective_(collective), processes_(processes),
+        rank_(rank), block_((features + processes - 1) / processes), total_cells_(total_cells) {}
   bool distributed() const override { return true; }
-  std::pair<int64_t, int64_t> features(int64_t) const override { return range(rank_); }
+  std::pair<int64_t, int64_t> features() const override { return range(rank_); }
   void max(GradientSizes& sizes) override { collective_(GbdtCollectiveOp::kMax, &sizes, 4); }
   void set_bound(const GradientSizes& sizes) override {
     scale_ = gbdt::fixed_point_scale(processes_ * std::max(sizes.g_sum, sizes.h_sum));
@@ -293,8 +301,10 @@ class FeatureSharded final : public Reducer<Cell> {
     std::memcpy(c.cat_left, w + 8, sizeof c.cat_left);
   }
 
+  using Reducer<Cell>::F_;
+  using Reducer<Cell>::feature_cells_;
   const GbdtCollective& collective_;
-  const int64_t processes_, rank_, F_, block_, feature_cells_, total_cells_;
+  const int64_t processes_, rank_, block_, total_cells_;
   double scale_ = 1.0;
   std::vector<int64_t> wire_;
 };
@@ -477,7 +487,9 @@ class HistogramBuilder {
     const int64_t k = Gradients::kPerBin;
     for (int64_t s = 0; s < count; ++s) {
       Cell sum[k] = {};
-      for (int64_t p = value_at_[s]; p < value_at_[s + 1]; ++p) Gradients::add(sum, &values_[p * k]);
+      for (int64_t p = value_at_[s]; p < value_at_[s + 1]; ++p) {
+        Gradients::add(sum, &values_[p * k]);
+      }
       std::copy(sum, sum + k, out + s * k);
     }
   }
@@ -583,7 +595,7 @@ class TreeGrower {
   using Cell = typename Gradients::Cell;
   TreeGrower(const GbdtGrowTree& a, const Gradients& grads, Reducer<Cell>& reducer)
       : a_(a), grads_(grads), reducer_(reducer), nodes_((int64_t(2) << a.max_depth) - 1),
-        own_(reducer.features(a.features)),
+        own_(reducer.features()),
         own_cells_((own_.second - own_.first) * a.num_bins * Gradients::kPerBin),
         partition_(a.rows, nodes_), histograms_(a, grads), splitter_(a, grads, own_),
         node_rows_(nodes_, 0), reached_(nodes_, 0) {}
@@ -758,7 +770,9 @@ class TreeGrower {
 
 template <typename Cell>
 std::unique_ptr<Reducer<Cell>> make_reducer(const GbdtGrowTree& a, int64_t per_bin) {
-  if (a.collective == nullptr) return std::make_unique<Reducer<Cell>>();
+  if (a.collective == nullptr) {
+    return std::make_unique<Reducer<Cell>>(a.features, a.num_bins * per_bin);
+  }
   return std::make_unique<FeatureSharded<Cell>>(*a.collective, a.processes, a.rank, a.features,
                                                 a.num_bins * per_bin, per_bin);
 }
