@@ -22,6 +22,9 @@ namespace gbdt {
 // limit too (pynotes.ops.gbdt.MAX_DEPTH, which the tests check against this one).
 constexpr int64_t kMaxDepth = 20;
 
+// The fewest rows a CPU task takes (at::parallel_for's grain in the row loops).
+constexpr int64_t kRowGrain = 2048;
+
 // The bin of x: how many of the cut points (sorted, padded with +inf up to max_cuts) are < x;
 // NaN goes to missing_bin.
 template <typename T>

@@ -28,14 +28,13 @@ namespace pynotes {
 namespace CPU_CAPABILITY {
 namespace {
 
-constexpr int64_t kRowGrain = 2048;
 constexpr int64_t kPrefetchAhead = 16;  // rows
 
 template <typename T>
 void bin(const GbdtBin& a) {
   const T* x = static_cast<const T*>(a.x);
   const T* cuts = static_cast<const T*>(a.cuts);
-  at::parallel_for(0, a.rows, kRowGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, a.rows, gbdt::kRowGrain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       for (int64_t f = 0; f < a.features; ++f) {
         a.out[r * a.features + f] = gbdt::bin_of(x[r * a.features + f], cuts + f * a.max_cuts,
@@ -69,7 +68,7 @@ void group_rows_by_slot(const GbdtHistogram& a, std::vector<int64_t>& offsets,
                         std::vector<int32_t>& rows) {
   const int64_t S = a.num_slots;
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
-                                                                a.rows / kRowGrain));
+                                                                a.rows / gbdt::kRowGrain));
   std::vector<int64_t> counts(blocks * (S + 1), 0);  // per block: rows per slot, then offsets
   const auto block_rows = [&](int64_t b) {
     return std::pair<int64_t, int64_t>{a.rows * b / blocks, a.rows * (b + 1) / blocks};
@@ -167,7 +166,7 @@ void best_splits(const GbdtBestSplits& a) {
 void advance(const GbdtAdvance& a) {
   // Row blocks with their own counts, summed after (integers: any order gives the same).
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
-                                                                a.rows / kRowGrain));
+                                                                a.rows / gbdt::kRowGrain));
   std::vector<int64_t> counts(blocks * a.nodes, 0);
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
     for (int64_t b = b_begin; b < b_end; ++b) {

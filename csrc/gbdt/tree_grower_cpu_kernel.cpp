@@ -32,7 +32,6 @@ namespace pynotes {
 namespace CPU_CAPABILITY {
 namespace {
 
-constexpr int64_t kRowGrain = 2048;
 constexpr int64_t kPartitionBlock = 8192;  // rows
 constexpr int64_t kTwoChainRows = 2048;    // nodes from this many rows use two histogram copies
 
@@ -113,7 +112,7 @@ QuantizedGradients quantize_gradients(const GbdtGrowTree& a, const T* grad, cons
   const double g_scale = g_max > 0 ? g_max / g_levels : 1.0;
   const double h_scale = h_max > 0 ? h_max / h_levels : 1.0;
   packed.resize(a.rows);
-  at::parallel_for(0, a.rows, kRowGrain, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, a.rows, gbdt::kRowGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       const auto round = [&](double v, uint64_t stream) {
         return static_cast<int64_t>(
@@ -317,7 +316,7 @@ GradientSizes gradient_sizes(const GbdtGrowTree& a, const T* grad, const T* hess
   GradientSizes s;
   if (a.quantize_bins == 0 && !reducer.distributed()) return s;
   std::vector<GradientSizes> parts(std::max<int64_t>(1, at::get_num_threads()));
-  at::parallel_for(0, a.rows, kRowGrain, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, a.rows, gbdt::kRowGrain, [&](int64_t lo, int64_t hi) {
     GradientSizes& p = parts[at::get_thread_num()];
     for (int64_t r = lo; r < hi; ++r) {
       const double g = std::abs(static_cast<double>(grad[r])), h = hess[r];
@@ -473,7 +472,7 @@ class HistogramBuilder {
     for (int64_t s = 0; s < count; ++s) value_at_[s + 1] = value_at_[s] + partition.count(list[s]);
     const int64_t total = value_at_[count];
     values_.resize(total * k);
-    at::parallel_for(0, total, kRowGrain, [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, total, gbdt::kRowGrain, [&](int64_t lo, int64_t hi) {
       int64_t s = std::upper_bound(value_at_.begin(), value_at_.end(), lo) - value_at_.begin() - 1;
       for (int64_t p = lo; p < hi; ++p) {
         while (p >= value_at_[s + 1]) ++s;
