@@ -28,7 +28,10 @@ import tempfile
 
 import numpy as np
 
+import torch
+
 from benchmarks import gbdt_cost_model as model
+from benchmarks.common import cpu_model, cpu_vendor, format_speedup
 from benchmarks.gbdt_distributed import _fit, level_histograms
 from pynotes.gbdt.estimators import _CUT_SAMPLE_ROWS as CUT_SAMPLE_ROWS
 
@@ -186,7 +189,9 @@ def table(rows, features, rounds, args, itemsize):
         return sample_bytes / (link["gbps"] * 1e9 / 8) / rounds
     hidden = sum(build)
     wait = per_tree(fastest[2]["pynotes"], lambda r: r[1]["combining"]) - in_trees(fastest[1])
-    lines = [f"{args.rows // 1000}k x {features} rows (case (a)), depth 6, {args.rounds} "
+    lines = [f"{cpu_model()} ({cpu_vendor()}, {os.cpu_count()} cores), torch "
+             f"{torch.__version__}, LightGBM {lightgbm_version()}. "
+             f"{args.rows // 1000}k x {features} rows (case (a)), depth 6, {args.rounds} "
              f"rounds, {args.repeats} runs per link (medians), 2 processes x 1 thread in "
              "separate network namespaces joined by a veth pair (tc tbf on both ends; no "
              "netem in this kernel, so latency is the link's own). Predicted = rank 0's "
@@ -213,8 +218,16 @@ def table(rows, features, rounds, args, itemsize):
             f"| {'unlimited' if not gbps else f'{gbps:g} Gb/s'} | {link['latency_us']:.0f} µs "
             f"| {link['gbps']:.2f} Gb/s | {ours * 1e3:.1f} | {in_collectives * 1e3:.1f} "
             f"| {comm * 1e3:.1f} | {predicted * 1e3:.1f} | {ours / predicted:.2f} | "
-            + (f"{theirs * 1e3:.1f} | {theirs / ours:.2f}x |" if theirs else "| |"))
+            + (f"{theirs * 1e3:.1f} | {format_speedup(theirs / ours)} |" if theirs else "| |"))
     return "\n".join(lines)
+
+
+def lightgbm_version():
+    try:
+        import lightgbm
+        return lightgbm.__version__
+    except ImportError:
+        return "not installed"
 
 
 def write_section(path, report):
