@@ -147,7 +147,11 @@ def cpu_vendor():
 
 
 def cpu_model():
-    return _cpuinfo("model name") or platform.processor() or platform.machine()
+    """The CPU's name and, on x86, its family and model numbers: a VM's name may be only
+    "Intel(R) Xeon(R) Processor" or "AMD EPYC", which does not tell the generations apart."""
+    name = _cpuinfo("model name") or platform.processor() or platform.machine()
+    family, model = _cpuinfo("cpu family"), _cpuinfo("model\t")
+    return f"{name} (family {family} model {model})" if family and model else name
 
 
 def machine_info(device):

@@ -15,8 +15,11 @@ Cases (synthetic, fixed seeds; the test rows are 100k or 20 %):
       HistGradientBoosting with native categoricals, XGBoost with enable_categorical.
       HistGradientBoosting takes at most 255 categories a column: it gets the 500-level
       column with its 254 most frequent levels kept and the others missing.
-Rows per case and peer: training time, prediction of the test rows (100k) and one-row latency
-(the median of 200 calls), test AUC (log loss for multiclass, RMSE for regression) of both in
+  (h) full depth: 300k x 12 integer codes with 3 to 4000 distinct values, every column
+      informative (a random effect per value), depth 8, 200 rounds: every tree grows to its
+      255 leaves (the note gives pynotes' leaves per tree)
+Rows per case and peer: training time, prediction of the test rows (100k), the latency of a
+call on 1, 10 and 100 rows (per call, over 200 calls), test AUC (log loss for multiclass, RMSE for regression) of both in
 the note, and for case (a) in the full run the peak memory of each fit (in its own process,
 VmHWM above the loaded data and library; also with glibc's mmap threshold fixed). And the
 histogram kernel alone (one level over all training rows) against the pure-PyTorch reference
@@ -47,7 +50,10 @@ CASES = {
     "f": ("regression 500k x 20, depth 6, 100 rounds", 500_000, 6, 100, "regression"),
     "g": ("300k x (4 categorical + 10 numeric), depth 6, 100 rounds", 200_000, 6, 100,
           "binary"),
+    "h": ("full depth: 300k x 12 informative integer codes, depth 8, 200 rounds", 300_000, 8,
+          200, "binary"),
 }
+LATENCY_ROWS = (1, 10, 100)
 CATEGORY_LEVELS = (5, 20, 100, 500)
 
 
@@ -110,6 +116,14 @@ def make_data(case):
                  - np.cos(X[:, 9] / 50) + 0.5 * (X[:, 11] > 2000) * (X[:, 2] > 10)
                  + rng.normal(0, 1, n))
         y = (logit > np.median(logit)).astype(np.int64)
+    elif case == "h":
+        rng = np.random.default_rng(1)
+        distinct = [3, 7, 12, 20, 31, 50, 100, 200, 365, 1000, 2000, 4000]
+        X = np.stack([rng.integers(0, d, n) for d in distinct], 1).astype(np.float64)
+        # Each value of each column moves the logit by its own amount: no column is noise,
+        # and no few splits capture a column.
+        logit = sum(rng.normal(0, 1, d)[X[:, j].astype(np.int64)] for j, d in enumerate(distinct))
+        y = (logit + rng.normal(0, 1, n) > np.median(logit)).astype(np.int64)
     elif case == "c":
         X, y = make_classification(n_samples=n, n_features=8, n_informative=6, n_redundant=1,
                                    random_state=0)
@@ -160,6 +174,13 @@ def make_model(library, task, depth, rounds, threads, device="cpu"):
                max_bins=255, early_stopping=False)
 
 
+def leaves(model):
+    """pynotes' leaves per tree (mean and fewest): a tree of the complete heap has one more
+    leaf than splits."""
+    splits = torch.stack(model._ensemble.feature).ge(0).sum(1)
+    return f"pynotes leaves per tree {splits.double().mean() + 1:.0f} (fewest {splits.min() + 1})"
+
+
 def peers(device):
     """The anchors installed here."""
     found = []
@@ -186,7 +207,8 @@ def case_names(device, quick):
 
 def cases(device, quick=True):
     names = ", ".join(peers(device))
-    listed = [f"gbdt ({c}) {CASES[c][0]}: train, predict 100k rows, predict 1 row, vs {names}"
+    listed = [f"gbdt ({c}) {CASES[c][0]}: train, predict 100k rows, predict 1, 10 and 100 "
+              f"rows, vs {names}"
               for c in case_names(device, quick)]
     return listed + ["gbdt_histogram 400k x 50, one node, vs the PyTorch reference"]
 
@@ -265,15 +287,16 @@ def run(device, quick=True):
                     return call(rows)
             return go
 
-        def one_row(library):
-            single = [for_library(library, X_test[i:i + 1], kept) for i in range(200)]
+        def small_batches(library, size):
+            batches = [for_library(library, X_test[i * size:(i + 1) * size], kept)
+                       for i in range(200)]
             model = models[library]
             call = model.predict if task == "regression" else model.predict_proba
 
             def go():
                 with threadpool_limits(threads):
-                    for row in single:
-                        call(row)
+                    for batch in batches:
+                        call(batch)
             return go
 
         label = f"({case}) {description}"
@@ -286,7 +309,7 @@ def run(device, quick=True):
             metric, theirs = score(task, y_test, models[library],
                                    for_library(library, X_test, kept))
             _, ours = score(task, y_test, models["pynotes"], X_test)
-            note = f"{metric} {theirs:.4f} vs pynotes {ours:.4f}"
+            note = f"{metric} {theirs:.4f} vs pynotes {ours:.4f}; {leaves(models['pynotes'])}"
             if memory:
                 note += (f"; peak memory {memory[library][0]:.0f} MB vs "
                          f"{memory['pynotes'][0]:.0f} MB (glibc mmap threshold fixed: "
@@ -295,9 +318,11 @@ def run(device, quick=True):
             ms = time_pair(predict(library, X_test), predict("pynotes", X_test), device,
                            warmup=1, rounds=5)
             results.append(Result("gbdt", label, "predict 100k rows", library, *ms))
-            ms = time_pair(one_row(library), one_row("pynotes"), device, warmup=1, rounds=5)
-            results.append(Result("gbdt", label, "predict 1 row", library,
-                                  ms[0] / 200, ms[1] / 200))
+            for size in LATENCY_ROWS:
+                ms = time_pair(small_batches(library, size), small_batches("pynotes", size),
+                               device, warmup=1, rounds=5)
+                results.append(Result("gbdt", label, f"predict {size} row{'s' * (size > 1)}",
+                                      library, ms[0] / 200, ms[1] / 200, note="per call"))
 
     # The histogram kernel alone: the root level, every training row in one slot.
     X_train = make_data("a")[0]

@@ -360,6 +360,47 @@ def test_level_loop_loads_without_scikit_learn():
 
 
 @needs_extension
+@needs_extension
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kind", ["float32", "float64", "quantized", "categorical"])
+def test_grow_tree_row_wise_equals_col_wise(kind, threads):
+    """Row-major bins build the histograms a row at a time: the same bits as bins stored a
+    feature at a time, with any gradients (not only exact sums), long runs of one bin (rows
+    summed in two chains) and short nodes, for any thread count."""
+    generator = torch.Generator().manual_seed(threads)
+    bins = random_bins(20000, 9, 64, missing=0.05)
+    bins[:, :3] %= 3  # few distinct values: long runs of rows in one bin
+    dtype = torch.float64 if kind == "float64" else torch.float32
+    grad = torch.randn(20000, generator=generator, dtype=dtype) + (bins[:, 4] < 20).to(dtype)
+    hess = torch.rand(20000, generator=generator, dtype=dtype) + 0.1
+    extra = {"quantize_bins": 16, "seed": 5} if kind == "quantized" else {}
+    if kind == "categorical":
+        extra["categorical"] = torch.arange(9) % 4 == 1
+    by_feature = bins.t().contiguous().t()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        col = ops.grow_tree(by_feature, grad, hess, 7, 64, 1.0, 0.0, 1.0, **extra)
+        row = ops.grow_tree(bins.contiguous(), grad, hess, 7, 64, 1.0, 0.0, 1.0, **extra)
+    finally:
+        torch.set_num_threads(before)
+    assert (col[0] >= 0).sum() > 20  # a deep tree
+    for a, b in zip(col, row):
+        assert torch.equal(a, b)
+
+
+def test_force_row_wise():
+    """Row-wise histograms (force_row_wise) give the same model as the default col-wise."""
+    X, y = make_classification(n_samples=5000, n_features=10, random_state=0)
+    models = [GBDTClassifier(n_estimators=3, max_depth=4, force_row_wise=row_wise).fit(X, y)
+              for row_wise in (False, True)]
+    assert [m.histogram_layout_ for m in models] == ["col-wise", "row-wise"]
+    for a, b in zip(models[0]._ensemble.tensors("cpu")[:4], models[1]._ensemble.tensors("cpu")):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="force_row_wise must be a bool"):
+        GBDTClassifier(force_row_wise="yes").fit(X[:100], y[:100])
+
+
 def test_quantized_grow_tree():
     """Integer histograms: the same tree for any thread count, leaf sums from the exact
     gradients, and splits that agree with float64 histograms where the signal is clear."""
@@ -623,6 +664,84 @@ def test_predict_one_row_leaves_base_alone():
     full = model.predict_proba(X)
     rows = np.vstack([model.predict_proba(X[i:i + 1]) for i in range(10)])
     np.testing.assert_array_equal(rows, full[:10])
+
+
+def _fitted_trees(n_estimators=20, max_depth=5):
+    """A multiclass model fitted on rows with NaNs, its ensemble's tensors and test rows."""
+    X, y = make_classification(n_samples=400, n_features=7, n_classes=3, n_informative=4,
+                               random_state=1)
+    X[::7, 2] = np.nan
+    model = GBDTClassifier(n_estimators=n_estimators, max_depth=max_depth).fit(X, y)
+    *trees, _ = model._ensemble.tensors("cpu")
+    return model, [t.clone() for t in trees], model._ensemble.base, X
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_few_rows_walk_equals_blocks(dtype):
+    """Fewer than 16 rows walk many trees at once: each row's sums are the bits of the same
+    row in a large batch (the rows' walk), and the reference's."""
+    _, (feature, threshold, default_left, value, group), base, X = _fitted_trees()
+    threshold = threshold.to(dtype)
+    x = torch.from_numpy(X).to(dtype)
+    big = ops.predict_trees(x[:200], feature, threshold, default_left, value, group, base)
+    for rows in (1, 2, 7, 15):
+        for start in (0, 3, 150):
+            few = ops.predict_trees(x[start:start + rows], feature, threshold, default_left,
+                                    value, group, base)
+            torch.testing.assert_close(few, big[start:start + rows], rtol=0, atol=0)
+    expected = reference.predict_trees(x[:15], feature, threshold, default_left, value, group,
+                                       base)
+    torch.testing.assert_close(big[:15], expected, rtol=1e-12, atol=1e-12)
+
+
+@needs_extension
+def test_predict_checks_an_ensemble_changed_after_its_check():
+    """A few-row prediction skips checking an ensemble it has checked; a change through torch
+    (a new version) is checked again, and one through a NumPy view is caught by the walk."""
+    _, (feature, threshold, default_left, value, group), base, X = _fitted_trees()
+    x = torch.from_numpy(X[:1]).float()
+    args = (threshold, default_left, value, group, base)
+    expected = ops.predict_trees(x, feature, *args)
+    root = feature[0, 0].item()
+    feature[0, 0] = 99
+    with pytest.raises(ValueError, match=r"feature must hold values in \[-1, 7\), got 99"):
+        ops.predict_trees(x, feature, *args)
+    feature[0, 0] = root
+    torch.testing.assert_close(ops.predict_trees(x, feature, *args), expected, rtol=0, atol=0)
+    for name, table, bad in (("feature", feature, 99), ("group", group, 3)):
+        view = table.numpy()  # writes here do not change the tensor's version
+        kept = view[0].copy()
+        view[0] = bad
+        with pytest.raises(ValueError, match=f"{name} must hold values in"):
+            ops.predict_trees(x, feature, *args)
+        view[0] = kept
+    torch.testing.assert_close(ops.predict_trees(x, feature, *args), expected, rtol=0, atol=0)
+
+
+def test_predict_numpy_rows_as_validated():
+    """float32/float64 C-contiguous NumPy rows skip scikit-learn's validation: the same
+    probabilities as any other input, and the same errors."""
+    model, _, _, X = _fitted_trees(n_estimators=5)
+    full = model.predict_proba(X[:20].tolist())  # (a list: scikit-learn's validation)
+    for rows in (X[:20], X[:20].astype(np.float32), np.asfortranarray(X[:20])):
+        np.testing.assert_array_equal(model.predict_proba(rows), full)
+    readonly = X[:20].astype(np.float32)
+    readonly.flags.writeable = False
+    np.testing.assert_array_equal(model.predict_proba(readonly), full)
+    for i in range(3):
+        np.testing.assert_array_equal(model.predict_proba(X[i:i + 1]), full[i:i + 1])
+    np.testing.assert_array_equal(model.predict(X[:20]), model.classes_[full.argmax(1)])
+    bad = X[:2].copy()
+    bad[1, 3] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        model.predict_proba(bad)
+    with pytest.raises(ValueError, match="features"):
+        model.predict_proba(X[:2, :5])
+    with pytest.raises(ValueError, match="0 sample"):
+        model.predict_proba(X[:0])
+    regressor = GBDTRegressor(n_estimators=5).fit(X, np.arange(len(X)) % 5)
+    np.testing.assert_array_equal(regressor.predict(X[:3]), regressor.predict(X[:3].tolist()))
 
 
 @parametrize_with_checks(

@@ -25,6 +25,11 @@ constexpr int64_t kMaxDepth = 20;
 // The fewest rows a CPU task takes (at::parallel_for's grain in the row loops).
 constexpr int64_t kRowGrain = 2048;
 
+// Predictions of fewer rows walk each row through many trees at once, on the calling thread,
+// and check each node they visit (GbdtPredict::bad_node), so the op may skip checking the
+// ensemble again for them.
+constexpr int64_t kFewRows = 16;
+
 // The bin of x: how many of the cut points (sorted, padded with +inf up to max_cuts) are < x;
 // NaN goes to missing_bin.
 template <typename T>

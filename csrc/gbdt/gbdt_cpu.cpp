@@ -36,6 +36,10 @@ GbdtTree gbdt_grow_tree_distributed_cpu(const at::Tensor& bins, const at::Tensor
                              cpu_kernels(), &collective, processes, rank, row_offset);
 }
 
+void gbdt_release_grower_buffers_cpu() {
+  PYNOTES_CPU_KERNEL(gbdt_release_grower_buffers_cpu_kernel)();
+}
+
 TORCH_LIBRARY_IMPL(pynotes, CPU, m) { register_gbdt_ops<cpu_kernels>(m); }
 
 }  // namespace pynotes

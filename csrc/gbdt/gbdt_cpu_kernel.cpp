@@ -227,18 +227,77 @@ inline void walk_16_rows_avx512(const float* rows, int64_t features, const int32
 }
 #endif
 
+// The child a row goes to from split node n of tree t (feature f = feature[n] >= 0).
 template <typename X, typename Th>
-void predict(const GbdtPredict& a) {
-  const X* x = static_cast<const X*>(a.x);
-  const Th* threshold = static_cast<const Th*>(a.threshold);
-  // The deepest node of the heap; the ops checked that every split's children are in it.
+inline int32_t child_of(const GbdtPredict& a, int64_t t, int32_t n, int32_t f, X v) {
+  const Th* threshold = static_cast<const Th*>(a.threshold) + t * a.nodes;
+  const bool default_left = a.default_left[t * a.nodes + n];
+  const bool left =
+      a.cat_left && a.categorical[f]
+          ? gbdt::value_in_category_set(
+                v, a.cat_left + (t * a.nodes + n) * gbdt::kCategoryWords, default_left,
+                a.missing_bin)
+          : gbdt::value_goes_left(v, threshold[n], default_left, a.missing_bin);
+  return 2 * n + 2 - left;
+}
+
+// The levels of the deepest node of the heap; the op checked that every split's children
+// are in it.
+int64_t walk_steps(const GbdtPredict& a) {
   int64_t steps = 0;
   while ((int64_t(2) << steps) - 1 < a.nodes) ++steps;
-  if (a.features == 0) steps = 0;  // no feature to split on: every root is a leaf
+  return a.features == 0 ? 0 : steps;  // no feature to split on: every root is a leaf
+}
+
+// A few rows (a one-row prediction): each row walks kTreeLanes trees at once, a level per
+// step. The trees' walks are independent, so their loads overlap, where one row walking one
+// tree waits on each node's load in turn. Each row still adds its trees' values in tree
+// order, so the sums are those of the blocks below. No thread is woken. Every node visited
+// and group used is checked (a.bad_node), so the op need not check the whole ensemble again.
+template <typename X, typename Th>
+void predict_few_rows(const GbdtPredict& a) {
+  constexpr int64_t kTreeLanes = 16;
+  const X* x = static_cast<const X*>(a.x);
+  for (int64_t t = 0; t < a.trees; ++t) {
+    if (a.group[t] < 0 || a.group[t] >= a.num_groups ||
+        (a.features == 0 && a.feature[t * a.nodes] >= 0)) {
+      return void(*a.bad_node = true);
+    }
+  }
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const X* row = x + r * a.features;
+    for (int64_t t0 = 0; t0 < a.trees; t0 += kTreeLanes) {
+      const int64_t k = std::min(kTreeLanes, a.trees - t0);
+      int32_t node[kTreeLanes] = {};
+      for (bool moved = a.features > 0; moved;) {  // (no feature: every root is a leaf)
+        moved = false;
+        bool bad = false;
+        for (int64_t j = 0; j < k; ++j) {  // no branch on the data: a leaf stands still
+          const int32_t n = node[j], f = a.feature[(t0 + j) * a.nodes + n];
+          bad |= f < -1 || f >= a.features || (f >= 0 && 2 * int64_t(n) + 2 >= a.nodes);
+          const int32_t g = f < 0 || f >= a.features ? 0 : f;
+          const int32_t child = child_of<X, Th>(a, t0 + j, n, g, row[g]);
+          node[j] = f < 0 || bad ? n : child;
+          moved |= f >= 0;
+        }
+        if (bad) return void(*a.bad_node = true);
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        a.out[r * a.num_groups + a.group[t0 + j]] += a.value[(t0 + j) * a.nodes + node[j]];
+      }
+    }
+  }
+}
+
+template <typename X, typename Th>
+void predict(const GbdtPredict& a) {
+  constexpr int64_t kBlock = 64;
+  if (a.rows < gbdt::kFewRows) return predict_few_rows<X, Th>(a);
+  const X* x = static_cast<const X*>(a.x);
+  const int64_t steps = walk_steps(a);
   // Blocks of rows walk one tree after another (it stays in L1 for the block), all rows of a
   // block a level at a time with no branch on the data: a row in a leaf stands still, and the
   // rows' walks overlap. Each row still adds its trees' values in tree order.
-  constexpr int64_t kBlock = 64;
   at::parallel_for(0, a.rows, 4 * kBlock, [&](int64_t begin, int64_t end) {
     int32_t node[kBlock];
     for (int64_t b = begin; b < end; b += kBlock) {
@@ -246,38 +305,28 @@ void predict(const GbdtPredict& a) {
       const X* rows = x + b * a.features;
       for (int64_t t = 0; t < a.trees; ++t) {
         const int32_t* feature = a.feature + t * a.nodes;
-        const Th* thresh = threshold + t * a.nodes;
-        const bool* default_left = a.default_left + t * a.nodes;
 #if defined(CPU_CAPABILITY_AVX512)
         if constexpr (std::is_same_v<X, float> && std::is_same_v<Th, float>) {
           if (m == kBlock && a.nodes >= 7 && a.features * kBlock < (int64_t(1) << 31) &&
               a.categorical == nullptr) {
-            walk_16_rows_avx512(rows, a.features, feature, thresh, default_left, steps, node);
-            walk_16_rows_avx512(rows + 16 * a.features, a.features, feature, thresh,
-                                default_left, steps, node + 16);
-            walk_16_rows_avx512(rows + 32 * a.features, a.features, feature, thresh,
-                                default_left, steps, node + 32);
-            walk_16_rows_avx512(rows + 48 * a.features, a.features, feature, thresh,
-                                default_left, steps, node + 48);
+            const Th* thresh = static_cast<const Th*>(a.threshold) + t * a.nodes;
+            const bool* default_left = a.default_left + t * a.nodes;
+            for (int64_t i = 0; i < kBlock; i += 16) {
+              walk_16_rows_avx512(rows + i * a.features, a.features, feature, thresh,
+                                  default_left, steps, node + i);
+            }
             add_leaf_values(a, t, b, m, node);
             continue;
           }
         }
 #endif
         std::fill(node, node + m, 0);
-        const int32_t* cat_left =
-            a.cat_left ? a.cat_left + t * a.nodes * gbdt::kCategoryWords : nullptr;
         for (int64_t s = 0; s < steps; ++s) {
           bool moved = false;
           for (int64_t i = 0; i < m; ++i) {
-            const int32_t n = node[i], f = feature[n];
-            const X v = rows[i * a.features + (f < 0 ? 0 : f)];
-            const bool left =
-                cat_left && f >= 0 && a.categorical[f]
-                    ? gbdt::value_in_category_set(v, cat_left + n * gbdt::kCategoryWords,
-                                                  default_left[n], a.missing_bin)
-                    : gbdt::value_goes_left(v, thresh[n], default_left[n], a.missing_bin);
-            node[i] = f < 0 ? n : 2 * n + 2 - left;
+            const int32_t n = node[i], f = feature[n], g = f < 0 ? 0 : f;
+            const int32_t child = child_of<X, Th>(a, t, n, g, rows[i * a.features + g]);
+            node[i] = f < 0 ? n : child;
             moved |= f >= 0;
           }
           if (!moved) break;

@@ -83,6 +83,10 @@ struct GbdtPredict {
   // and per node the bitset of the categories sent left (gbdt.h, value_in_category_set).
   const bool* categorical = nullptr;  // (features)
   const int32_t* cat_left = nullptr;  // (trees, nodes, gbdt::kCategoryWords)
+  // Set (CPU, fewer than gbdt::kFewRows rows) when the walk meets a split whose feature is
+  // not a column of x or whose children are outside the tree, or a group outside out: the
+  // walk stops there, and the op raises.
+  bool* bad_node = nullptr;
 };
 
 // One tree grown depth-wise to max_depth in one call (the CPU's counterpart of the trainer's
@@ -115,7 +119,10 @@ struct GbdtGrowTree {
   double reg_lambda, gamma, min_child_weight;
   int64_t quantize_bins;  // 0: float64 histograms
   uint64_t seed;
-  const uint8_t* bins_by_feature;  // (features, rows): the bins, one feature after another
+  // The bins one feature after another, (features, rows); or, with bins_by_feature nullptr,
+  // bins_by_row: one row after another, (rows, features), where histograms are built a row at
+  // a time (row-wise, XGBoost's layout). The trees are the same bits either way.
+  const uint8_t* bins_by_feature;
   const void* grad;
   const void* hess;
   const bool* feature_mask;  // or nullptr
@@ -140,6 +147,7 @@ struct GbdtGrowTree {
   int64_t processes = 1;
   int64_t rank = 0;
   int64_t row_offset = 0;
+  const uint8_t* bins_by_row = nullptr;
 };
 
 struct GbdtKernels {
@@ -157,5 +165,7 @@ PYNOTES_DECLARE_CPU_KERNEL(void gbdt_best_splits_cpu_kernel(const GbdtBestSplits
 PYNOTES_DECLARE_CPU_KERNEL(void gbdt_advance_cpu_kernel(const GbdtAdvance&))
 PYNOTES_DECLARE_CPU_KERNEL(void gbdt_predict_cpu_kernel(const GbdtPredict&))
 PYNOTES_DECLARE_CPU_KERNEL(void gbdt_grow_tree_cpu_kernel(const GbdtGrowTree&))
+// Frees the buffers the CPU tree grower keeps on the calling thread from one tree to the next.
+PYNOTES_DECLARE_CPU_KERNEL(void gbdt_release_grower_buffers_cpu_kernel())
 
 }  // namespace pynotes

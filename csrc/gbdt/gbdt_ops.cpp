@@ -10,7 +10,9 @@
 
 #include <algorithm>
 #include <limits>
+#include <mutex>
 #include <utility>
+#include <vector>
 
 #include "common/checks.h"
 #include "gbdt/gbdt.h"
@@ -73,19 +75,42 @@ void check_bins(const at::Tensor& bins, const char* op, int64_t num_bins) {
   if (num_bins < 256) check_range(bins, op, "bins", 0, num_bins);
 }
 
-// Split tables of a tree level step or an ensemble: children of every split inside the table.
+// Whether a feature of trees x nodes split tables is outside [-1, limit); marks each node
+// that is a split in some tree. (This file is built for any x86-64: the clones vectorize the
+// loop with the CPU's widest vectors, chosen when the library loads.)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+bool scan_splits(const int32_t* f, int64_t trees, int64_t nodes, int32_t limit,
+                 int32_t* split_in_some_tree) {
+  int32_t bad = 0;
+  for (int64_t tree = 0; tree < trees; ++tree, f += nodes) {
+    for (int64_t n = 0; n < nodes; ++n) {
+      bad |= (f[n] < -1) | (f[n] >= limit);
+      split_in_some_tree[n] |= f[n] >= 0;
+    }
+  }
+  return bad != 0;
+}
+
+// Split tables of a tree level step or an ensemble: features in [-1, features), children of
+// every split inside the table. On the CPU one vectorized pass, tree by tree: a one-row
+// prediction checks the whole ensemble, so this pass must cost less than the walk.
 void check_splits(const at::Tensor& feature, const char* op, int64_t features) {
-  check_range(feature, op, "feature", -1, features);
   const int64_t nodes = feature.size(-1);
-  if (nodes == 0) return;
+  if (feature.numel() == 0) return;
   int64_t last = -1;  // the last node that is a split in some tree
   if (feature.is_cpu()) {
     const at::Tensor c = feature.contiguous();
     const int32_t* f = c.const_data_ptr<int32_t>();
-    for (int64_t i = 0; i < c.numel(); ++i) {
-      if (f[i] >= 0) last = std::max(last, i % nodes);
+    const int32_t limit = static_cast<int32_t>(std::min<int64_t>(features, 1 << 30));
+    std::vector<int32_t> split_in_some_tree(nodes, 0);
+    if (scan_splits(f, c.numel() / nodes, nodes, limit, split_in_some_tree.data())) {
+      check_range(feature, op, "feature", -1, features);  // (its message)
     }
+    for (last = nodes - 1; last >= 0 && !split_in_some_tree[last];) --last;
   } else {
+    check_range(feature, op, "feature", -1, features);
     const at::Tensor index = feature.reshape({-1, nodes}).ge(0).any(0).nonzero();
     if (index.numel() > 0) last = index.max().item<int64_t>();
   }
@@ -101,6 +126,63 @@ void check_categorical(const at::Tensor& categorical, const char* op, const at::
   check_tensor(categorical, op, "categorical", at::kBool, 1);
   check_device(categorical, "categorical", like, like_name);
   check_size(categorical, op, "categorical", 0, features, "the number of features");
+}
+
+// Ensembles that predictions of a few rows on the CPU have checked, by tensor: a model that
+// predicts one row at a time passes the same tensors every call, and checking its 100k nodes
+// costs more than walking them. An entry holds weak references to the tensors (so no other
+// tensor can take a checked one's address) and their versions, which every change made
+// through torch bumps; the few-row walk checks each node it visits, which covers writes made
+// around torch (through a NumPy view).
+class CheckedEnsembles {
+ public:
+  bool contains(const at::Tensor& feature, const at::Tensor& group, int64_t features,
+                int64_t groups) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const Entry& e : entries_) {
+      if (e.features == features && e.groups == groups && e.feature.same(feature) &&
+          e.group.same(group)) {
+        return true;
+      }
+    }
+    return false;
+  }
+  void add(const at::Tensor& feature, const at::Tensor& group, int64_t features,
+           int64_t groups) {
+    if (feature.is_inference() || group.is_inference()) return;  // (no versions)
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (entries_.size() == kEntries) entries_.erase(entries_.begin());
+    entries_.push_back({Checked(feature), Checked(group), features, groups});
+  }
+
+ private:
+  static constexpr size_t kEntries = 8;
+  struct Checked {
+    explicit Checked(const at::Tensor& t)
+        : impl(t.getIntrusivePtr()), data(t.const_data_ptr()), version(t._version()),
+          sizes(t.sizes().vec()), strides(t.strides().vec()) {}
+    bool same(const at::Tensor& t) const {
+      return !t.is_inference() && !impl.expired() &&
+             impl._unsafe_get_target() == t.unsafeGetTensorImpl() &&
+             data == t.const_data_ptr() && version == t._version() && t.sizes() == sizes &&
+             t.strides() == strides;
+    }
+    c10::weak_intrusive_ptr<c10::TensorImpl> impl;
+    const void* data;
+    int64_t version;
+    std::vector<int64_t> sizes, strides;
+  };
+  struct Entry {
+    Checked feature, group;
+    int64_t features, groups;
+  };
+  std::mutex mutex_;
+  std::vector<Entry> entries_;  // the newest last
+};
+
+CheckedEnsembles& checked_ensembles() {
+  static CheckedEnsembles* checked = new CheckedEnsembles();  // (never destroyed: used at exit)
+  return *checked;
 }
 
 bool is_real(const at::Tensor& t) {
@@ -269,8 +351,15 @@ at::Tensor gbdt_predict_impl(const at::Tensor& x, const at::Tensor& feature,
                       t->sizes());
   }
   check_size(group, op, "group", 0, feature.size(0), "feature.size(0)");
-  check_range(group, op, "group", 0, base.size(0));
-  check_splits(feature, op, x.size(1));
+  const auto check_ensemble = [&] {
+    check_range(group, op, "group", 0, base.size(0));
+    check_splits(feature, op, x.size(1));
+  };
+  const bool few_rows = x.is_cpu() && x.size(0) < gbdt::kFewRows;
+  if (!few_rows || !checked_ensembles().contains(feature, group, x.size(1), base.size(0))) {
+    check_ensemble();
+    if (few_rows) checked_ensembles().add(feature, group, x.size(1), base.size(0));
+  }
   TORCH_CHECK_VALUE(has_tensor(categorical) == has_tensor(cat_left), op,
                     ": categorical and cat_left come together (a model with categorical splits) "
                     "or not at all");
@@ -294,12 +383,18 @@ at::Tensor gbdt_predict_impl(const at::Tensor& x, const at::Tensor& feature,
   const bool has_categories = has_tensor(categorical);
   const at::Tensor cat = has_categories ? categorical->contiguous() : at::Tensor(),
                    left_sets = has_categories ? cat_left->contiguous() : at::Tensor();
+  bool bad_node = false;
   kernels.predict({x.scalar_type(), x.size(0), x.size(1), feature.size(0), feature.size(1),
                    base.size(0), missing_bin, xc.const_data_ptr(), f.const_data_ptr<int32_t>(),
                    t.const_data_ptr(), d.const_data_ptr<bool>(), v.const_data_ptr<float>(),
                    g.const_data_ptr<int64_t>(), out.mutable_data_ptr<double>(),
                    has_categories ? cat.const_data_ptr<bool>() : nullptr,
-                   has_categories ? left_sets.const_data_ptr<int32_t>() : nullptr});
+                   has_categories ? left_sets.const_data_ptr<int32_t>() : nullptr,
+                   &bad_node});
+  if (bad_node) {  // changed since it was checked, around torch
+    check_ensemble();
+    TORCH_CHECK_VALUE(false, op, ": the ensemble's split tables changed while in use");
+  }
   return out;
 }
 
@@ -351,21 +446,24 @@ GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
              sums = at::zeros({nodes, 2}, opts.dtype(at::kDouble)),
              leaf = at::zeros({rows}, opts.dtype(at::kInt)),
              cat_left = at::zeros({nodes, gbdt::kCategoryWords}, opts.dtype(at::kInt));
-  // The kernel reads bins one feature at a time: no copy when they are stored that way
-  // (bins.t() contiguous, as pynotes.gbdt keeps them).
-  const at::Tensor b = bins.t().contiguous(), g = grad.contiguous(), h = hess.contiguous();
+  // The kernel reads bins one feature at a time (bins.t() contiguous), or row-major bins a
+  // row at a time (row-wise histograms: pynotes.gbdt measures which is faster when a fit
+  // starts); the trees are the same bits. Any other layout is copied one feature at a time.
+  const bool by_row = bins.is_contiguous() && !bins.t().is_contiguous();
+  const at::Tensor b = by_row ? bins : bins.t().contiguous();
+  const at::Tensor g = grad.contiguous(), h = hess.contiguous();
   const at::Tensor mask = has_tensor(feature_mask) ? feature_mask->contiguous() : at::Tensor();
   const at::Tensor cat = has_tensor(categorical) ? categorical->contiguous() : at::Tensor();
   kernels.grow_tree({grad.scalar_type(), rows, features, num_bins, max_depth, reg_lambda, gamma,
                      min_child_weight, quantize_bins, static_cast<uint64_t>(seed),
-                     b.const_data_ptr<uint8_t>(), g.const_data_ptr(),
+                     by_row ? nullptr : b.const_data_ptr<uint8_t>(), g.const_data_ptr(),
                      h.const_data_ptr(), mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
                      feature.mutable_data_ptr<int32_t>(), split_bin.mutable_data_ptr<int32_t>(),
                      default_left.mutable_data_ptr<bool>(), gain.mutable_data_ptr<double>(),
                      sums.mutable_data_ptr<double>(), leaf.mutable_data_ptr<int32_t>(),
                      cat.defined() ? cat.const_data_ptr<bool>() : nullptr,
                      cat_left.mutable_data_ptr<int32_t>(), collective, processes, rank,
-                     row_offset});
+                     row_offset, by_row ? b.const_data_ptr<uint8_t>() : nullptr});
   return {feature, split_bin, default_left, gain, sums, leaf, cat_left};
 }
 

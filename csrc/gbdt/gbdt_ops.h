@@ -57,6 +57,9 @@ GbdtTree gbdt_grow_tree_distributed_cpu(const at::Tensor& bins, const at::Tensor
                                        const std::optional<at::Tensor>& categorical,
                                        const GbdtCollective& collective, int64_t processes,
                                        int64_t rank, int64_t row_offset);
+// Frees the buffers the CPU gbdt_grow_tree keeps on the calling thread between trees
+// (pynotes._C.gbdt_release_grower_buffers; the trainer calls it when a fit ends).
+void gbdt_release_grower_buffers_cpu();
 
 template <const GbdtKernels& (*kernels)()>
 struct GbdtOps {

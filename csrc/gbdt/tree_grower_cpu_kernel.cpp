@@ -334,12 +334,35 @@ GradientSizes gradient_sizes(const GbdtGrowTree& a, const T* grad, const T* hess
 }
 
 // ---------------------------------------------------------------------------------------------
+// The row-sized and level-sized buffers of a tree, kept on this thread from one tree to the
+// next: a fit grows hundreds of trees of the same rows, and fresh buffers would fault in
+// their pages in every tree (10-20 % of a 300k-row depth-8 fit, measured with glibc's
+// threshold for returning memory raised). gbdt_release_grower_buffers_cpu_kernel frees them
+// (the trainer, when a fit ends). Cells are 8 bytes: double, or int64 for quantized sums.
+struct GrowerBuffers {
+  std::vector<int32_t> index, moved;   // RowPartition
+  std::vector<uint8_t> goes_left;      // RowPartition
+  std::vector<uint64_t> values;        // HistogramBuilder's gathered cells
+  std::vector<uint64_t> histograms[2];  // a level's and the next level's
+};
+thread_local GrowerBuffers grower_buffers;
+
+template <typename Cell>
+Cell* cells_of(std::vector<uint64_t>& buffer, int64_t n) {
+  static_assert(sizeof(Cell) == sizeof(uint64_t));
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  return reinterpret_cast<Cell*>(buffer.data());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Each node's rows together: node n's rows are index[begin[n], end[n]), in row order.
 class RowPartition {
  public:
   RowPartition(int64_t rows, int64_t nodes)
-      : index_(rows), moved_(rows), goes_left_(rows), begin_(nodes, 0), end_(nodes, 0) {
-    std::iota(index_.begin(), index_.end(), 0);
+      : index_(grower_buffers.index), moved_(grower_buffers.moved),
+        goes_left_(grower_buffers.goes_left), begin_(nodes, 0), end_(nodes, 0) {
+    index_.resize(rows), moved_.resize(rows), goes_left_.resize(rows);
+    std::iota(index_.begin(), index_.begin() + rows, 0);
     end_[0] = rows;
   }
   int64_t count(int64_t n) const { return end_[n] - begin_[n]; }
@@ -369,13 +392,16 @@ class RowPartition {
     const int64_t missing = a.num_bins - 1;
     each_block([&](Block& blk) {
       const int64_t f = a.feature[blk.node];
-      const uint8_t* column = a.bins_by_feature + f * a.rows;
+      // Row r's bin is column[r * stride]: a feature's column, or the rows' bins at f.
+      const bool by_row = a.bins_by_feature == nullptr;
+      const uint8_t* column = by_row ? a.bins_by_row + f : a.bins_by_feature + f * a.rows;
+      const int64_t stride = by_row ? a.features : 1;
       const int64_t split_bin = a.split_bin[blk.node];
       const bool default_left = a.default_left[blk.node];
       const auto decide = [&](auto&& left_of_bin) {
         int64_t left = 0;
         for (int64_t i = blk.begin; i < blk.end; ++i) {
-          const bool l = left_of_bin(column[index_[i]]);
+          const bool l = left_of_bin(column[index_[i] * stride]);
           goes_left_[i] = l;
           left += l;
         }
@@ -421,8 +447,9 @@ class RowPartition {
   }
 
  private:
-  std::vector<int32_t> index_, moved_;
-  std::vector<uint8_t> goes_left_;
+  std::vector<int32_t>& index_;  // (grower_buffers': rows long or longer)
+  std::vector<int32_t>& moved_;
+  std::vector<uint8_t>& goes_left_;
   std::vector<int64_t> begin_, end_;
 };
 
@@ -445,6 +472,29 @@ void add_rows(typename Gradients::Cell* hist, std::vector<typename Gradients::Ce
   }
   if (two) {
     for (int64_t c = 0; c < B * k; ++c) hist[c] += second[c];
+  }
+}
+
+// The same for features [0, F) of row-major bins (`stride` bytes a row): the histograms of
+// F features, B bins each, from one pass over the node's rows. A row's value is read once for
+// all of them, and its bins share a cache line. Each cell gets its rows in add_rows' order
+// (long runs: every other row into `second`, summed in after), so the sums are its bits.
+template <typename Gradients>
+void add_rows_by_row(typename Gradients::Cell* hist, std::vector<typename Gradients::Cell>& second,
+                     int64_t B, int64_t F, const uint8_t* bins, int64_t stride,
+                     const int32_t* index, const typename Gradients::Cell* values, int64_t n) {
+  using Cell = typename Gradients::Cell;
+  constexpr int64_t k = Gradients::kPerBin;
+  const bool two = n >= kTwoChainRows;
+  if (two) second.assign(F * B * k, Cell(0));
+  Cell* const targets[2] = {hist, two ? second.data() : hist};
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t* row = bins + int64_t(index[i]) * stride;
+    Cell* h = targets[i & 1];
+    for (int64_t f = 0; f < F; ++f) Gradients::add(h + (f * B + row[f]) * k, values + i * k);
+  }
+  if (two) {
+    for (int64_t c = 0; c < F * B * k; ++c) hist[c] += second[c];
   }
 }
 
@@ -471,12 +521,12 @@ class HistogramBuilder {
     value_at_.assign(count + 1, 0);
     for (int64_t s = 0; s < count; ++s) value_at_[s + 1] = value_at_[s] + partition.count(list[s]);
     const int64_t total = value_at_[count];
-    values_.resize(total * k);
+    values_ = cells_of<Cell>(grower_buffers.values, total * k);
     at::parallel_for(0, total, gbdt::kRowGrain, [&](int64_t lo, int64_t hi) {
       int64_t s = std::upper_bound(value_at_.begin(), value_at_.end(), lo) - value_at_.begin() - 1;
       for (int64_t p = lo; p < hi; ++p) {
         while (p >= value_at_[s + 1]) ++s;
-        grads_.gather(partition.rows(list[s])[p - value_at_[s]], values_.data() + p * k);
+        grads_.gather(partition.rows(list[s])[p - value_at_[s]], values_ + p * k);
       }
     });
   }
@@ -501,12 +551,19 @@ class HistogramBuilder {
       std::vector<Cell> second;
       for (int64_t s = 0; s < count; ++s) {
         const int64_t n = list[s];
-        const Cell* v = values_.data() + value_at_[s] * k;
+        const Cell* v = values_ + value_at_[s] * k;
+        Cell* h = out + s * cells() + f_begin * feature_cells();
+        std::fill(h, h + (f_end - f_begin) * feature_cells(), Cell(0));
+        if (a_.bins_by_feature == nullptr) {  // row-wise
+          add_rows_by_row<Gradients>(h, second, a_.num_bins, f_end - f_begin,
+                                     a_.bins_by_row + f_begin, a_.features, partition.rows(n),
+                                     v, partition.count(n));
+          continue;
+        }
         for (int64_t f = f_begin; f < f_end; ++f) {
-          Cell* h = out + s * cells() + f * feature_cells();
-          std::fill(h, h + feature_cells(), Cell(0));
-          add_rows<Gradients>(h, second, a_.num_bins, a_.bins_by_feature + f * a_.rows,
-                              partition.rows(n), v, partition.count(n));
+          add_rows<Gradients>(h + (f - f_begin) * feature_cells(), second, a_.num_bins,
+                              a_.bins_by_feature + f * a_.rows, partition.rows(n), v,
+                              partition.count(n));
         }
       }
     };
@@ -523,7 +580,7 @@ class HistogramBuilder {
  private:
   const GbdtGrowTree& a_;
   const Gradients& grads_;
-  std::vector<Cell> values_;       // the listed nodes' gradients, in their rows' order
+  Cell* values_ = nullptr;         // the listed nodes' gradients, in their rows' order
   std::vector<int64_t> value_at_;  // where each node's start
 };
 
@@ -601,13 +658,13 @@ class TreeGrower {
 
   void grow() {
     std::vector<int32_t> level{0};  // this level's nodes, their histograms in this order
-    std::unique_ptr<Cell[]> hist(new Cell[own_cells_]);
+    Cell* hist = cells_of<Cell>(grower_buffers.histograms[0], own_cells_);
     std::vector<double> totals(2);  // (G, H) of each node of the level
     reached_[0] = 1;
-    build_level(level.data(), 1, hist.get(), totals.data());
+    build_level(level.data(), 1, hist, totals.data());
     a_.sums[0] = totals[0], a_.sums[1] = totals[1];
     for (int64_t depth = 0; depth < a_.max_depth; ++depth) {
-      std::vector<SplitChoice> choices = splitter_.find(level, hist.get(), totals, node_rows_);
+      std::vector<SplitChoice> choices = splitter_.find(level, hist, totals, node_rows_);
       reducer_.best_of(choices);
       std::vector<int64_t> split_nodes, split_slots;
       record_splits(level, choices, split_nodes, split_slots);
@@ -681,10 +738,11 @@ class TreeGrower {
   }
 
   // The children of the split nodes, the smaller of each pair first (built), then the larger
-  // (parent - smaller); hist and totals become theirs in that order.
+  // (parent - smaller); hist and totals become theirs in that order (hist in the other of
+  // the two histogram buffers).
   std::vector<int32_t> next_level(const std::vector<int64_t>& split_nodes,
-                                  const std::vector<int64_t>& split_slots,
-                                  std::unique_ptr<Cell[]>& hist, std::vector<double>& totals) {
+                                  const std::vector<int64_t>& split_slots, Cell*& hist,
+                                  std::vector<double>& totals) {
     const int64_t P = static_cast<int64_t>(split_nodes.size()), cells = own_cells_;
     std::vector<int32_t> next(2 * P);
     for (int64_t i = 0; i < P; ++i) {
@@ -695,14 +753,16 @@ class TreeGrower {
       next[i] = static_cast<int32_t>(build_left ? l : r);
       next[P + i] = static_cast<int32_t>(build_left ? r : l);
     }
-    std::unique_ptr<Cell[]> next_hist(new Cell[2 * P * cells]);
+    auto& buffers = grower_buffers.histograms;
+    const bool in_first = reinterpret_cast<uint64_t*>(hist) == buffers[0].data();
+    Cell* next_hist = cells_of<Cell>(buffers[in_first ? 1 : 0], 2 * P * cells);
     std::vector<double> next_totals(4 * P);
-    build_level(next.data(), P, next_hist.get(), next_totals.data());
+    build_level(next.data(), P, next_hist, next_totals.data());
     at::parallel_for(0, P, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
-        const Cell* parent = hist.get() + split_slots[i] * cells;
-        const Cell* small = next_hist.get() + i * cells;
-        Cell* large = next_hist.get() + (P + i) * cells;
+        const Cell* parent = hist + split_slots[i] * cells;
+        const Cell* small = next_hist + i * cells;
+        Cell* large = next_hist + (P + i) * cells;
         for (int64_t c = 0; c < cells; ++c) large[c] = parent[c] - small[c];
         const int64_t parent_node = split_nodes[i], small_node = next[i], large_node = next[P + i];
         double* t = next_totals.data() + 2 * (P + i);
@@ -716,7 +776,7 @@ class TreeGrower {
         }
       }
     });
-    hist = std::move(next_hist);
+    hist = next_hist;
     totals = std::move(next_totals);
     return next;
   }
@@ -798,6 +858,8 @@ void grow_tree(const GbdtGrowTree& a) {
 void gbdt_grow_tree_cpu_kernel(const GbdtGrowTree& a) {
   if (a.dtype == at::kDouble) grow_tree<double>(a); else grow_tree<float>(a);
 }
+
+void gbdt_release_grower_buffers_cpu_kernel() { grower_buffers = GrowerBuffers(); }
 
 }  // namespace CPU_CAPABILITY
 }  // namespace pynotes

@@ -180,6 +180,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "gbdt_grow_tree on the CPU for process `rank` of a data-parallel fit: collective(op, "
       "buffer) combines in place what the processes computed apart (pynotes.ops.gbdt).");
+  m.def("gbdt_release_grower_buffers", &pynotes::gbdt_release_grower_buffers_cpu,
+        "Frees the buffers gbdt_grow_tree keeps on the calling thread between trees.");
   m.def("gbdt_fixed_point_scale", &pynotes::gbdt::fixed_point_scale,
         "The scale of a data-parallel fit's fixed-point sums (csrc/gbdt/gbdt.h; tested against "
         "pynotes.reference.gbdt.fixed_point_scale).");

@@ -17,6 +17,7 @@ from pynotes.gbdt.objectives import Objective
 from pynotes.ops import gbdt as ops
 
 _CUT_SAMPLE_ROWS = 200_000  # the rows cut points are taken from, at most
+_PLAIN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class ThreadCount:
@@ -37,7 +38,8 @@ class ThreadCount:
 
 class Fitting:
     """The span of a fit: its collective (distributed.start: Alone, or the processes of a
-    distributed fit) set, then dropped (a process group is not part of the fitted model)."""
+    distributed fit) set, then dropped (a process group is not part of the fitted model), and
+    the buffers the CPU tree grower kept from tree to tree freed."""
 
     def __init__(self, estimator, X, eval_set, process_group):
         self.estimator, self.args = estimator, (X, eval_set, process_group)
@@ -47,6 +49,7 @@ class Fitting:
 
     def __exit__(self, *exc):
         self.estimator._collective = None
+        ops.release_grower_buffers()
 
 
 class GBDTBase(BaseEstimator):
@@ -54,7 +57,8 @@ class GBDTBase(BaseEstimator):
                  reg_lambda=1.0, gamma=0.0, min_child_weight=1.0, subsample=1.0,
                  colsample_bytree=1.0, early_stopping_rounds=None, use_quantized_grad=False,
                  num_grad_quant_bins=4, categorical_features="from_dtype", random_state=0,
-                 device="cpu", n_jobs=None, distributed="auto", verbose=False):
+                 device="cpu", n_jobs=None, distributed="auto", force_row_wise=False,
+                 verbose=False):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.max_depth = max_depth
@@ -70,6 +74,7 @@ class GBDTBase(BaseEstimator):
         self.categorical_features = categorical_features
         self.random_state = random_state
         self.device = device
+        self.force_row_wise = force_row_wise
         self.n_jobs = n_jobs
         self.distributed = distributed
         self.verbose = verbose
@@ -115,6 +120,8 @@ class GBDTBase(BaseEstimator):
               f"n_jobs must be None or a non-zero int, got {self.n_jobs!r}")
         check(self.device in ("cpu", "cuda") or str(self.device).startswith("cuda:"),
               f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        check(isinstance(self.force_row_wise, (bool, np.bool_)),
+              f"force_row_wise must be a bool, got {self.force_row_wise!r}")
         check(self.distributed in ("auto", False),
               f"distributed must be 'auto' or False, got {self.distributed!r}")
 
@@ -175,8 +182,10 @@ class GBDTBase(BaseEstimator):
         w32 = None if bool((w == 1).all()) else w.float()
         self._ensemble = Ensemble(2 ** (self.max_depth + 1) - 1, groups, base, categorical)
         # (the row-major bins die once the grower has its own layout)
+        layout = "row-wise" if self.force_row_wise else "col-wise"
         grower = TreeGrower(ops.bin_features(x, cuts, self.max_bins - 1), cuts, self, dev,
-                             self._ensemble.categorical, **collective.grow_tree_args())
+                            self._ensemble.categorical, layout=layout,
+                            **collective.grow_tree_args())
         margin = base.to(dev).expand(rows, groups).clone()
         evals = [self._eval_data(X_e, y_e) for X_e, y_e in (eval_set or [])]
         eval_margins = [base.to(dev).expand(e[0].shape[0], groups).clone() for e in evals]
@@ -239,6 +248,7 @@ class GBDTBase(BaseEstimator):
         gains = torch.stack(round_gains).sum(0)  # of the trees kept
         total = gains.sum()
         self.feature_importances_ = (gains / total if total > 0 else gains).numpy()
+        self.histogram_layout_ = grower.layout
         self.n_processes_ = collective.size
         self.reduced_bytes_ = collective.tree_bytes
         return self
@@ -250,10 +260,30 @@ class GBDTBase(BaseEstimator):
             torch.ones(x.shape[0], dtype=torch.float64, device=self.device)
 
     def _margins(self, X):
-        check_is_fitted(self, "_ensemble")
+        if not hasattr(self, "_ensemble"):
+            check_is_fitted(self, "_ensemble")  # (its error)
+        x = self._plain_rows(X)
         with ThreadCount(self.n_jobs):
-            x, _ = self._features(X, reset=False)
+            if x is None:
+                x, _ = self._features(X, reset=False)
             return self._ensemble.margins(x, self.device)
+
+    def _plain_rows(self, X):
+        """X as a float32 tensor when it is a NumPy array that needs none of _features'
+        work: float32/float64, 2-D, C-contiguous, the fitted width, no inf, and a model with
+        no categorical features or feature names. A one-row prediction spends more in
+        scikit-learn's validation than in its trees. None for any other X (_features then
+        checks it, with scikit-learn's errors and warnings)."""
+        if not (type(X) is np.ndarray and X.ndim == 2 and X.dtype in _PLAIN_DTYPES and
+                X.flags.c_contiguous and X.shape[0] > 0 and X.shape[1] == self.n_features_in_
+                and not hasattr(self, "feature_names_in_") and
+                not (getattr(self, "is_categorical_", None) is not None and
+                     self.is_categorical_.any())):
+            return None
+        x = X.astype(np.float32) if X.dtype != np.float32 or not X.flags.writeable else X
+        if np.isinf(x).any():
+            return None
+        return torch.from_numpy(x).to(self.device)
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -339,11 +369,15 @@ class GBDTClassifier(ClassifierMixin, GBDTBase):
 
     def predict_proba(self, X):
         margin = self._margins(X)
-        if margin.shape[1] == 1:
-            p = torch.sigmoid(margin[:, 0])
-            return torch.stack([1 - p, p], 1).cpu().numpy()
-        return torch.softmax(margin, 1).cpu().numpy()
+        if margin.shape[1] > 1:
+            return torch.softmax(margin, 1).cpu().numpy()
+        # In NumPy: on one row each tensor op would cost more than the trees' walk.
+        proba = np.empty((margin.shape[0], 2))
+        with np.errstate(over="ignore"):  # exp(-m) = inf below m = -709: p = 0, as it is
+            proba[:, 1] = 1 / (1 + np.exp(-margin.cpu().numpy()[:, 0]))
+        proba[:, 0] = 1 - proba[:, 1]
+        return proba
 
     def predict(self, X):
-        check_is_fitted(self, "_ensemble")
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)  # (first: unfitted, it raises NotFittedError)
+        return self.classes_[proba.argmax(1)]

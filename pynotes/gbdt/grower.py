@@ -8,12 +8,19 @@ from pynotes.reference import gbdt as reference
 
 
 class TreeGrower:
-    """Grows one tree depth-wise on binned data with the pynotes kernels."""
+    """Grows one tree depth-wise on binned data with the pynotes kernels.
+
+    On the CPU the histograms are built from bins stored one feature after another
+    (col-wise, the default) or, with layout="row-wise", one row after another (XGBoost's
+    layout: a row's value read once for all its features); the trees are the same bits."""
 
     def __init__(self, bins, cuts, params, device, categorical=None, collective=None,
-                 processes=1, rank=0, row_offset=0):
-        # Stored one feature after another: the layout ops.grow_tree reads on the CPU.
-        self.bins = bins.t().contiguous().t() if bins.device.type == "cpu" else bins
+                 processes=1, rank=0, row_offset=0, layout="col-wise"):
+        # The layout ops.grow_tree reads on the CPU (elsewhere bins as they come).
+        cpu = bins.device.type == "cpu"
+        self.layout = layout
+        self.bins = bins.contiguous() if layout == "row-wise" else \
+            bins.t().contiguous().t() if cpu else bins
         self.device, self.p = device, params
         self.categorical = categorical
         # One process of a distributed fit: the combining callback, the number of processes,

@@ -176,6 +176,14 @@ def predict_trees(x, feature, threshold, default_left, value, group, base, missi
                              missing_bin, categorical, cat_left)
 
 
+def release_grower_buffers():
+    """Frees the buffers that grow_tree on the CPU keeps on the calling thread from one tree
+    to the next (row-sized and level-sized: a fit of many trees would otherwise fault their
+    pages in again for every tree). The estimators call it when a fit ends."""
+    if _ext.extension_loaded():
+        _ext._C.gbdt_release_grower_buffers()
+
+
 def grow_tree(bins, grad, hess, max_depth, num_bins=256, reg_lambda=1.0, gamma=0.0,
               min_child_weight=1.0, feature_mask=None, quantize_bins=0, seed=0,
               categorical=None, collective=None, processes=1, rank=0, row_offset=0):
