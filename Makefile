@@ -72,7 +72,10 @@ SANITIZE_TESTS := tests/test_properties.py tests/test_bad_input.py \
   tests/test_gcn.py::test_propagate_degenerate_graphs tests/test_gcn.py::test_gradients_match_dense_autograd \
   tests/test_iwae.py tests/test_gbdt.py::test_histogram_matches_numpy_add_at \
   tests/test_gbdt.py::test_best_splits_match_brute_force tests/test_gbdt.py::test_empty_inputs \
-  tests/test_gbdt.py::test_advance_and_predict_match_a_python_walk tests/test_memory.py
+  tests/test_gbdt.py::test_advance_and_predict_match_a_python_walk \
+  tests/test_gbdt.py::test_few_rows_walk_equals_blocks \
+  tests/test_gbdt.py::test_predict_checks_an_ensemble_changed_after_its_check \
+  tests/test_gbdt.py::test_grow_tree_row_wise_equals_col_wise tests/test_memory.py
 sanitize: $(VENV)/.deps
 	rm -rf build-sanitize/lib/pynotes
 	FORCE_CPU=1 PYNOTES_SANITIZE=1 $(PY) setup.py build_ext --build-lib build-sanitize/lib \

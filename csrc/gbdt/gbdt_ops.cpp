@@ -446,9 +446,10 @@ GbdtTree gbdt_grow_tree_impl(const at::Tensor& bins, const at::Tensor& grad,
              sums = at::zeros({nodes, 2}, opts.dtype(at::kDouble)),
              leaf = at::zeros({rows}, opts.dtype(at::kInt)),
              cat_left = at::zeros({nodes, gbdt::kCategoryWords}, opts.dtype(at::kInt));
-  // The kernel reads bins one feature at a time (bins.t() contiguous), or row-major bins a
-  // row at a time (row-wise histograms: pynotes.gbdt measures which is faster when a fit
-  // starts); the trees are the same bits. Any other layout is copied one feature at a time.
+  // The kernel reads bins one feature at a time (bins.t() contiguous, what pynotes.gbdt
+  // passes by default), or row-major bins a row at a time (row-wise histograms: its
+  // force_row_wise); the trees are the same bits. Any other layout is copied one feature at a
+  // time.
   const bool by_row = bins.is_contiguous() && !bins.t().is_contiguous();
   const at::Tensor b = by_row ? bins : bins.t().contiguous();
   const at::Tensor g = grad.contiguous(), h = hess.contiguous();

@@ -181,7 +181,7 @@ class GBDTBase(BaseEstimator):
         y32 = yt.float()
         w32 = None if bool((w == 1).all()) else w.float()
         self._ensemble = Ensemble(2 ** (self.max_depth + 1) - 1, groups, base, categorical)
-        # (the row-major bins die once the grower has its own layout)
+        # (col-wise, the row-major bins die once the grower has its copy)
         layout = "row-wise" if self.force_row_wise else "col-wise"
         grower = TreeGrower(ops.bin_features(x, cuts, self.max_bins - 1), cuts, self, dev,
                             self._ensemble.categorical, layout=layout,

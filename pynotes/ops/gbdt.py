@@ -198,7 +198,10 @@ def grow_tree(bins, grad, hess, max_depth, num_bins=256, reg_lambda=1.0, gamma=0
     of every row (int32); and (nodes, 8) int32 bitsets of the bins each categorical split sends
     left (zero elsewhere). On the CPU one call into the extension, which keeps each node's rows
     together (touching only the rows of the nodes that split); elsewhere a loop over levels of
-    the kernels above.
+    the kernels above. The CPU call keeps its row-sized buffers on the calling thread for the
+    next tree (release_grower_buffers frees them). Row-major bins (bins.contiguous()) build the
+    histograms a row at a time, bins stored a feature at a time (bins.t().contiguous().t(),
+    what pynotes.gbdt passes by default) a feature at a time: the same trees.
 
     quantize_bins > 0 (CPU only) sums quantized gradients instead (Shi et al., NeurIPS 2022;
     LightGBM's use_quantized_grad): each row's gradient rounded stochastically (seeded by
