@@ -61,9 +61,9 @@ SANITIZER_ENV = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-fi
 # of the package in build-sanitize/lib, and a test subset under it: every op family forward and
 # backward, odd and zero sizes, and the property tests. Python itself is not instrumented:
 # libasan is preloaded and leak checking is off (the interpreter keeps memory on purpose). The
-# subset runs twice: with the portable (DEFAULT) kernels, whose loads and stores ASan sees
-# (it does not see inside AVX2/AVX-512 masked loads: an overrun there goes unreported), and
-# with this CPU's kernels.
+# subset runs three times: with the portable (DEFAULT) kernels, whose loads and stores ASan
+# sees (it does not see inside AVX2/AVX-512 masked loads and gathers: an overrun there goes
+# unreported), with the AVX2 ones (a CPU without AVX-512) and with this CPU's kernels.
 SANITIZE_TESTS := tests/test_properties.py tests/test_bad_input.py \
   "tests/test_group_norm.py::test_forward_matches_torch" \
   "tests/test_group_norm.py::test_backward_matches_torch" tests/test_group_norm.py::test_zero_size \
@@ -74,6 +74,8 @@ SANITIZE_TESTS := tests/test_properties.py tests/test_bad_input.py \
   tests/test_gbdt.py::test_best_splits_match_brute_force tests/test_gbdt.py::test_empty_inputs \
   tests/test_gbdt.py::test_advance_and_predict_match_a_python_walk \
   tests/test_gbdt.py::test_few_rows_walk_equals_blocks \
+  tests/test_gbdt.py::test_block_walk_matches_the_reference \
+  tests/test_gbdt_categorical.py::test_predict_matches_the_reference_walk \
   tests/test_gbdt.py::test_predict_checks_an_ensemble_changed_after_its_check \
   tests/test_gbdt.py::test_grow_tree_row_wise_equals_col_wise tests/test_memory.py
 sanitize: $(VENV)/.deps
@@ -83,7 +85,8 @@ sanitize: $(VENV)/.deps
 	cp -r pynotes/*.py $$(dirname pynotes/*/__init__.py) build-sanitize/lib/pynotes/
 	cd build-sanitize && export PYTHONPATH=lib $(SANITIZER_ENV) && \
 	  $(abspath $(PY)) -P -c "import pynotes; assert 'build-sanitize' in pynotes.__file__" && \
-	  for isa in "ATEN_CPU_CAPABILITY=default" "-u ATEN_CPU_CAPABILITY"; do \
+	  for isa in "ATEN_CPU_CAPABILITY=default" "ATEN_CPU_CAPABILITY=avx2" \
+	      "-u ATEN_CPU_CAPABILITY"; do \
 	    env $$isa $(abspath $(PY)) -P -m pytest -q -p no:cacheprovider --rootdir .. \
 	      -k "not cuda" $(addprefix ../,$(SANITIZE_TESTS)) || exit 1; \
 	  done

@@ -695,6 +695,29 @@ def test_few_rows_walk_equals_blocks(dtype):
     torch.testing.assert_close(big[:15], expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("depth,nodes", [(2, 7), (3, 12), (8, 511), (10, 2047)])
+def test_block_walk_matches_the_reference(depth, nodes):
+    """Batches walk 64 rows at once, the upper levels' nodes read from registers and deeper
+    ones gathered (AVX-512): the reference's sums for shallow and deep trees, a heap cut short
+    (12 nodes), NaN rows sent the default way, and batches that end mid-block."""
+    generator = torch.Generator().manual_seed(depth)
+    features, trees = 9, 5
+    tables = [random_tree(depth, features, 2, generator) for _ in range(trees)]
+    feature = torch.stack([t[0] for t in tables])[:, :nodes].contiguous()
+    feature[:, (nodes - 2) // 2:] = -1  # splits only where both children are in the tree
+    default_left = torch.stack([t[2] for t in tables])[:, :nodes].contiguous()
+    threshold = torch.randn(trees, nodes, generator=generator)
+    value = torch.randn(trees, nodes, generator=generator)
+    group = torch.tensor([0, 1, 1, 0, 1])
+    base = torch.tensor([0.25, -0.5], dtype=torch.float64)
+    x = torch.randn(400, features, generator=generator)
+    x[torch.rand(x.shape, generator=generator) < 0.1] = torch.nan
+    expected = reference.predict_trees(x, feature, threshold, default_left, value, group, base)
+    for rows in (16, 63, 64, 65, 129, 400):
+        got = ops.predict_trees(x[:rows], feature, threshold, default_left, value, group, base)
+        torch.testing.assert_close(got, expected[:rows], rtol=1e-12, atol=1e-12)
+
+
 @needs_extension
 def test_predict_checks_an_ensemble_changed_after_its_check():
     """A few-row prediction skips checking an ensemble it has checked; a change through torch

@@ -129,15 +129,16 @@ def random_categorical_trees(trees, depth, features, categorical, generator):
     return feature, threshold, default_left, value, cat_left
 
 
-@pytest.mark.parametrize("binned", [False, True])
-def test_predict_matches_the_reference_walk(device, binned):
+@pytest.mark.parametrize("binned,depth", [(False, 5), (False, 8), (True, 5)])
+def test_predict_matches_the_reference_walk(device, binned, depth):
     """Categorical splits in the kernel against the pure-PyTorch walk: codes in and out of a
-    left set, NaN, codes past 255, negative and fractional values (missing), bins."""
+    left set, NaN, codes past 255, negative and fractional values (missing), bins; nodes
+    down to level 5 and deeper (read from registers and gathered by the CPU's SIMD walk)."""
     generator = torch.Generator().manual_seed(2)
     rows, features, trees = 500, 5, 7
     categorical = torch.tensor([True, False, True, True, False])
     feature, threshold, default_left, value, cat_left = random_categorical_trees(
-        trees, 5, features, categorical, generator)
+        trees, depth, features, categorical, generator)
     if binned:
         x = torch.randint(0, 256, (rows, features), generator=generator, dtype=torch.uint8)
         threshold = torch.randint(0, 255, threshold.shape, generator=generator,

@@ -17,7 +17,7 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 #include <immintrin.h>
 #endif
 
@@ -191,39 +191,250 @@ inline void add_leaf_values(const GbdtPredict& a, int64_t t, int64_t b, int64_t 
   for (int64_t i = 0; i < m; ++i) out[i * a.num_groups] += value[node[i]];
 }
 
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// A batch of float features and thresholds walks its trees in blocks of kWalkRows rows with
+// SIMD gathers (walk_rows below).
+constexpr int64_t kWalkRows = 64;
+
+// One tree of `nodes` entries as walk_rows reads it, and the ensemble's categorical features.
+struct WalkTree {
+  int64_t nodes;
+  const int32_t* feature;
+  const float* threshold;
+  const bool* default_left;
+  const int32_t* categorical;  // per feature 1 or 0 (int32: gathered), or nullptr: none
+  const int32_t* cat_left;     // (nodes, gbdt::kCategoryWords), with categorical
+};
+#endif
+
 #if defined(CPU_CAPABILITY_AVX512)
-// The leaves of 16 rows (float features, `features` apart) in one tree of >= 7 nodes, a level
-// per step with gathers: the walk of gbdt::value_goes_left, 16 lanes at once.
-inline void walk_16_rows_avx512(const float* rows, int64_t features, const int32_t* feature,
-                                const float* threshold, const bool* default_left,
-                                int64_t steps, int32_t* node) {
-  const __m512i row_offset = _mm512_mullo_epi32(
+// The leaves of kWalkRows rows (float features, `features` apart) in one tree of >= 7 nodes:
+// gbdt::value_goes_left's walk, a level per step for all rows, 4 vectors of 16 lanes whose
+// gathers overlap. A row at a leaf stays there. A row still walking at step s is at a node of
+// level s (2^s - 1 .. 2^(s+1) - 2), so down to level 5 the level's features and thresholds fit
+// two registers and a permute reads them; deeper levels gather them. A categorical split
+// (gbdt::value_in_category_set) gathers a word of its bitset.
+inline void walk_rows(const float* rows, int64_t features, const WalkTree& tree,
+                      int64_t steps, int32_t* node) {
+  constexpr int kVectors = kWalkRows / 16;
+  const int32_t* feature = tree.feature;
+  const float* threshold = tree.threshold;
+  constexpr int64_t kTableLevels = 6;  // levels 0 .. 5: at most 32 nodes
+  const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+  const __m512i lane_offset = _mm512_mullo_epi32(
       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
       _mm512_set1_epi32(static_cast<int32_t>(features)));
-  __m512i n = _mm512_setzero_si512();
-  for (int64_t s = 0; s < steps; ++s) {
-    const __m512i f = _mm512_i32gather_epi32(n, feature, 4);
-    const __mmask16 split = _mm512_cmpge_epi32_mask(f, _mm512_setzero_si512());
-    if (split == 0) break;
-    const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), split,
-                                              _mm512_add_epi32(row_offset, f), rows, 4);
-    const __m512 thr = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), split, n, threshold, 4);
-    __mmask16 left = _mm512_mask_cmp_ps_mask(split, v, thr, _CMP_LE_OQ);
-    // Missing values go the default way. A split node n has 2n + 2 < nodes, so with nodes >= 7
-    // the 4-byte gather of its default_left stays inside the tree.
-    const __mmask16 missing = _mm512_mask_cmp_ps_mask(split, v, v, _CMP_UNORD_Q);
-    if (missing) {
-      const __m512i d = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), missing, n,
-                                                    default_left, 1);
-      left |= _mm512_mask_test_epi32_mask(missing, d, _mm512_set1_epi32(0xFF));
-    }
-    // child = 2n + 2 - left, for the lanes at a split
-    const __m512i child = _mm512_mask_sub_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(n, n), _mm512_set1_epi32(2)), left,
-        _mm512_add_epi32(_mm512_add_epi32(n, n), _mm512_set1_epi32(2)), _mm512_set1_epi32(1));
-    n = _mm512_mask_blend_epi32(split, n, child);
+  __m512i n[kVectors];
+  __mmask16 walking[kVectors];
+  for (int k = 0; k < kVectors; ++k) {
+    n[k] = zero;
+    walking[k] = 0xFFFF;
   }
-  _mm512_storeu_si512(node, n);
+  for (int64_t s = 0; s < steps; ++s) {
+    __mmask16 any = 0;
+    for (int k = 0; k < kVectors; ++k) any |= walking[k];
+    if (any == 0) break;
+    __m512i f[kVectors];
+    __m512 thr[kVectors];
+    if (s < kTableLevels) {
+      const int64_t first = (int64_t(1) << s) - 1;
+      const int64_t level_nodes = std::min<int64_t>(int64_t(1) << s, tree.nodes - first);
+      const auto in_tree = [&](int64_t from) {  // the table's lanes that are in the tree
+        return static_cast<__mmask16>(
+            (uint32_t(1) << std::clamp<int64_t>(level_nodes - from, 0, 16)) - 1);
+      };
+      const __m512i f_lo = _mm512_maskz_loadu_epi32(in_tree(0), feature + first);
+      const __m512i f_hi = _mm512_maskz_loadu_epi32(in_tree(16), feature + first + 16);
+      const __m512 t_lo = _mm512_maskz_loadu_ps(in_tree(0), threshold + first);
+      const __m512 t_hi = _mm512_maskz_loadu_ps(in_tree(16), threshold + first + 16);
+      const __m512i first_v = _mm512_set1_epi32(static_cast<int32_t>(first));
+      for (int k = 0; k < kVectors; ++k) {
+        const __m512i i = _mm512_sub_epi32(n[k], first_v);  // (any value where not walking)
+        f[k] = _mm512_permutex2var_epi32(f_lo, i, f_hi);
+        thr[k] = _mm512_permutex2var_ps(t_lo, i, t_hi);
+      }
+    } else {
+      for (int k = 0; k < kVectors; ++k) {
+        f[k] = _mm512_mask_i32gather_epi32(zero, walking[k], n[k], feature, 4);
+        thr[k] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), walking[k], n[k], threshold, 4);
+      }
+    }
+    for (int k = 0; k < kVectors; ++k) {
+      const __mmask16 split = _mm512_mask_cmpge_epi32_mask(walking[k], f[k], zero);
+      walking[k] = split;
+      const __m512i at = _mm512_add_epi32(
+          _mm512_add_epi32(lane_offset, _mm512_set1_epi32(static_cast<int32_t>(
+                                            16 * k * features))), f[k]);
+      const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), split, at, rows, 4);
+      __mmask16 left = _mm512_mask_cmp_ps_mask(split, v, thr[k], _CMP_LE_OQ);
+      __mmask16 by_default = _mm512_mask_cmp_ps_mask(split, v, v, _CMP_UNORD_Q);  // missing
+      const __mmask16 cat = tree.categorical == nullptr ? 0 : _mm512_mask_test_epi32_mask(
+          split, _mm512_mask_i32gather_epi32(zero, split, f[k], tree.categorical, 4),
+          _mm512_set1_epi32(-1));
+      if (cat) {  // a code in [0, 32 kCategoryWords) goes by its bit; any other value: missing
+        const __m512i code = _mm512_cvttps_epi32(v);
+        const __mmask16 is_code =
+            _mm512_mask_cmp_ps_mask(cat, v, _mm512_setzero_ps(), _CMP_GE_OQ) &
+            _mm512_mask_cmp_ps_mask(cat, v, _mm512_set1_ps(32 * gbdt::kCategoryWords),
+                                    _CMP_LT_OQ) &
+            _mm512_mask_cmp_ps_mask(cat, v, _mm512_cvtepi32_ps(code), _CMP_EQ_OQ);
+        const __m512i word_at = _mm512_add_epi32(
+            _mm512_mullo_epi32(n[k], _mm512_set1_epi32(gbdt::kCategoryWords)),
+            _mm512_srli_epi32(code, 5));
+        const __m512i word = _mm512_mask_i32gather_epi32(zero, is_code, word_at,
+                                                         tree.cat_left, 4);
+        const __mmask16 bit = _mm512_test_epi32_mask(
+            _mm512_srlv_epi32(word, _mm512_and_si512(code, _mm512_set1_epi32(31))), one);
+        left = (left & ~cat) | (is_code & bit);
+        by_default = (by_default & ~cat) | (cat & ~is_code);
+      }
+      // Missing values go the default way. A split node n has 2n + 2 < nodes, so with nodes
+      // >= 7 the 4-byte gather of its default_left stays inside the tree.
+      if (by_default) {
+        const __m512i d = _mm512_mask_i32gather_epi32(zero, by_default, n[k],
+                                                      tree.default_left, 1);
+        left |= _mm512_mask_test_epi32_mask(by_default, d, _mm512_set1_epi32(0xFF));
+      }
+      // child = 2n + 2 - left, for the lanes at a split
+      const __m512i right = _mm512_add_epi32(_mm512_add_epi32(n[k], n[k]), _mm512_set1_epi32(2));
+      n[k] = _mm512_mask_blend_epi32(split, n[k], _mm512_mask_sub_epi32(right, left, right, one));
+    }
+  }
+  for (int k = 0; k < kVectors; ++k) _mm512_storeu_si512(node + 16 * k, n[k]);
+}
+
+#elif defined(CPU_CAPABILITY_AVX2)
+// walk_rows of AVX-512 (above) with 8 vectors of 8 lanes, masks in vectors: down to level 3
+// the level's nodes fit one register.
+inline void walk_rows(const float* rows, int64_t features, const WalkTree& tree,
+                      int64_t steps, int32_t* node) {
+  constexpr int kVectors = kWalkRows / 8;
+  const int32_t* feature = tree.feature;
+  const float* threshold = tree.threshold;
+  constexpr int64_t kTableLevels = 4;  // levels 0 .. 3: at most 8 nodes
+  const __m256i zero = _mm256_setzero_si256(), ones = _mm256_set1_epi32(-1);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i lane_offset =
+      _mm256_mullo_epi32(lane, _mm256_set1_epi32(static_cast<int32_t>(features)));
+  __m256i n[kVectors], walking[kVectors];
+  for (int k = 0; k < kVectors; ++k) {
+    n[k] = zero;
+    walking[k] = ones;
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    __m256i any = zero;
+    for (int k = 0; k < kVectors; ++k) any = _mm256_or_si256(any, walking[k]);
+    if (_mm256_testz_si256(any, any)) break;
+    __m256i f[kVectors];
+    __m256 thr[kVectors];
+    if (s < kTableLevels) {
+      const int64_t first = (int64_t(1) << s) - 1;
+      const int64_t level_nodes = std::min<int64_t>(int64_t(1) << s, tree.nodes - first);
+      const __m256i in_tree =
+          _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(level_nodes)), lane);
+      const __m256i f_table = _mm256_maskload_epi32(feature + first, in_tree);
+      const __m256 t_table = _mm256_maskload_ps(threshold + first, in_tree);
+      const __m256i first_v = _mm256_set1_epi32(static_cast<int32_t>(first));
+      for (int k = 0; k < kVectors; ++k) {
+        const __m256i i = _mm256_sub_epi32(n[k], first_v);  // (any value where not walking)
+        f[k] = _mm256_permutevar8x32_epi32(f_table, i);
+        thr[k] = _mm256_permutevar8x32_ps(t_table, i);
+      }
+    } else {
+      for (int k = 0; k < kVectors; ++k) {
+        f[k] = _mm256_mask_i32gather_epi32(zero, feature, n[k], walking[k], 4);
+        thr[k] = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), threshold, n[k],
+                                          _mm256_castsi256_ps(walking[k]), 4);
+      }
+    }
+    for (int k = 0; k < kVectors; ++k) {
+      const __m256i split = _mm256_and_si256(walking[k], _mm256_cmpgt_epi32(f[k], ones));
+      walking[k] = split;
+      const __m256i at = _mm256_add_epi32(
+          _mm256_add_epi32(lane_offset, _mm256_set1_epi32(static_cast<int32_t>(
+                                            8 * k * features))), f[k]);
+      const __m256 v = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), rows, at,
+                                                _mm256_castsi256_ps(split), 4);
+      __m256i left = _mm256_and_si256(
+          split, _mm256_castps_si256(_mm256_cmp_ps(v, thr[k], _CMP_LE_OQ)));
+      __m256i by_default = _mm256_and_si256(  // missing
+          split, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+      const __m256i cat = tree.categorical == nullptr ? zero : _mm256_and_si256(
+          split, _mm256_xor_si256(ones, _mm256_cmpeq_epi32(zero, _mm256_mask_i32gather_epi32(
+                                                                 zero, tree.categorical, f[k],
+                                                                 split, 4))));
+      if (!_mm256_testz_si256(cat, cat)) {  // as in the AVX-512 walk
+        const __m256i code = _mm256_cvttps_epi32(v);
+        const __m256 in_range = _mm256_and_ps(
+            _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ),
+            _mm256_cmp_ps(v, _mm256_set1_ps(32 * gbdt::kCategoryWords), _CMP_LT_OQ));
+        const __m256i is_code = _mm256_and_si256(cat, _mm256_castps_si256(_mm256_and_ps(
+            in_range, _mm256_cmp_ps(v, _mm256_cvtepi32_ps(code), _CMP_EQ_OQ))));
+        const __m256i word_at = _mm256_add_epi32(
+            _mm256_mullo_epi32(n[k], _mm256_set1_epi32(gbdt::kCategoryWords)),
+            _mm256_srli_epi32(code, 5));
+        const __m256i word =
+            _mm256_mask_i32gather_epi32(zero, tree.cat_left, word_at, is_code, 4);
+        const __m256i bit = _mm256_and_si256(
+            _mm256_srlv_epi32(word, _mm256_and_si256(code, _mm256_set1_epi32(31))),
+            _mm256_set1_epi32(1));
+        left = _mm256_or_si256(_mm256_andnot_si256(cat, left),
+                               _mm256_and_si256(is_code, _mm256_cmpgt_epi32(bit, zero)));
+        by_default = _mm256_or_si256(_mm256_andnot_si256(cat, by_default),
+                                     _mm256_andnot_si256(is_code, cat));
+      }
+      // Missing values go the default way (the 4-byte gather stays inside the tree).
+      if (!_mm256_testz_si256(by_default, by_default)) {
+        const __m256i d = _mm256_mask_i32gather_epi32(
+            zero, reinterpret_cast<const int*>(tree.default_left), n[k], by_default, 1);
+        const __m256i d_false =
+            _mm256_cmpeq_epi32(_mm256_and_si256(d, _mm256_set1_epi32(0xFF)), zero);
+        left = _mm256_or_si256(left, _mm256_andnot_si256(d_false, by_default));
+      }
+      // child = 2n + 2 - left, left being -1 where true
+      const __m256i right = _mm256_add_epi32(_mm256_add_epi32(n[k], n[k]), _mm256_set1_epi32(2));
+      n[k] = _mm256_blendv_epi8(n[k], _mm256_add_epi32(right, left), split);
+    }
+  }
+  for (int k = 0; k < kVectors; ++k) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(node + 8 * k), n[k]);
+  }
+}
+#endif
+
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// predict's blocks for float features and thresholds, kWalkRows rows a block: a block
+// shorter than that (the end of a thread's rows) walks a copy padded with zeros, whose extra
+// rows add nothing.
+void predict_blocks(const GbdtPredict& a, int64_t steps) {
+  const float* x = static_cast<const float*>(a.x);
+  std::vector<int32_t> categorical;
+  if (a.categorical != nullptr && a.cat_left != nullptr) {
+    categorical.assign(a.categorical, a.categorical + a.features);
+  }
+  at::parallel_for(0, a.rows, 4 * kWalkRows, [&](int64_t begin, int64_t end) {
+    int32_t node[kWalkRows];
+    std::vector<float> padded;
+    for (int64_t b = begin; b < end; b += kWalkRows) {
+      const int64_t m = std::min(end, b + kWalkRows) - b;
+      const float* rows = x + b * a.features;
+      if (m < kWalkRows) {
+        padded.assign(kWalkRows * a.features, 0.0f);
+        std::copy(rows, rows + m * a.features, padded.begin());
+        rows = padded.data();
+      }
+      for (int64_t t = 0; t < a.trees; ++t) {
+        const WalkTree tree{a.nodes, a.feature + t * a.nodes,
+                            static_cast<const float*>(a.threshold) + t * a.nodes,
+                            a.default_left + t * a.nodes,
+                            categorical.empty() ? nullptr : categorical.data(),
+                            categorical.empty() ? nullptr
+                                                : a.cat_left + t * a.nodes * gbdt::kCategoryWords};
+        walk_rows(rows, a.features, tree, steps, node);
+        add_leaf_values(a, t, b, m, node);
+      }
+    }
+  });
 }
 #endif
 
@@ -293,8 +504,16 @@ template <typename X, typename Th>
 void predict(const GbdtPredict& a) {
   constexpr int64_t kBlock = 64;
   if (a.rows < gbdt::kFewRows) return predict_few_rows<X, Th>(a);
-  const X* x = static_cast<const X*>(a.x);
   const int64_t steps = walk_steps(a);
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<X, float> && std::is_same_v<Th, float>) {
+    if (a.nodes >= 7 && a.features * kWalkRows < (int64_t(1) << 31) &&
+        a.nodes * gbdt::kCategoryWords < (int64_t(1) << 31)) {
+      return predict_blocks(a, steps);
+    }
+  }
+#endif
+  const X* x = static_cast<const X*>(a.x);
   // Blocks of rows walk one tree after another (it stays in L1 for the block), all rows of a
   // block a level at a time with no branch on the data: a row in a leaf stands still, and the
   // rows' walks overlap. Each row still adds its trees' values in tree order.
@@ -305,21 +524,6 @@ void predict(const GbdtPredict& a) {
       const X* rows = x + b * a.features;
       for (int64_t t = 0; t < a.trees; ++t) {
         const int32_t* feature = a.feature + t * a.nodes;
-#if defined(CPU_CAPABILITY_AVX512)
-        if constexpr (std::is_same_v<X, float> && std::is_same_v<Th, float>) {
-          if (m == kBlock && a.nodes >= 7 && a.features * kBlock < (int64_t(1) << 31) &&
-              a.categorical == nullptr) {
-            const Th* thresh = static_cast<const Th*>(a.threshold) + t * a.nodes;
-            const bool* default_left = a.default_left + t * a.nodes;
-            for (int64_t i = 0; i < kBlock; i += 16) {
-              walk_16_rows_avx512(rows + i * a.features, a.features, feature, thresh,
-                                  default_left, steps, node + i);
-            }
-            add_leaf_values(a, t, b, m, node);
-            continue;
-          }
-        }
-#endif
         std::fill(node, node + m, 0);
         for (int64_t s = 0; s < steps; ++s) {
           bool moved = false;
