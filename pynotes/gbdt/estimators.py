@@ -13,7 +13,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from pynotes.gbdt import categories, distributed, model
 from pynotes.gbdt.grower import TreeGrower
 from pynotes.gbdt.model import Ensemble
-from pynotes.gbdt.objectives import Objective
+from pynotes.gbdt.objectives import Objective, softmax_
 from pynotes.ops import gbdt as ops
 
 _CUT_SAMPLE_ROWS = 200_000  # the rows cut points are taken from, at most
@@ -186,7 +186,9 @@ class GBDTBase(BaseEstimator):
         grower = TreeGrower(ops.bin_features(x, cuts, self.max_bins - 1), cuts, self, dev,
                             self._ensemble.categorical, layout=layout,
                             **collective.grow_tree_args())
-        margin = base.to(dev).expand(rows, groups).clone()
+        # Stored class by class, (groups, rows), and used transposed: each class's column
+        # (its gradients, its trees' updates) is contiguous.
+        margin = base.to(dev)[:, None].expand(groups, rows).clone().T
         evals = [self._eval_data(X_e, y_e) for X_e, y_e in (eval_set or [])]
         eval_margins = [base.to(dev).expand(e[0].shape[0], groups).clone() for e in evals]
         self.evals_result_ = {f"validation_{i}": {objective.metric: []} for i in range(len(evals))}
@@ -370,7 +372,7 @@ class GBDTClassifier(ClassifierMixin, GBDTBase):
     def predict_proba(self, X):
         margin = self._margins(X)
         if margin.shape[1] > 1:
-            return torch.softmax(margin, 1).cpu().numpy()
+            return softmax_(margin).cpu().numpy()
         # In NumPy: on one row each tensor op would cost more than the trees' walk.
         proba = np.empty((margin.shape[0], 2))
         with np.errstate(over="ignore"):  # exp(-m) = inf below m = -709: p = 0, as it is

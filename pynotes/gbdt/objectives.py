@@ -6,6 +6,13 @@ import numpy as np
 import torch
 
 
+def softmax_(margin):
+    """The softmax over dim 1 of (rows, groups) margins, in place. torch.softmax over a short
+    last dimension (10 classes) took 12 ms for 100k rows on 2 cores, this ~3 ms."""
+    margin.sub_(margin.amax(1, keepdim=True)).exp_()
+    return margin.div_(margin.sum(1, keepdim=True))
+
+
 class Objective:
     """Gradients and hessians of a loss at margins (rows, groups), and its eval metric."""
 
@@ -34,7 +41,7 @@ class Objective:
     def gradients(self, margin, y, weight):
         """(grad, hess), each (rows, groups) float32, from float64 margins and float32 labels
         and weights (None: all 1). Computed in float32, the precision the trees sum."""
-        m = margin.float()
+        m = margin.to(torch.float32, copy=True)  # (the softmax works in it in place)
         if self.name == "squared_error":
             grad = m - y[:, None]
             hess = torch.ones_like(grad)
@@ -46,10 +53,11 @@ class Objective:
             # The hessian's factor: LightGBM's K / (K - 1), which keeps the step of a 2-class
             # softmax that of the logistic loss (XGBoost's 2 halves it; with few rounds that
             # leaves its models and ours under-fitted).
-            p = torch.softmax(m, 1)
+            p = softmax_(m)
             factor = margin.shape[1] / (margin.shape[1] - 1)
-            grad = p - torch.nn.functional.one_hot(y.long(), margin.shape[1])
-            hess = (factor * p * (1 - p)).clamp_min_(1e-16)
+            hess = torch.mul(p, p).sub_(p).mul_(-factor).clamp_min_(1e-16)  # factor p (1 - p)
+            grad = p.index_put_((torch.arange(len(y), device=y.device), y.long()),
+                                torch.tensor(-1.0, device=y.device), accumulate=True)
         if weight is not None:
             grad, hess = grad.mul_(weight[:, None]), hess.mul_(weight[:, None])
         return grad, hess
