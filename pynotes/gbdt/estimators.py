@@ -218,7 +218,7 @@ class GBDTBase(BaseEstimator):
                 f, t, d, v, g, leaf, cat_left = grower.grow(
                     grad[:, group].contiguous(), hess[:, group].contiguous(), feature_mask, seed)
                 self._ensemble.add(f, t, d, v, group, cat_left)
-                margin[:, group] += v.to(dev).double()[leaf]
+                margin[:, group] += v.to(dev).double().index_select(0, leaf)  # (7x v[leaf])
                 split = f.cpu() >= 0
                 gains.index_add_(0, f.cpu()[split].long(), g[split])
             round_gains.append(gains)
