@@ -33,9 +33,9 @@ $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch numpy pytest ninja pybind11 setuptools wheel
-	# Optional: pynotes.gbdt's scikit-learn, and peers the tests compare against (skipped when
-	# missing).
-	for p in "scikit-learn>=1.6" torch-geometric xgboost hypothesis pandas; do \
+	# Optional: pynotes.gbdt's scikit-learn, peers the tests compare against, and expecttest
+	# (torch's own module tests import it); their tests skip when missing.
+	for p in "scikit-learn>=1.6" torch-geometric xgboost hypothesis pandas expecttest; do \
 	  $(PY) -m pip install -q "$$p" || echo "$$p not installed: its tests skip"; done
 	touch $@
 

@@ -606,7 +606,6 @@ BAD_FIT = [
      r"max_bins must be an int in \[2, 256\], got 1"),
     ("max_bins_257", lambda m, X, y: m.set_params(max_bins=257).fit(X, y),
      r"max_bins must be an int in \[2, 256\], got 257"),
-    ("inf_X", lambda m, X, y: m.fit(np.where(X > 2, np.inf, X), y), "Input X contains infinity"),
     ("max_depth_21", lambda m, X, y: m.set_params(max_depth=21).fit(X, y),  # the op's limit
      r"max_depth must be an int in \[0, 20\], got 21"),
 ]
@@ -618,6 +617,29 @@ def test_bad_input(estimator, call, message):
     X, y = make_classification(n_samples=100, n_features=4, random_state=0)
     with pytest.raises(ValueError, match=message):
         call(estimator(n_estimators=2), X, y.astype(float))
+
+
+@pytest.mark.parametrize("frame", [False, True])
+def test_infinite_values_go_past_every_cut(frame):
+    """As in scikit-learn's HistGradientBoosting (and LightGBM): -inf and +inf are features'
+    smallest and largest values, below and above every cut point, in fit and predict."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 3))
+    X[:100, 0], X[100:200, 0], X[200:300, 1] = np.inf, -np.inf, -np.inf
+    y = np.clip(X[:, 0], -3, 3) + 0.01 * rng.normal(size=len(X))
+    if frame:
+        pd = pytest.importorskip("pandas")
+        X = pd.DataFrame(X, columns=["a", "b", "c"])
+    model = GBDTRegressor(n_estimators=60, learning_rate=0.3).fit(X, y)
+    rows = np.array([[np.inf, 0, 0], [1e30, 0, 0], [-np.inf, 0, 0], [-2.9, 0, 0],
+                     [0, -np.inf, 0], [0, 0, 0]])
+    if frame:
+        rows = pd.DataFrame(rows, columns=X.columns)
+    got = model.predict(rows)
+    assert got[0] == pytest.approx(3, abs=0.2) and got[0] == got[1]  # above every cut
+    assert got[2] == pytest.approx(-3, abs=0.2) and got[2] < got[3]  # its own lowest bin
+    assert got[4] == pytest.approx(got[5], abs=0.2)
+    assert np.isfinite(model.predict(X)).all()
 
 
 def test_classifier_label_errors():
@@ -755,10 +777,10 @@ def test_predict_numpy_rows_as_validated():
     for i in range(3):
         np.testing.assert_array_equal(model.predict_proba(X[i:i + 1]), full[i:i + 1])
     np.testing.assert_array_equal(model.predict(X[:20]), model.classes_[full.argmax(1)])
-    bad = X[:2].copy()
-    bad[1, 3] = np.inf
-    with pytest.raises(ValueError, match="infinity"):
-        model.predict_proba(bad)
+    infinite = X[:20].copy()
+    infinite[1, 3], infinite[2, 0] = np.inf, -np.inf
+    np.testing.assert_array_equal(model.predict_proba(infinite),
+                                  model.predict_proba(infinite.tolist()))
     with pytest.raises(ValueError, match="features"):
         model.predict_proba(X[:2, :5])
     with pytest.raises(ValueError, match="0 sample"):

@@ -126,13 +126,14 @@ class GBDTBase(BaseEstimator):
               f"distributed must be 'auto' or False, got {self.distributed!r}")
 
     def _features(self, X, reset, y=None):
-        """X as a float32 tensor on the model's device (NaN allowed, inf not; categorical
+        """X as a float32 tensor on the model's device (NaN: missing; -inf and +inf go below
+        and above every cut point, as in scikit-learn's HistGradientBoosting; categorical
         features as codes), and y."""
         if reset and y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y "
                              "is None")
         X = categories.encode(self, X, reset)
-        kwargs = dict(dtype=np.float32, ensure_all_finite="allow-nan", reset=reset)
+        kwargs = dict(dtype=np.float32, ensure_all_finite=False, reset=reset)
         if y is None:
             X = validate_data(self, X, **kwargs)
         else:
@@ -272,7 +273,7 @@ class GBDTBase(BaseEstimator):
 
     def _plain_rows(self, X):
         """X as a float32 tensor when it is a NumPy array that needs none of _features'
-        work: float32/float64, 2-D, C-contiguous, the fitted width, no inf, and a model with
+        work: float32/float64, 2-D, C-contiguous, the fitted width, and a model with
         no categorical features or feature names. A one-row prediction spends more in
         scikit-learn's validation than in its trees. None for any other X (_features then
         checks it, with scikit-learn's errors and warnings)."""
@@ -283,8 +284,6 @@ class GBDTBase(BaseEstimator):
                      self.is_categorical_.any())):
             return None
         x = X.astype(np.float32) if X.dtype != np.float32 or not X.flags.writeable else X
-        if np.isinf(x).any():
-            return None
         return torch.from_numpy(x).to(self.device)
 
     # -- persistence --------------------------------------------------------------------------

@@ -5,6 +5,11 @@ from torch.nn.utils.rnn import PackedSequence
 from pynotes.ops.lstm import lstm_cell, lstm_layer
 
 
+class LSTMInputError(ValueError, RuntimeError):
+    """A forward input whose sizes do not fit the layer: torch.nn.LSTMCell raises
+    RuntimeError there, pynotes' op checks ValueError; either except clause catches it."""
+
+
 class LSTMCell(torch.nn.LSTMCell):
     """Drop-in for torch.nn.LSTMCell: same arguments, parameters (weight_ih, weight_hh,
     bias_ih, bias_hh), init, state_dict, call signature and outputs, computed by the fused
@@ -28,6 +33,16 @@ class LSTMCell(torch.nn.LSTMCell):
             hx = (zeros, zeros)
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        if input.shape[1] != self.input_size:  # torch's checks, in its words
+            raise LSTMInputError(f"LSTMCell: input has inconsistent input_size: got "
+                                 f"{input.shape[1]} expected {self.input_size}")
+        for idx, value in enumerate(hx):
+            if value.shape[0] != input.shape[0]:
+                raise LSTMInputError(f"LSTMCell: Input batch size {input.shape[0]} doesn't "
+                                     f"match hidden{idx} batch size {value.shape[0]}")
+            if value.shape[1] != self.hidden_size:
+                raise LSTMInputError(f"LSTMCell: hidden{idx} has inconsistent hidden_size: "
+                                     f"got {value.shape[1]}, expected {self.hidden_size}")
         hy, cy = lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih,
                            self.bias_hh)
         return (hy, cy) if is_batched else (hy.squeeze(0), cy.squeeze(0))

@@ -55,7 +55,9 @@ def _compute_cuts(x, max_bins, sample_size, random_state):
         if distinct.numel() <= max_cuts + 1:
             low, high = distinct[:-1], distinct[1:]
             mid = low + (high - low) / 2
-            feature_cuts = torch.where(mid < high, mid, low)  # mid may round up to high
+            # mid may round up to high; below -inf it is NaN, and the cut -inf keeps the -inf
+            # rows in the first bin (above the last finite value +inf rows are past every cut)
+            feature_cuts = torch.where(mid < high, mid, low)
         else:
             positions = torch.arange(1, max_cuts + 1, device=values.device) * values.numel() \
                 // (max_cuts + 1)
