@@ -28,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
 // optional biases (4H), w_hr (P, H) for a projection (P = H without one).
 
 // One step: (hy, cy, workspace) where workspace is the activated gates (B, 4H) the backward
-// needs. float32/float64 on CPU; also float16/bfloat16 on CUDA (cell state in float).
+// needs. float32, float64, float16 and bfloat16 (cell state in float for the half types).
 using LstmCellResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 LstmCellResult lstm_cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
                          const at::Tensor& w_ih, const at::Tensor& w_hh,

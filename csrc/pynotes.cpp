@@ -1,7 +1,8 @@
 // Every pynotes operator schema, in one place, and the C++ API (ops.h) that calls them.
-// Kernels register per dispatch key next to their code: <op>/<op>_cpu.cpp (CPU),
-// <op>/<op>_cuda.cu (CUDA), <op>/<op>_autograd.cpp (Autograd); fake kernels for torch.compile
-// are in pynotes/ops/*.py.
+// Kernels register per dispatch key next to their code: <op>/<op>_cpu.cpp (CPU; the graph
+// builders in gcn/gcn_graph_cpu.cpp), <op>/<op>_cuda.cu (CUDA), <op>/<op>_autograd.cpp
+// (Autograd of the differentiable ops; common/not_differentiable.cpp for the GBDT ops and the
+// graph builders); fake kernels, vmap and autocast rules are in pynotes/ops/*.py.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 

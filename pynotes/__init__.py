@@ -6,7 +6,7 @@
     pynotes.backend_info()                         # how the kernels were built
     pynotes.memory.enable_cpu_cache()              # large CPU blocks reused, not re-faulted
 
-Every op has a pure-PyTorch reference (pynotes.reference) with the same signature: it runs
+Every op has a pure-PyTorch reference (pynotes.reference, the same results): it runs
 when the compiled extension is missing, for CUDA tensors in a CPU-only build, and everywhere
 when PYNOTES_FORCE_FALLBACK=1.
 """

@@ -144,6 +144,45 @@ def cheb_norm(edge_index, num_nodes=None, edge_weight=None, dtype=None):
     return _build(op, edge_index, num_nodes, edge_weight, "drop", 1.0, "source", dtype)
 
 
+def cheb_laplacian(edge_index, num_nodes=None, edge_weight=None, normalization="sym",
+                   lambda_max=2.0, batch=None, dtype=None):
+    """The operator PyG's ChebConv propagates with, L~ = 2 L / lambda_max - I, as an
+    adjacency (gcn_propagate(x, adj) = L~ x). L is the Laplacian of the graph without its self
+    loops, with out-degrees D: D - A (normalization None), I - D^-1/2 A D^-1/2 ("sym") or
+    I - D^-1 A ("rw"). lambda_max: a number, or a tensor of one per graph with `batch` (each
+    node's graph), as PyG's. cheb_norm is the faster build for "sym" with lambda_max = 2."""
+    op = "cheb_laplacian"
+    if normalization not in (None, "sym", "rw"):
+        raise ValueError(f"{op}: normalization must be None, 'sym' or 'rw', got "
+                         f"{normalization!r}")
+    edge_index, num_nodes, edge_weight, _ = _as_edges(op, edge_index, num_nodes, edge_weight,
+                                                      "drop")
+    src, dst = edge_index
+    value_dtype = _value_dtype(dtype if edge_weight is None else edge_weight.dtype)
+    weight = (torch.ones(src.numel(), dtype=value_dtype, device=src.device)
+              if edge_weight is None else edge_weight.to(value_dtype))
+    keep = src != dst
+    src, dst, weight = src[keep], dst[keep], weight[keep]
+    nodes = torch.arange(num_nodes, device=src.device)
+    degree = torch.zeros(num_nodes, dtype=value_dtype, device=src.device).index_add(0, src,
+                                                                                   weight)
+    if normalization is None:
+        weight, loop = -weight, degree
+    else:
+        inverse = degree.pow(-0.5) if normalization == "sym" else degree.reciprocal()
+        inverse = inverse.masked_fill(inverse == float("inf"), 0)
+        weight = -inverse[src] * weight * (inverse[dst] if normalization == "sym" else 1)
+        loop = torch.ones(num_nodes, dtype=value_dtype, device=src.device)
+    src, dst = torch.cat([src, nodes]), torch.cat([dst, nodes])
+    weight = torch.cat([weight, loop])
+    lambda_max = torch.as_tensor(lambda_max, dtype=value_dtype, device=src.device)
+    if batch is not None and lambda_max.numel() > 1:
+        lambda_max = lambda_max[batch[src]]
+    weight = 2.0 * weight / lambda_max
+    weight = weight.masked_fill(weight == float("inf"), 0) - (src == dst).to(value_dtype)
+    return adjacency(torch.stack([src, dst]), num_nodes, weight, dtype)
+
+
 def adjacency(edge_index, num_nodes=None, edge_weight=None, dtype=None):
     """A itself (no normalization, no self loops added): what GCNConv(normalize=False) uses.
     edge_index as in gcn_norm (a sparse adj_t too)."""

@@ -271,12 +271,16 @@ def test_gcn_propagate_op_bad_input(device):
 def test_gcn_layers_reject_bad_input():
     x, edge_index = torch.randn(4, 3), edges("cpu")
     with pytest.raises(ValueError, match=r"GCNConv: x must have shape \(num_nodes, "
-                                         r"in_channels = 2\), got \(4, 3\)"):
+                                         r"in_channels = 2\), or .*got \(4, 3\)"):
         pynotes.nn.GCNConv(2, 5)(x, edge_index)
     with pytest.raises(ValueError, match="add_self_loops=True needs normalize=True"):
         pynotes.nn.GCNConv(3, 5, add_self_loops=True, normalize=False)
-    with pytest.raises(ValueError, match="normalization must be 'sym'"):
-        pynotes.nn.ChebConv(3, 5, K=2, normalization="rw")
+    with pytest.raises(ValueError, match="normalization must be None, 'sym' or 'rw', got 'lap'"):
+        pynotes.nn.ChebConv(3, 5, K=2, normalization="lap")
+    with pytest.raises(ValueError, match="normalization='rw' needs lambda_max"):
+        pynotes.nn.ChebConv(3, 5, K=2, normalization="rw")(x, edge_index)
+    with pytest.raises(ValueError, match="a prebuilt Adjacency is cheb_norm's"):
+        pynotes.nn.ChebConv(3, 5, K=2)(x, norm("cpu"), lambda_max=3.0)
     with pytest.raises(ValueError, match="K must be a positive int, got 0"):
         pynotes.nn.ChebConv(3, 5, K=0)
     with pytest.raises(ValueError, match="edge_weight must be None when edge_index is an "

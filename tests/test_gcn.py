@@ -309,6 +309,105 @@ def test_chebconv_matches_pyg(device, K, weighted):
     assert repr(ours) == repr(theirs)
 
 
+def assert_same_layer(ours, theirs, inputs, ours_inputs=None):
+    """Outputs and gradients (inputs that need them, parameters) of two layers."""
+    out, expected = ours(*(ours_inputs or inputs)), theirs(*inputs)
+    torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    ours_leaves = [t for t in (ours_inputs or inputs)
+                   if isinstance(t, torch.Tensor) and t.requires_grad]
+    for a, b in zip(torch.autograd.grad(out, [*ours_leaves, *ours.parameters()], g,
+                                        allow_unused=True),
+                    torch.autograd.grad(expected, [*leaves, *theirs.parameters()], g,
+                                        allow_unused=True)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+
+def pyg_pair(device, layer, *args, **kwargs):
+    ours = getattr(pynotes.nn, layer)(*args, **kwargs).double().to(device)
+    theirs = getattr(pyg_nn, layer)(*args, **kwargs).double().to(device)
+    copy_into(ours, theirs)
+    return ours, theirs
+
+
+@needs_pyg
+def test_gcnconv_pyg_cases(device):
+    """The cases of PyG's test_gcn_conv.py beyond those above: flow, static graphs (x of
+    (batch, nodes, features) and one edge_index), torch.sparse features."""
+    n = 12
+    edge_index = random_graph(n, 40, device)
+    x = torch.randn(n, 6, device=device, dtype=torch.float64, requires_grad=True)
+    for channels in ((6, 4), (6, 9)):
+        ours, theirs = pyg_pair(device, "GCNConv", *channels, flow="target_to_source")
+        assert_same_layer(ours, theirs, (x, edge_index))
+        ours.flow = theirs.flow = "source_to_target"  # an attribute, read per call
+        assert_same_layer(ours, theirs, (x, edge_index.flip(0)))
+        static = torch.randn(3, n, 6, device=device, dtype=torch.float64, requires_grad=True)
+        assert_same_layer(ours, theirs, (static, edge_index))
+        assert ours(static, edge_index).shape == (3, n, channels[1])
+    with pytest.raises(ValueError, match="flow must be"):
+        pynotes.nn.GCNConv(6, 4, flow="both")
+    if device == "cpu":  # (PyG's sparse-feature case)
+        ours, theirs = pyg_pair(device, "GCNConv", 16, 32)
+        sparse = torch.sparse_coo_tensor([[0, 0], [0, 1]], [1.0, 1.0], (4, 16),
+                                         dtype=torch.float64)
+        edges = torch.tensor([[0, 0, 0, 1, 2, 3], [1, 2, 3, 0, 0, 0]])
+        torch.testing.assert_close(ours(sparse, edges), theirs(sparse, edges))
+        torch.testing.assert_close(ours(sparse, edges), ours(sparse.to_dense(), edges))
+
+
+@needs_pyg
+@pytest.mark.parametrize("normalization", [None, "sym", "rw"])
+def test_chebconv_pyg_cases(device, normalization):
+    """PyG's test_cheb_conv.py: each normalization, lambda_max as a number and one per graph
+    of a batch, edge weights, static graphs."""
+    n, e = 16, 60
+    edge_index = random_graph(n, e, device)
+    w = torch.rand(e, device=device, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n, 5, device=device, dtype=torch.float64, requires_grad=True)
+    batch = (torch.arange(n, device=device) >= n // 2).long()
+    per_graph = torch.tensor([2.0, 3.0], device=device, dtype=torch.float64)
+    for K in (1, 3):
+        ours, theirs = pyg_pair(device, "ChebConv", 5, 3, K, normalization=normalization)
+        assert repr(ours) == repr(theirs)
+        for lambda_max in (3.0, 2.0, per_graph):
+            assert_same_layer(ours, theirs, (x, edge_index, w, batch, lambda_max))
+            if lambda_max is not per_graph:
+                assert_same_layer(ours, theirs, (x, edge_index, None, None, lambda_max))
+        if normalization == "sym":
+            assert_same_layer(ours, theirs, (x, edge_index, w))
+        else:
+            with pytest.raises(ValueError, match="lambda_max"):
+                ours(x, edge_index)
+    static = torch.randn(2, n, 5, device=device, dtype=torch.float64)
+    expected = torch.stack([ours(s, edge_index, w, None, 3.0) for s in static])
+    torch.testing.assert_close(ours(static, edge_index, w, None, 3.0), expected)
+
+
+def test_chebconv_laplacian_matches_dense(device):
+    """graph.cheb_laplacian without PyG: 2 L / lambda_max - I for each normalization."""
+    n = 9
+    edge_index = random_graph(n, 30, device)
+    w = torch.rand(30, device=device, dtype=torch.float64)
+    a = dense_adjacency(edge_index, n, w).to(device)  # a[target, source]
+    a.fill_diagonal_(0.0)
+    degree = a.sum(0)  # out-degrees
+    eye = torch.eye(n, dtype=torch.float64, device=device)
+    inv_sqrt = torch.where(degree > 0, degree.clamp_min(1e-300).rsqrt(), 0.0)
+    inv = torch.where(degree > 0, 1 / degree.clamp_min(1e-300), 0.0)
+    laplacians = {None: torch.diag(degree) - a,
+                  "sym": eye - inv_sqrt[:, None] * a * inv_sqrt[None, :],
+                  "rw": eye - a * inv[None, :]}
+    for normalization, lap in laplacians.items():
+        adj = graph.cheb_laplacian(edge_index, n, w, normalization, 3.0)
+        torch.testing.assert_close(adj.to_dense(), 2 * lap / 3.0 - eye)
+    with pytest.raises(ValueError, match="normalization must be None, 'sym' or 'rw'"):
+        graph.cheb_laplacian(edge_index, n, normalization="lap")
+
+
 def test_layers_against_dense(device):
     """GCNConv and ChebConv without PyG: the formulas in dense float64."""
     n, e = 21, 90

@@ -155,6 +155,23 @@ def gbdt_inputs(device, dtype):
     return bins, grad, hess, node, slot
 
 
+def split_inputs(device, dtype):
+    """Histograms of 2 slots x 3 features x 8 bins, float64 whatever the case's dtype (the
+    op's only type: sums of float32 gradients are kept in float64)."""
+    g = torch.Generator().manual_seed(3)
+    hist = torch.rand(2, 3, 8, 2, generator=g, dtype=torch.float64)
+    hist[..., 0] -= 0.5
+    return (hist.to(device),)
+
+
+def level_inputs(device, dtype):
+    bins, *_ = gbdt_inputs(device, dtype)
+    node = torch.zeros(40, dtype=torch.int32, device=device)
+    split = torch.tensor([1, -1, -1], dtype=torch.int32, device=device)
+    return bins, node, split, torch.full_like(split, 3), torch.zeros(3, dtype=torch.bool,
+                                                                      device=device)
+
+
 def tree_inputs(device, dtype):
     x = rand(20, 3, device=device, dtype=dtype)
     feature = torch.tensor([[0, 1, -1, -1, -1, -1, -1]], dtype=torch.int32, device=device)
@@ -164,6 +181,11 @@ def tree_inputs(device, dtype):
     group = torch.zeros(1, dtype=torch.long, device=device)
     base = torch.zeros(1, dtype=torch.float64, device=device)
     return x, feature, threshold, left, value, group, base
+
+
+def grow_tree_by_levels(*args):
+    from pynotes.gbdt.grower import grow_tree_by_levels
+    return grow_tree_by_levels(*args)
 
 
 def reference_fn(name):
@@ -224,6 +246,15 @@ CASES = [
          lambda *a: reference_fn("build_histogram")(*a, 1, 8), **GBDT),
     Case("predict_trees", tree_inputs, lambda *a: pynotes.ops.predict_trees(*a),
          lambda *a: reference_fn("predict_trees")(*a, 255), **GBDT),
+    Case("find_best_splits", split_inputs, lambda h: pynotes.ops.find_best_splits(h),
+         lambda h: reference_fn("find_best_splits")(h), **GBDT),
+    Case("advance_nodes", level_inputs, lambda *a: pynotes.ops.advance_nodes(*a, 7),
+         lambda *a: reference_fn("advance_nodes")(*a, 7),
+         **{**GBDT, "errors": {m: "integer inputs and outputs: no derivatives to take"
+                               for m in ("create_graph", "func_grad")}}),
+    Case("grow_tree", lambda d, t: gbdt_inputs(d, t)[:3],
+         lambda *a: pynotes.ops.grow_tree(*a, 2, 8),
+         lambda *a: grow_tree_by_levels(*a, 2, 8, 1.0, 0.0, 1.0, None), **GBDT),
 ]
 IDS = [c.name for c in CASES]
 

@@ -79,7 +79,7 @@ struct GbdtPredict {
   const float* value;        // (trees, nodes)
   const int64_t* group;      // (trees): the output column of each tree
   double* out;               // (rows, num_groups), accumulated into
-  // Categorical splits (CPU only), or both nullptr: per feature whether it is categorical,
+  // Categorical splits, or both nullptr: per feature whether it is categorical,
   // and per node the bitset of the categories sent left (gbdt.h, value_in_category_set).
   const bool* categorical = nullptr;  // (features)
   const int32_t* cat_left = nullptr;  // (trees, nodes, gbdt::kCategoryWords)

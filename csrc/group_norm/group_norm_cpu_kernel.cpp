@@ -30,6 +30,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common/cpu_vec.h"
 #include "group_norm/group_norm.h"
 
 namespace pynotes {
@@ -96,15 +97,6 @@ inline typename V::value_type horizontal_sum(const V& v) {
   for (int i = 0; i < V::size(); ++i) sum += lanes[i];
   return sum;
 }
-
-// sigmoid on SIMD lanes, for gn::activate and gn::pre_activation_grad. exp_u20 (ATen's
-// polynomial, within 2 ulp) costs half of Sleef's 1-ulp exp, which dominates the fused SiLU.
-struct VecSigmoid {
-  template <typename V>
-  V operator()(const V& y) const {
-    return V(1) / (V(1) + y.neg().exp_u20());
-  }
-};
 
 // A kernel parameter: one value for the whole block (NCHW), held in a register, or one per
 // lane (channels-last), loaded next to the data.

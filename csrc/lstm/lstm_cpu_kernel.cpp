@@ -34,23 +34,6 @@ namespace {
 // a few threads (the step is short, and every microsecond is paid once per time step).
 constexpr int64_t kMinTaskElements = 1 << 11;
 
-// Both activations from exp_u20 (ATen's polynomial exp, within 2 ulp), which costs half of
-// Sleef's 1-ulp exp and a third of its tanh. tanh(x) = 2 sigmoid(2x) - 1 is exact at +-inf
-// and within a few float ulp of 1 in absolute error near 0, where tanh is small.
-struct VecSigmoid {
-  template <typename V>
-  V operator()(const V& x) const {
-    return V(1) / (V(1) + x.neg().exp_u20());
-  }
-};
-
-struct VecTanh {
-  template <typename V>
-  V operator()(const V& x) const {
-    return V(2) / (V(1) + (x * V(-2)).exp_u20()) - V(1);
-  }
-};
-
 // The four gate blocks (i, f, g, o) of one row of a (rows, 4 * hidden) matrix, as opmath
 // vectors. T may be const.
 template <typename T>

@@ -16,9 +16,9 @@ is called directly; its own Autograd-key kernel (C++, also what direct torch.ops
 and the CMake library use) differentiates it once and raises a clear error under
 create_graph=True.
 
-Under torch.func.vmap the ops run their batching rules (register_vmap below): forward ops fold
-the vmapped dimension into a batch dimension where that is exact; otherwise, and for the
-backward ops, a loop over the vmapped dimension.
+Under torch.func.vmap the ops run their batching rules (register_vmap in each family's
+pynotes/ops/<family>.py): forward ops fold the vmapped dimension into a batch dimension where
+that is exact; otherwise, and for the backward ops, a loop over the vmapped dimension.
 """
 import torch
 

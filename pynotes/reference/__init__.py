@@ -1,4 +1,4 @@
-"""Pure-PyTorch implementations of every pynotes op, with the same signatures and semantics.
+"""Pure-PyTorch implementations of the pynotes ops, with the same semantics.
 
 They are the fallback when the compiled kernels cannot run, and the oracle the tests compare
 the kernels against.
