@@ -1,4 +1,4 @@
-"""A cost model of data-parallel pynotes.gbdt (the README's table): per tree level, the
+"""A cost model of data-parallel pynotes.gbdt (docs/performance.md's table): per tree level, the
 histograms every worker builds, the reduce-scatter that sums them by feature block and the
 exchange of the best splits, for W workers on a network of a given bandwidth and latency.
 

@@ -8,7 +8,7 @@ configuration runs in fresh processes, the runs alternate, and a run's time is t
 process's fit (after a barrier for pynotes); the median of the runs is reported. Also what
 rank 0 sends per tree (reduce-scattered histograms: (W - 1) / W of those built, with the split
 exchange and the gradients' sizes) and the histograms built per tree level: the numbers of the
-README's cost model. CPU only.
+cost model of docs/performance.md. CPU only.
 """
 import json
 import os

@@ -1,7 +1,7 @@
 """Every public op and layer in every mode users run it in (after PyTorch's OpInfo): eager in
 each dtype, torch.autocast, second derivatives (gradgradcheck), torch.func (grad, jacrev, jvp,
 vmap), torch.export and torch.compile(fullgraph=True). Each cell passes against the torch (or PyG-style)
-equivalent, or raises the error the table names; README, "Modes", lists those errors."""
+equivalent, or raises the error the table names; docs/modes.md lists those errors."""
 import contextlib
 import copy
 import math

@@ -5,12 +5,13 @@ function's autograd.Function calls, the autocast rules of _autocast.py, a public
 pure-PyTorch reference, a case in tests/test_modes.py and a benchmark. A new op fails here
 until its row below is added and every part exists."""
 import importlib
+import inspect
 import pathlib
 
 import pytest
 import torch
 
-import pynotes
+import pynotes.graph
 from pynotes import _ext
 from pynotes.ops import _autocast
 
@@ -110,10 +111,15 @@ def test_op_keeps_the_contract(op):
         if (rule is not None) != has_kernel(op, f"Autocast{device.upper()}"):
             missing.append(f"its {device} autocast rule ({rule or 'none'}, as _autocast.py "
                            "says) registered")
-    if not callable(resolve("pynotes", public)):
+    function, oracle = resolve("pynotes", public), resolve("pynotes", reference)
+    if not callable(function):
         missing.append(f"its public function pynotes.{public}")
-    if not callable(resolve("pynotes", reference)):
+    if not callable(oracle):
         missing.append(f"its reference pynotes.{reference}")
+    elif callable(function) and function.__name__ == oracle.__name__ and \
+            inspect.signature(function) != inspect.signature(oracle):
+        missing.append(f"its reference with the public function's signature {public}"
+                       f"{inspect.signature(function)}")
     if case not in CASE_NAMES:
         missing.append(f"a case {case!r} in tests/test_modes.py")
     bench = ROOT / "benchmarks" / f"{bench_file}.py"
@@ -128,3 +134,66 @@ def _case_names():
 
 
 CASE_NAMES = _case_names()
+
+
+def _gcn_args(device):
+    g = torch.Generator().manual_seed(4)
+    edge_index = torch.randint(0, 9, (2, 30), generator=g).to(device)
+    weight = torch.rand(30, generator=g, dtype=torch.float64).to(device)
+    adj = pynotes.graph.gcn_norm(edge_index, 9, weight)
+    x = torch.randn(9, 4, generator=g, dtype=torch.float64).to(device)
+    return (x, adj.rowptr, adj.col, adj.weight.detach(), adj.scale, adj.rowptr_t, adj.col_t,
+            adj.perm_t)
+
+
+def _parity_cases():
+    """Per differentiable op: (its Python autograd.Function, raw float64 arguments on a
+    device, the outputs that carry gradients)."""
+    gcn, group_norm, iwae, lstm = (importlib.import_module(f"pynotes.ops.{family}")
+                                   for family in ("gcn", "group_norm", "iwae", "lstm"))
+    from test_modes import RAW_OPS
+    return {
+        "group_norm": (group_norm.GroupNormFunction, lambda d: (
+            RAW_OPS["group_norm"](d)[0], 2, *(torch.randn(4, dtype=torch.float64, device=d)
+                                              for _ in range(2)), 1e-5, True), (0,)),
+        "lstm_cell": (lstm.LstmCellFunction, RAW_OPS["lstm_cell"], (0, 1)),
+        "lstm_layer": (lstm.LstmLayerFunction,  # (w_hr, batch_sizes, reverse)
+                       lambda d: (*RAW_OPS["lstm_layer"](d), None, None, True), (0, 1, 2)),
+        "gcn_propagate": (gcn.GcnPropagateFunction, _gcn_args, (0,)),
+        "iwae_bound": (iwae.IwaeBoundFunction,
+                       lambda d: (*RAW_OPS["iwae_bound"](d), 1, False), (0,)),
+        "importance_weights": (iwae.ImportanceWeightsFunction,
+                               lambda d: (*RAW_OPS["importance_weights"](d), 1), (0,)),
+    }
+
+
+PARITY = _parity_cases()
+
+
+def test_every_differentiable_op_has_a_parity_case():
+    assert set(PARITY) == {op for op, row in CONTRACT.items() if row[2] == DIFFERENTIABLE}
+
+
+@pytest.mark.parametrize("op", sorted(PARITY))
+def test_cpp_and_python_autograd_agree(device, op):
+    """The raw op differentiates through its C++ Autograd kernel, the public function through
+    its Python autograd.Function: the same outputs and first derivatives in float64."""
+    from pynotes.ops import _autograd
+    function, make, outputs = PARITY[op]
+    args = make(device)
+    results = []
+    for run in (lambda a: getattr(torch.ops.pynotes, op)(*a),
+                lambda a: _autograd.apply(function, *a)):
+        leaves = [a.detach().clone().requires_grad_() if _autograd.differentiable(a) else a
+                  for a in args]
+        out = run(leaves)
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        g = torch.Generator().manual_seed(5)
+        grads = [torch.randn(out[i].shape, generator=g, dtype=out[i].dtype).to(device)
+                 for i in outputs]
+        wrt = [a for a in leaves if isinstance(a, torch.Tensor) and a.requires_grad]
+        results.append(([out[i].detach() for i in outputs],
+                        torch.autograd.grad([out[i] for i in outputs], wrt, grads)))
+    (raw_out, raw_grads), (py_out, py_grads) = results
+    for a, b in zip(raw_out + list(raw_grads), py_out + list(py_grads), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
