@@ -318,7 +318,7 @@ def test_layer_op_noncontiguous_inputs(device):
 def test_engine_input_projection(device, monkeypatch, threads, dtype, seq, batch, inputs,
                                  hidden, packed):
     """On the engine, float32 and float64 layers compute x w_ih^T themselves, each thread for
-    its units (lstm_cpu_kernel.cpp, input_products): outputs and gradients as the float64
+    its units (lstm_engine_cpu_kernel.cpp, input_products): outputs and gradients as the float64
     reference's, for any thread count (unit slices of whole and partial SIMD vectors)."""
     if device != "cpu":
         pytest.skip("the recurrent engine is the CPU's")
