@@ -123,4 +123,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_outputs(const GroupNormB
   return {b.dx, b.dweight.to(b.weight_dtype), b.dbias.to(b.bias_dtype)};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_impl(
+    const at::Tensor& input, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, bool silu, const GroupNormKernels& k) {
+  GroupNormForward f = prepare_group_norm_forward(input, num_groups, weight, bias, eps);
+  if (f.x.numel() > 0) k.forward(f, eps, silu);
+  return {f.y, f.mean, f.rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_impl(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
+    const at::Tensor& rstd, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, bool silu, const GroupNormKernels& k) {
+  GroupNormBackward b =
+      prepare_group_norm_backward(grad_output, input, mean, rstd, num_groups, weight, bias);
+  if (b.x.numel() > 0) k.backward(b, silu);
+  return backward_outputs(b);
+}
+
 }  // namespace pynotes

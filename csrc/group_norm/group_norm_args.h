@@ -1,6 +1,8 @@
 #pragma once
-// Argument checks, layout choice and output allocation shared by the CPU and CUDA group norm:
-// each device's op is "prepare, launch its kernel on raw pointers, return".
+// The device-generic group norm ops (group_norm_args.cpp): argument checks, layout choice and
+// output allocation shared by the CPU and CUDA; each device registers them with its launchers
+// through register_group_norm_ops<kernels> (group_norm_cpu.cpp, group_norm_cuda.cu), as the
+// other families do. Schemas are in pynotes.cpp.
 #include <ATen/core/Tensor.h>
 
 #include <optional>
@@ -48,5 +50,41 @@ GroupNormBackward prepare_group_norm_backward(const at::Tensor& grad_output,
 
 // (dx, dweight, dbias) with the weight and bias gradients in the dtypes of weight and bias.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_outputs(const GroupNormBackward& b);
+
+// One device's launchers, run on prepared tensors of at least one element.
+struct GroupNormKernels {
+  void (*forward)(const GroupNormForward& f, double eps, bool silu);
+  void (*backward)(const GroupNormBackward& b, bool silu);
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_impl(
+    const at::Tensor& input, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, bool silu, const GroupNormKernels& k);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_impl(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
+    const at::Tensor& rstd, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, bool silu, const GroupNormKernels& k);
+
+template <const GroupNormKernels& (*kernels)()>
+struct GroupNormOps {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
+      const at::Tensor& input, int64_t num_groups, const std::optional<at::Tensor>& weight,
+      const std::optional<at::Tensor>& bias, double eps, bool silu) {
+    return group_norm_impl(input, num_groups, weight, bias, eps, silu, kernels());
+  }
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+      const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
+      const at::Tensor& rstd, int64_t num_groups, const std::optional<at::Tensor>& weight,
+      const std::optional<at::Tensor>& bias, bool silu) {
+    return group_norm_backward_impl(grad_output, input, mean, rstd, num_groups, weight, bias,
+                                    silu, kernels());
+  }
+};
+
+template <const GroupNormKernels& (*kernels)(), typename Library>
+void register_group_norm_ops(Library& m) {
+  m.impl("group_norm", &GroupNormOps<kernels>::forward);
+  m.impl("group_norm_backward", &GroupNormOps<kernels>::backward);
+}
 
 }  // namespace pynotes

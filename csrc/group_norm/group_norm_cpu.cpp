@@ -132,54 +132,45 @@ void run_backward_kernel(GroupNormCpuBackwardArgs args) {
                     });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cpu(
-    const at::Tensor& input, int64_t num_groups, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps, bool silu) {
-  GroupNormForward f = prepare_group_norm_forward(input, num_groups, weight, bias, eps);
-  if (f.x.numel() > 0) {
-    GroupNormCpuForwardArgs args{
-        f.x.scalar_type(), f.channels_last, silu, f.N, f.C, f.HxW, f.G, eps,
-        f.x.const_data_ptr(),
-        f.weight.defined() ? f.weight.const_data_ptr() : nullptr,
-        f.bias.defined() ? f.bias.const_data_ptr() : nullptr,
-        f.y.mutable_data_ptr(), f.mean.mutable_data_ptr(), f.rstd.mutable_data_ptr()};
-    args.stream_output = stream_output(f.y, 2);  // x, y
-    // How the channels-last forward walks its rows (GroupNormCpuForwardArgs::by_columns):
-    // forced, measured (float32/float64), or by the kernel's rule (Half/BFloat16).
-    const auto kernel = PYNOTES_CPU_KERNEL(group_norm_forward_cpu_kernel);
-    args.by_columns = forced_flag("PYNOTES_GROUP_NORM_COLUMNS");
-    if (args.by_columns >= 0 || !has_walk_choice(args.channels_last, args.dtype)) {
-      kernel(args);
-    } else {
-      run_measured_walk(forward_walk_choices(),
-                        shape_class_of(args.dtype, args.silu, args.N, args.C, args.HxW),
-                        [&](bool along_rows) {
-                          args.by_columns = along_rows ? 0 : 1;
-                          kernel(args);
-                        });
-    }
+void forward_cpu(const GroupNormForward& f, double eps, bool silu) {
+  GroupNormCpuForwardArgs args{
+      f.x.scalar_type(), f.channels_last, silu, f.N, f.C, f.HxW, f.G, eps,
+      f.x.const_data_ptr(),
+      f.weight.defined() ? f.weight.const_data_ptr() : nullptr,
+      f.bias.defined() ? f.bias.const_data_ptr() : nullptr,
+      f.y.mutable_data_ptr(), f.mean.mutable_data_ptr(), f.rstd.mutable_data_ptr()};
+  args.stream_output = stream_output(f.y, 2);  // x, y
+  // How the channels-last forward walks its rows (GroupNormCpuForwardArgs::by_columns):
+  // forced, measured (float32/float64), or by the kernel's rule (Half/BFloat16).
+  const auto kernel = PYNOTES_CPU_KERNEL(group_norm_forward_cpu_kernel);
+  args.by_columns = forced_flag("PYNOTES_GROUP_NORM_COLUMNS");
+  if (args.by_columns >= 0 || !has_walk_choice(args.channels_last, args.dtype)) {
+    kernel(args);
+  } else {
+    run_measured_walk(forward_walk_choices(),
+                      shape_class_of(args.dtype, args.silu, args.N, args.C, args.HxW),
+                      [&](bool along_rows) {
+                        args.by_columns = along_rows ? 0 : 1;
+                        kernel(args);
+                      });
   }
-  return {f.y, f.mean, f.rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
-    const at::Tensor& rstd, int64_t num_groups, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, bool silu) {
-  GroupNormBackward b =
-      prepare_group_norm_backward(grad_output, input, mean, rstd, num_groups, weight, bias);
-  if (b.x.numel() > 0) {
-    GroupNormCpuBackwardArgs args{
-        b.x.scalar_type(), b.channels_last, silu, b.N, b.C, b.HxW, b.G,
-        b.dy.const_data_ptr(), b.x.const_data_ptr(), b.mean.const_data_ptr(),
-        b.rstd.const_data_ptr(),
-        b.weight.defined() ? b.weight.const_data_ptr() : nullptr,
-        b.bias.defined() ? b.bias.const_data_ptr() : nullptr,
-        b.dx.mutable_data_ptr(), b.dweight.mutable_data_ptr(), b.dbias.mutable_data_ptr()};
-    args.stream_output = stream_output(b.dx, 3);  // dy, x, dx
-    run_backward_kernel(args);
-  }
-  return backward_outputs(b);
+void backward_cpu(const GroupNormBackward& b, bool silu) {
+  GroupNormCpuBackwardArgs args{
+      b.x.scalar_type(), b.channels_last, silu, b.N, b.C, b.HxW, b.G,
+      b.dy.const_data_ptr(), b.x.const_data_ptr(), b.mean.const_data_ptr(),
+      b.rstd.const_data_ptr(),
+      b.weight.defined() ? b.weight.const_data_ptr() : nullptr,
+      b.bias.defined() ? b.bias.const_data_ptr() : nullptr,
+      b.dx.mutable_data_ptr(), b.dweight.mutable_data_ptr(), b.dbias.mutable_data_ptr()};
+  args.stream_output = stream_output(b.dx, 3);  // dy, x, dx
+  run_backward_kernel(args);
+}
+
+const GroupNormKernels& cpu_kernels() {
+  static const GroupNormKernels kernels{&forward_cpu, &backward_cpu};
+  return kernels;
 }
 
 }  // namespace
@@ -190,9 +181,6 @@ std::vector<GroupNormWalkChoice> group_norm_forward_walk_choices() {
   return forward_walk_choices().all();
 }
 
-TORCH_LIBRARY_IMPL(pynotes, CPU, m) {
-  m.impl("group_norm", &group_norm_cpu);
-  m.impl("group_norm_backward", &group_norm_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(pynotes, CPU, m) { register_group_norm_ops<cpu_kernels>(m); }
 
 }  // namespace pynotes

@@ -213,12 +213,8 @@ void with_silu(bool silu, const F& f) {
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cuda(
-    const at::Tensor& input, int64_t num_groups, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps, bool silu) {
-  const c10::cuda::CUDAGuard device_guard(input.device());
-  GroupNormForward f = prepare_group_norm_forward(input, num_groups, weight, bias, eps);
-  if (f.x.numel() == 0) return {f.y, f.mean, f.rstd};
+void forward_cuda(const GroupNormForward& f, double eps, bool silu) {
+  const c10::cuda::CUDAGuard device_guard(f.x.device());
   const Geometry geo = geometry_of(f);
   const int64_t groups = f.N * f.G;
   TORCH_CHECK(groups <= std::numeric_limits<int32_t>::max(), "group_norm: CUDA kernels take at "
@@ -258,7 +254,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cuda(
                          NormalizeOp<T, S, decltype(silu_tag)::value>{geo, affine});
     });
   });
-  return {f.y, f.mean, f.rstd};
 }
 
 // --------------------------------------------------------------------------- backward ---
@@ -389,14 +384,8 @@ struct InputGradOp {  // a = dz, b = x
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
-    const at::Tensor& rstd, int64_t num_groups, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, bool silu) {
-  const c10::cuda::CUDAGuard device_guard(input.device());
-  GroupNormBackward b =
-      prepare_group_norm_backward(grad_output, input, mean, rstd, num_groups, weight, bias);
-  if (b.x.numel() == 0) return backward_outputs(b);
+void backward_cuda(const GroupNormBackward& b, bool silu) {
+  const c10::cuda::CUDAGuard device_guard(b.x.device());
   const Geometry geo = geometry_of(b);
   const int64_t rows = b.N * b.C;
   TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(), "group_norm_backward: CUDA kernels "
@@ -460,14 +449,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
             b.dbias.mutable_data_ptr<S>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return backward_outputs(b);
+}
+
+const GroupNormKernels& cuda_kernels() {
+  static const GroupNormKernels kernels{&forward_cuda, &backward_cuda};
+  return kernels;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pynotes, CUDA, m) {
-  m.impl("group_norm", &group_norm_cuda);
-  m.impl("group_norm_backward", &group_norm_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(pynotes, CUDA, m) { register_group_norm_ops<cuda_kernels>(m); }
 
 }  // namespace pynotes
