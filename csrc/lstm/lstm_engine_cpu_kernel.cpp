@@ -3,11 +3,10 @@
 // namespace pynotes::CPU_CAPABILITY. The step kernels are lstm_cpu_kernel.cpp.
 //
 // Threads own slices of the hidden units in whole SIMD vectors. The recurrent product of a
-// slice is a register-blocked micro-kernel:
-// per 4 gates x kBatch rows, accumulators over k, each k one vector of 4 gates' weights for L
-// units (packed [k][gate][L], so the loads stream) times a broadcast of h[b, k]. The weights
-// of a slice (4 x units x H) are packed once per call and stay in that core's cache.
-
+// slice is a register-blocked micro-kernel: per 4 gates x kBatch rows, accumulators over k,
+// each k one vector of 4 gates' weights for L units (packed [k][gate][L], so the loads
+// stream) times a broadcast of h[b, k]. The weights of a slice (4 x units x H) are packed once
+// per call and stay in that core's cache.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/Utils.h>

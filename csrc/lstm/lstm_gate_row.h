@@ -1,6 +1,5 @@
 #pragma once
-// The four gate blocks (i, f, g, o) of one row of a (rows, 4 * hidden) matrix as opmath
-// vectors, for the LSTM step kernels and engine (lstm_cpu_kernel.cpp,
+// GateRow, for the LSTM step kernels and engine (lstm_cpu_kernel.cpp,
 // lstm_engine_cpu_kernel.cpp): per-ISA files only, in namespace pynotes::CPU_CAPABILITY.
 #include <cstdint>
 #include <type_traits>
@@ -11,6 +10,7 @@
 namespace pynotes {
 namespace CPU_CAPABILITY {
 
+// The four gate blocks (i, f, g, o) of one row of a (rows, 4 * hidden) matrix, as opmath
 // vectors. T may be const.
 template <typename T>
 struct GateRow {
