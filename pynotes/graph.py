@@ -263,6 +263,8 @@ def _check_edge_index(op, edge_index, num_nodes):
         raise ValueError(f"{op}: edge_index must have shape (2, num_edges), got "
                          f"{tuple(edge_index.shape)}")
     edge_index = edge_index.long()
+    if torch.jit.is_tracing() and isinstance(num_nodes, torch.Tensor):
+        num_nodes = int(num_nodes)  # (x.shape[0] under torch.jit.trace: the trace keeps it)
     if num_nodes is None:
         if torch.compiler.is_compiling():
             raise ValueError(f"{op}: give num_nodes under torch.compile / torch.export (the "

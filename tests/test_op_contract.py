@@ -106,6 +106,8 @@ def test_op_keeps_the_contract(op):
     if (autograd != INTERNAL) != has_kernel(op, "Autograd"):
         missing.append("an Autograd kernel" if autograd != INTERNAL else
                        "no Autograd kernel (an internal op of a Function)")
+    if autograd != INTERNAL and op not in _autocast.POLICIES:
+        missing.append("its entry in _autocast.POLICIES ({} where no autocast list has it)")
     for device in ("cpu", "cuda"):  # (no rule: on none of torch's autocast lists)
         rule = _autocast.POLICIES.get(op, {}).get(device)
         if (rule is not None) != has_kernel(op, f"Autocast{device.upper()}"):

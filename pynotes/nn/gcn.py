@@ -40,6 +40,13 @@ def _check_prebuilt(layer, adj, x, edge_weight):
                          f"adjacency's), got {x.shape[-2]}")
 
 
+def _refuse_script(layer):
+    """torch.jit.script calls this first: the layers' graph handling is Python (PyG's own
+    layers compile through its templates), so they trace, compile and export instead."""
+    raise RuntimeError(f"{type(layer).__name__}: torch.jit.script is not supported (torch "
+                       "deprecates it); use torch.compile, torch.export or torch.jit.trace")
+
+
 class GCNConv(torch.nn.Module):
     """The graph convolution of Kipf & Welling (2017), a drop-in for
     torch_geometric.nn.GCNConv: X' = D^-1/2 (A + I) D^-1/2 X W^T + b.
@@ -116,6 +123,9 @@ class GCNConv(torch.nn.Module):
     def __repr__(self):
         return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels})"
 
+    def __prepare_scriptable__(self):
+        _refuse_script(self)
+
 
 class ChebConv(torch.nn.Module):
     """The Chebyshev spectral graph convolution (Defferrard et al., 2016), a drop-in for
@@ -186,3 +196,6 @@ class ChebConv(torch.nn.Module):
     def __repr__(self):
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
                 f"K={len(self.lins)}, normalization={self.normalization})")
+
+    def __prepare_scriptable__(self):
+        _refuse_script(self)

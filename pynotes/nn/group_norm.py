@@ -1,4 +1,5 @@
 import inspect
+from typing import Optional
 
 import torch
 
@@ -18,6 +19,8 @@ class GroupNorm(torch.nn.GroupNorm):
     U-Nets), saving a full read and write of the activations forward and backward.
     """
 
+    activation: Optional[str]  # None or "silu" (checked by the constructor)
+
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
                  affine: bool = True, device=None, dtype=None, *, bias: bool = True,
                  activation=None):
@@ -34,6 +37,9 @@ class GroupNorm(torch.nn.GroupNorm):
         self.activation = activation
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # (TorchScript: the raw operator, differentiable once)
+            return torch.ops.pynotes.group_norm(input, self.num_groups, self.weight, self.bias,
+                                                self.eps, self.activation is not None)[0]
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                           self.activation)
 

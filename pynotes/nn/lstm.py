@@ -1,3 +1,5 @@
+from typing import List, Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
@@ -16,15 +18,19 @@ class LSTMCell(torch.nn.LSTMCell):
     pynotes cell (one pointwise kernel after the two matrix products, forward and backward).
     """
 
-    def forward(self, input, hx=None):
+    def forward(self, input: torch.Tensor, hx: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not torch.jit.is_scripting():
+            if input.is_complex() or self.weight_ih.is_complex():  # (no complex kernels)
+                return super().forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D "
                              "instead")
         if hx is not None:
-            for idx, value in enumerate(hx):
-                if value.dim() not in (1, 2):
+            for idx in range(2):
+                if hx[idx].dim() not in (1, 2):
                     raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got "
-                                     f"{value.dim()}D instead")
+                                     f"{hx[idx].dim()}D instead")
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
@@ -36,15 +42,19 @@ class LSTMCell(torch.nn.LSTMCell):
         if input.shape[1] != self.input_size:  # torch's checks, in its words
             raise LSTMInputError(f"LSTMCell: input has inconsistent input_size: got "
                                  f"{input.shape[1]} expected {self.input_size}")
-        for idx, value in enumerate(hx):
-            if value.shape[0] != input.shape[0]:
+        for idx in range(2):
+            if hx[idx].shape[0] != input.shape[0]:
                 raise LSTMInputError(f"LSTMCell: Input batch size {input.shape[0]} doesn't "
-                                     f"match hidden{idx} batch size {value.shape[0]}")
-            if value.shape[1] != self.hidden_size:
+                                     f"match hidden{idx} batch size {hx[idx].shape[0]}")
+            if hx[idx].shape[1] != self.hidden_size:
                 raise LSTMInputError(f"LSTMCell: hidden{idx} has inconsistent hidden_size: "
-                                     f"got {value.shape[1]}, expected {self.hidden_size}")
-        hy, cy = lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih,
-                           self.bias_hh)
+                                     f"got {hx[idx].shape[1]}, expected {self.hidden_size}")
+        if torch.jit.is_scripting():  # (TorchScript: the raw operator, differentiable once)
+            hy, cy, _ = torch.ops.pynotes.lstm_cell(input, hx[0], hx[1], self.weight_ih,
+                                                    self.weight_hh, self.bias_ih, self.bias_hh)
+        else:
+            hy, cy = lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh,
+                               self.bias_ih, self.bias_hh)
         return (hy, cy) if is_batched else (hy.squeeze(0), cy.squeeze(0))
 
 
@@ -57,38 +67,83 @@ class LSTM(torch.nn.LSTM):
     Python loop over time steps); dropout between layers as torch.nn.LSTM applies it.
     """
 
-    def _layer_weights(self, layer, direction):
-        suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        weights = [getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix)]
-        weights += ([getattr(self, "bias_ih" + suffix), getattr(self, "bias_hh" + suffix)]
-                    if self.bias else [None, None])
-        weights.append(getattr(self, "weight_hr" + suffix) if self.proj_size > 0 else None)
-        return weights
+    def _layer(self, data: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, index: int,
+               batch_sizes: Optional[torch.Tensor], reverse: bool
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One layer and direction (`index` counts them as torch.nn.LSTM's weights do)."""
+        per = 2 + 2 * int(self.bias) + int(self.proj_size > 0)
+        flat = self._flat_weights[index * per:(index + 1) * per]
+        w_ih, w_hh = flat[0], flat[1]
+        b_ih = flat[2] if self.bias else None
+        b_hh = flat[3] if self.bias else None
+        w_hr = flat[-1] if self.proj_size > 0 else None
+        if torch.jit.is_scripting():  # (TorchScript: the raw operator, differentiable once)
+            return torch.ops.pynotes.lstm_layer(data, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                batch_sizes, reverse)
+        return lstm_layer(data, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes=batch_sizes,
+                          reverse=reverse)
 
-    def forward(self, input, hx=None):
+    def _layers(self, data: torch.Tensor, hx: Tuple[torch.Tensor, torch.Tensor],
+                batch_sizes: Optional[torch.Tensor]
+                ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """All layers and directions over time-major or packed `data` from the states `hx`."""
         num_directions = 2 if self.bidirectional else 1
-        h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        packed = isinstance(input, PackedSequence)
-        if packed:
+        h_n: List[torch.Tensor] = []
+        c_n: List[torch.Tensor] = []
+        for layer in range(self.num_layers):
+            outputs: List[torch.Tensor] = []
+            for direction in range(num_directions):
+                index = layer * num_directions + direction
+                out, h, c = self._layer(data, hx[0][index], hx[1][index], index, batch_sizes,
+                                        direction == 1)
+                outputs.append(out)
+                h_n.append(h)
+                c_n.append(c)
+            data = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                data = F.dropout(data, self.dropout, training=True)
+        return data, (torch.stack(h_n), torch.stack(c_n))
+
+    def forward(self, input: torch.Tensor,
+                hx: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        if torch.jit.is_scripting():
+            return self._forward_tensor(input, hx)  # (TorchScript: tensor input only)
+        data = input.data if isinstance(input, PackedSequence) else input
+        if data.is_complex() or self._flat_weights[0].is_complex():  # (no complex kernels)
+            return super().forward(input, hx)
+        if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            is_batched, batch = True, int(batch_sizes[0])
+            if hx is None:
+                hx = self._zero_states(data, int(batch_sizes[0]))
+            self.check_forward_args(data, hx, batch_sizes)
+            data, hidden = self._layers(data, self.permute_hidden(hx, sorted_indices),
+                                        batch_sizes)
+            return (PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(hidden, unsorted_indices))
+        return self._forward_tensor(input, hx)
+
+    def _zero_states(self, data: torch.Tensor, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        # (the layers only read their initial states: one zero tensor may serve)
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        zeros = data.new_zeros((layers, batch, self.hidden_size))
+        if self.proj_size > 0:
+            return data.new_zeros((layers, batch, self.proj_size)), zeros
+        return zeros, zeros
+
+    def _forward_tensor(self, input: torch.Tensor,
+                        hx: Optional[Tuple[torch.Tensor, torch.Tensor]]
+                        ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        if input.dim() not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D "
+                             "instead")
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        if hx is None:
+            hx = self._zero_states(input, input.shape[batch_dim])
         else:
-            if input.dim() not in (2, 3):
-                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D "
-                                 "instead")
-            batch_sizes = sorted_indices = unsorted_indices = None
-            is_batched = input.dim() == 3
-            batch_dim = 0 if self.batch_first else 1
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-            batch = input.shape[batch_dim]
-            data = input
-        if hx is None:  # (the layers only read their initial states: one zero tensor may serve)
-            layers = self.num_layers * num_directions
-            zeros = data.new_zeros((layers, batch, self.hidden_size))
-            hx = (zeros if h_size == self.hidden_size else data.new_zeros((layers, batch, h_size)),
-                  zeros)
-        elif not packed:
             want = 3 if is_batched else 2
             if hx[0].dim() != want or hx[1].dim() != want:
                 kind = "batched 3-D" if is_batched else "unbatched 2-D"
@@ -96,30 +151,9 @@ class LSTM(torch.nn.LSTM):
                                    f"got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
             if not is_batched:
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-        self.check_forward_args(data, hx, batch_sizes)
-        hx = self.permute_hidden(hx, sorted_indices)
-        if not packed and self.batch_first:
-            data = data.transpose(0, 1)
-
-        h_n, c_n = [], []
-        for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(num_directions):
-                index = layer * num_directions + direction
-                out, h, c = lstm_layer(data, hx[0][index], hx[1][index],
-                                       *self._layer_weights(layer, direction),
-                                       batch_sizes=batch_sizes, reverse=direction == 1)
-                outputs.append(out)
-                h_n.append(h)
-                c_n.append(c)
-            data = outputs[0] if num_directions == 1 else torch.cat(outputs, -1)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                data = F.dropout(data, self.dropout, training=True)
-        stack = (lambda t: t[0].unsqueeze(0)) if len(h_n) == 1 else torch.stack
-        hidden = self.permute_hidden((stack(h_n), stack(c_n)), unsorted_indices)
-
-        if packed:
-            return PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices), hidden
+        self.check_forward_args(input, hx, None)
+        data = input.transpose(0, 1) if self.batch_first else input
+        data, hidden = self._layers(data, hx, None)
         if self.batch_first:
             data = data.transpose(0, 1)
         if not is_batched:

@@ -15,7 +15,9 @@ own autocast lists (ATen's autocast_mode.h / autocast_mode.cpp).
 
 fp32: float16/bfloat16 tensors are cast to float32; lower: float32 tensors are cast to the
 autocast dtype (torch.get_autocast_dtype); "-": nothing changes. As in ATen, only floating
-tensors on the autocast device are cast, and float64 never is. The GBDT ops are on no list.
+tensors on the autocast device are cast, and float64 never is. The graph structure and GBDT
+ops are on no list: POLICIES names them with no rule, so every op's entry is explicit (the op
+contract test checks it).
 
 The public functions (pynotes.ops) cast before they run, so autograd records the casts; the
 raw operators (torch.ops.pynotes.*) get the same rule as Autocast-key kernels.
@@ -31,6 +33,10 @@ POLICIES = {
     "importance_weights": {"cuda": "fp32"},
     "jvi_bound": {"cuda": "fp32"},
     "gcn_propagate": {"cuda": "fp32", "cpu": "fp32"},
+    # none: on no autocast list (integer graph structure; GBDT, which PyTorch has no op for)
+    "graph_csr": {}, "graph_values": {},
+    "gbdt_bin": {}, "gbdt_histogram": {}, "gbdt_best_splits": {}, "gbdt_advance": {},
+    "gbdt_predict": {}, "gbdt_grow_tree": {},
 }
 _LOW = (torch.float16, torch.bfloat16)
 

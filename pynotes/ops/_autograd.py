@@ -26,8 +26,9 @@ import torch
 def needs_autograd(*tensors):
     """True when the op must run through its Python autograd.Function: under a torch.func
     transform (which refuses C++ autograd functions), or with grad mode on and an input that
-    requires a gradient, but not under torch.compile (which traces the op's C++ autograd)."""
-    if torch.compiler.is_compiling():
+    requires a gradient, but not under torch.compile or torch.jit.trace (which record the op,
+    differentiated by its C++ autograd)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     if torch._C._are_functorch_transforms_active():
         return True
