@@ -340,7 +340,7 @@ GradientSizes gradient_sizes(const GbdtGrowTree& a, const T* grad, const T* hess
 // threshold for returning memory raised). gbdt_release_grower_buffers_cpu_kernel frees them
 // (the trainer, when a fit ends). Cells are 8 bytes: double, or int64 for quantized sums.
 struct GrowerBuffers {
-  std::vector<int32_t> index, moved;   // RowPartition
+  std::vector<int32_t> indexes[2];     // RowPartition
   std::vector<uint8_t> goes_left;      // RowPartition
   std::vector<uint64_t> values;        // HistogramBuilder's gathered cells
   std::vector<uint64_t> histograms[2];  // a level's and the next level's
@@ -355,23 +355,25 @@ Cell* cells_of(std::vector<uint64_t>& buffer, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Each node's rows together: node n's rows are index[begin[n], end[n]), in row order.
+// Each node's rows together: node n's rows are index[begin[n], end[n]) of one of two row
+// indexes (a split moves a node's rows from its index into the other: no copy back), in row
+// order.
 class RowPartition {
  public:
   RowPartition(int64_t rows, int64_t nodes)
-      : index_(grower_buffers.index), moved_(grower_buffers.moved),
-        goes_left_(grower_buffers.goes_left), begin_(nodes, 0), end_(nodes, 0) {
-    index_.resize(rows), moved_.resize(rows), goes_left_.resize(rows);
-    std::iota(index_.begin(), index_.begin() + rows, 0);
+      : indexes_{&grower_buffers.indexes[0], &grower_buffers.indexes[1]},
+        goes_left_(grower_buffers.goes_left), begin_(nodes, 0), end_(nodes, 0), in_(nodes, 0) {
+    indexes_[0]->resize(rows), indexes_[1]->resize(rows), goes_left_.resize(rows);
+    std::iota(indexes_[0]->begin(), indexes_[0]->begin() + rows, 0);
     end_[0] = rows;
   }
   int64_t count(int64_t n) const { return end_[n] - begin_[n]; }
-  const int32_t* rows(int64_t n) const { return index_.data() + begin_[n]; }
+  const int32_t* rows(int64_t n) const { return indexes_[in_[n]]->data() + begin_[n]; }
 
   // The rows of every split node (a's feature, split_bin, default_left, cat_left), stably
-  // partitioned into its children: blocks decide in parallel (reading the split feature's
-  // column, where a node's rows share cache lines), then scatter to offsets from the blocks
-  // before them.
+  // partitioned into its children in the other index: blocks decide in parallel (reading the
+  // split feature's column, where a node's rows share cache lines), then scatter to offsets
+  // from the blocks before them.
   void split(const GbdtGrowTree& a, const std::vector<int64_t>& split_nodes) {
     struct Block {
       int64_t node, begin, end;
@@ -398,22 +400,26 @@ class RowPartition {
       const int64_t stride = by_row ? a.features : 1;
       const int64_t split_bin = a.split_bin[blk.node];
       const bool default_left = a.default_left[blk.node];
-      const auto decide = [&](auto&& left_of_bin) {
+      const int32_t* index = indexes_[in_[blk.node]]->data();
+      // (Everything by value: the byte stores could alias what is read by reference, which
+      // the loop would then load again every row.)
+      const auto decide = [index, column, stride, goes = goes_left_.data(), begin = blk.begin,
+                           end = blk.end](auto left_of_bin) {
         int64_t left = 0;
-        for (int64_t i = blk.begin; i < blk.end; ++i) {
-          const bool l = left_of_bin(column[index_[i] * stride]);
-          goes_left_[i] = l;
+        for (int64_t i = begin; i < end; ++i) {
+          const bool l = left_of_bin(column[index[i] * stride]);
+          goes[i] = l;
           left += l;
         }
-        blk.left = left;
+        return left;
       };
       if (a.categorical && a.categorical[f]) {
         const int32_t* words = a.cat_left + blk.node * gbdt::kCategoryWords;
-        decide([&](int64_t bin) {
+        blk.left = decide([missing, words, default_left](int64_t bin) {
           return gbdt::category_goes_left(bin, missing, words, default_left);
         });
       } else {
-        decide([&](int64_t bin) {
+        blk.left = decide([missing, split_bin, default_left](int64_t bin) {
           return gbdt::goes_left(bin, missing, split_bin, default_left);
         });
       }
@@ -426,6 +432,7 @@ class RowPartition {
       int64_t left_at = begin_[n], right_at = begin_[n] + left;
       begin_[2 * n + 1] = begin_[n], end_[2 * n + 1] = right_at;
       begin_[2 * n + 2] = right_at, end_[2 * n + 2] = end_[n];
+      in_[2 * n + 1] = in_[2 * n + 2] = 1 - in_[n];
       for (; k < last; ++k) {
         blocks[k].left_at = left_at, blocks[k].right_at = right_at;
         left_at += blocks[k].left;
@@ -433,45 +440,68 @@ class RowPartition {
       }
     }
     each_block([&](Block& blk) {
+      const int32_t* from = indexes_[in_[blk.node]]->data();
+      int32_t* to = indexes_[1 - in_[blk.node]]->data();
+      const uint8_t* goes = goes_left_.data();
       int64_t left_at = blk.left_at, right_at = blk.right_at;
-      for (int64_t i = blk.begin; i < blk.end; ++i) {  // no branch on the data
-        const int64_t l = goes_left_[i];
-        moved_[right_at + (left_at - right_at) * l] = index_[i];
+      const int64_t end = blk.end;
+      for (int64_t i = blk.begin; i < end; ++i) {  // no branch on the data
+        const int64_t l = goes[i];
+        to[right_at + (left_at - right_at) * l] = from[i];
         left_at += l;
         right_at += 1 - l;
       }
     });
-    each_block([&](Block& blk) {
-      std::copy(moved_.begin() + blk.begin, moved_.begin() + blk.end, index_.begin() + blk.begin);
-    });
   }
 
  private:
-  std::vector<int32_t>& index_;  // (grower_buffers': rows long or longer)
-  std::vector<int32_t>& moved_;
+  std::vector<int32_t>* indexes_[2];  // (grower_buffers': rows long or longer)
   std::vector<uint8_t>& goes_left_;
   std::vector<int64_t> begin_, end_;
+  std::vector<uint8_t> in_;  // the index that holds each node's rows
 };
 
 // ---------------------------------------------------------------------------------------------
-// One feature's histogram of a node's rows: bin column[index[i]] += values[i] for i < n.
-// Long runs send every other row to `second` (zeroed here, summed in after): with few
-// distinct values a row mostly hits the bin the row before it hit, and a single
-// read-add-write chain per bin would serialize on the store-to-load latency.
-template <typename Gradients>
-void add_rows(typename Gradients::Cell* hist, std::vector<typename Gradients::Cell>& second,
-              int64_t B, const uint8_t* column, const int32_t* index,
+// The histograms of G features (hist[g], bins column[g]) of a node's rows: bin
+// column[g][index[i]] += values[i] for i < n, one pass over the rows for the G features (a
+// row's index and value read once). Long runs send every other row to `second` (zeroed here,
+// summed in after): with few distinct values a row mostly hits the bin the row before it hit,
+// and a single read-add-write chain per bin would serialize on the store-to-load latency.
+// Each cell gets its rows in the same order for any G.
+template <typename Gradients, int G>
+void add_rows(typename Gradients::Cell* const* hist,
+              std::vector<typename Gradients::Cell>& second, int64_t B,
+              const uint8_t* const* column, const int32_t* index,
               const typename Gradients::Cell* values, int64_t n) {
   using Cell = typename Gradients::Cell;
   constexpr int64_t k = Gradients::kPerBin;
   const bool two = n >= kTwoChainRows;
-  if (two) second.assign(B * k, Cell(0));
-  Cell* const targets[2] = {hist, two ? second.data() : hist};
-  for (int64_t i = 0; i < n; ++i) {
-    Gradients::add(targets[i & 1] + column[index[i]] * k, values + i * k);
+  if (two) second.assign(G * B * k, Cell(0));
+  // Local copies (registers: the stores into the histograms cannot change them).
+  Cell* even[G];
+  Cell* odd[G];
+  const uint8_t* col[G];
+  for (int g = 0; g < G; ++g) {
+    even[g] = hist[g];
+    odd[g] = two ? second.data() + g * B * k : hist[g];
+    col[g] = column[g];
   }
+  const auto add_row = [&](Cell* const* h, int64_t i) {
+    const int64_t r = index[i];
+    Cell v[k];
+    for (int64_t c = 0; c < k; ++c) v[c] = values[i * k + c];
+    for (int g = 0; g < G; ++g) Gradients::add(h[g] + col[g][r] * k, v);
+  };
+  int64_t i = 0;
+  for (; i + 1 < n; i += 2) {
+    add_row(even, i);
+    add_row(odd, i + 1);
+  }
+  if (i < n) add_row(even, i);
   if (two) {
-    for (int64_t c = 0; c < B * k; ++c) hist[c] += second[c];
+    for (int g = 0; g < G; ++g) {
+      for (int64_t c = 0; c < B * k; ++c) hist[g][c] += second[g * B * k + c];
+    }
   }
 }
 
@@ -487,12 +517,20 @@ void add_rows_by_row(typename Gradients::Cell* hist, std::vector<typename Gradie
   constexpr int64_t k = Gradients::kPerBin;
   const bool two = n >= kTwoChainRows;
   if (two) second.assign(F * B * k, Cell(0));
-  Cell* const targets[2] = {hist, two ? second.data() : hist};
-  for (int64_t i = 0; i < n; ++i) {
+  Cell* const even = hist;
+  Cell* const odd = two ? second.data() : hist;
+  const auto add_row = [=](Cell* h, int64_t i) {  // (by value: registers, see add_rows)
     const uint8_t* row = bins + int64_t(index[i]) * stride;
-    Cell* h = targets[i & 1];
-    for (int64_t f = 0; f < F; ++f) Gradients::add(h + (f * B + row[f]) * k, values + i * k);
+    Cell v[k];
+    for (int64_t c = 0; c < k; ++c) v[c] = values[i * k + c];
+    for (int64_t f = 0; f < F; ++f) Gradients::add(h + (f * B + row[f]) * k, v);
+  };
+  int64_t i = 0;
+  for (; i + 1 < n; i += 2) {
+    add_row(even, i);
+    add_row(odd, i + 1);
   }
+  if (i < n) add_row(even, i);
   if (two) {
     for (int64_t c = 0; c < F * B * k; ++c) hist[c] += second[c];
   }
@@ -523,10 +561,13 @@ class HistogramBuilder {
     const int64_t total = value_at_[count];
     values_ = cells_of<Cell>(grower_buffers.values, total * k);
     at::parallel_for(0, total, gbdt::kRowGrain, [&](int64_t lo, int64_t hi) {
+      const Gradients grads = grads_;  // (locals: the loop keeps them in registers)
+      Cell* const values = values_;
       int64_t s = std::upper_bound(value_at_.begin(), value_at_.end(), lo) - value_at_.begin() - 1;
-      for (int64_t p = lo; p < hi; ++p) {
-        while (p >= value_at_[s + 1]) ++s;
-        grads_.gather(partition.rows(list[s])[p - value_at_[s]], values_ + p * k);
+      for (int64_t p = lo; p < hi; ++s) {  // node list[s]'s rows in [p, end)
+        const int64_t end = std::min(hi, value_at_[s + 1]);
+        const int32_t* rows = partition.rows(list[s]) - value_at_[s];
+        for (; p < end; ++p) grads.gather(rows[p], values + p * k);
       }
     });
   }
@@ -560,10 +601,18 @@ class HistogramBuilder {
                                      v, partition.count(n));
           continue;
         }
-        for (int64_t f = f_begin; f < f_end; ++f) {
-          add_rows<Gradients>(h + (f - f_begin) * feature_cells(), second, a_.num_bins,
-                              a_.bins_by_feature + f * a_.rows, partition.rows(n), v,
-                              partition.count(n));
+        for (int64_t f = f_begin; f < f_end;) {  // (4 features a pass, then 2, then 1)
+          const int64_t G = f_end - f >= 4 ? 4 : f_end - f >= 2 ? 2 : 1;
+          Cell* hists[4];
+          const uint8_t* columns[4];
+          for (int64_t g = 0; g < G; ++g) {
+            hists[g] = h + (f + g - f_begin) * feature_cells();
+            columns[g] = a_.bins_by_feature + (f + g) * a_.rows;
+          }
+          const auto add = G == 4 ? add_rows<Gradients, 4> : G == 2 ? add_rows<Gradients, 2>
+                                                                     : add_rows<Gradients, 1>;
+          add(hists, second, a_.num_bins, columns, partition.rows(n), v, partition.count(n));
+          f += G;
         }
       }
     };
@@ -585,13 +634,40 @@ class HistogramBuilder {
 };
 
 // ---------------------------------------------------------------------------------------------
+// Per feature, the number of bins below the missing bin that the rows' bins reach (bins from
+// there to the missing bin are empty in every node, and the split search skips them: a feature
+// of 7 distinct values searches 7 bins, not 255). Read from bins stored a feature at a time
+// (a vectorized pass); otherwise, and in a data-parallel fit (whose other processes hold other
+// rows), none are known empty.
+inline std::vector<int64_t> used_bins(const GbdtGrowTree& a, bool distributed) {
+  const int64_t missing = a.num_bins - 1;
+  std::vector<int64_t> used(a.features, missing);
+  if (distributed || a.bins_by_feature == nullptr) return used;
+  at::parallel_for(0, a.features, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t f = lo; f < hi; ++f) {
+      const uint8_t* column = a.bins_by_feature + f * a.rows;
+      // Bin b + shift (mod 256) is 0 for the missing bin, else b + shift: a byte max.
+      const uint8_t shift = static_cast<uint8_t>(256 - missing);
+      uint8_t top = 0;
+      for (int64_t r = 0; r < a.rows; ++r) {
+        const uint8_t u = static_cast<uint8_t>(column[r] + shift);
+        top = u > top ? u : top;
+      }
+      used[f] = top == 0 ? 0 : top - shift + 1;
+    }
+  });
+  return used;
+}
+
 // Per node of a level, the best split over the allowed features of this process.
 template <typename Gradients>
 class SplitFinder {
  public:
   using Cell = typename Gradients::Cell;
-  SplitFinder(const GbdtGrowTree& a, const Gradients& grads, std::pair<int64_t, int64_t> features)
-      : a_(a), grads_(grads), first_(features.first), F_(features.second - features.first) {}
+  SplitFinder(const GbdtGrowTree& a, const Gradients& grads, std::pair<int64_t, int64_t> features,
+              const std::vector<int64_t>& used_bins)
+      : a_(a), grads_(grads), first_(features.first), F_(features.second - features.first),
+        used_bins_(used_bins) {}
 
   // level's nodes have the histograms of features [first, first + F) in hist, totals (G, H)
   // and node_rows[n] rows (over every process).
@@ -611,7 +687,7 @@ class SplitFinder {
                 ? gbdt::best_categorical_split(bins, B, node_rows[level[i / F]], a_.reg_lambda,
                                                a_.gamma, a_.min_child_weight)
                 : gbdt::best_split_of_feature(bins, B, a_.reg_lambda, a_.gamma,
-                                              a_.min_child_weight);
+                                              a_.min_child_weight, used_bins_[f]);
       }
     });
     std::vector<SplitChoice> choices(S);
@@ -635,6 +711,7 @@ class SplitFinder {
   const GbdtGrowTree& a_;
   const Gradients& grads_;
   const int64_t first_, F_;  // this process's features
+  const std::vector<int64_t>& used_bins_;  // per feature (used_bins)
   std::vector<gbdt::Split> per_feature_;  // (nodes, features)
 };
 
@@ -653,7 +730,8 @@ class TreeGrower {
       : a_(a), grads_(grads), reducer_(reducer), nodes_((int64_t(2) << a.max_depth) - 1),
         own_(reducer.features()),
         own_cells_((own_.second - own_.first) * a.num_bins * Gradients::kPerBin),
-        partition_(a.rows, nodes_), histograms_(a, grads), splitter_(a, grads, own_),
+        used_bins_(used_bins(a, reducer.distributed())), partition_(a.rows, nodes_),
+        histograms_(a, grads), splitter_(a, grads, own_, used_bins_),
         node_rows_(nodes_, 0), reached_(nodes_, 0) {}
 
   void grow() {
@@ -709,7 +787,9 @@ class TreeGrower {
   // A node's (G, H) from one process's histogram of every feature: feature 0's bins.
   void node_totals(const Cell* hist, double* totals) const {
     totals[0] = totals[1] = 0;
-    if (a_.features > 0) gbdt::bin_totals(grads_.bins(hist), a_.num_bins, totals[0], totals[1]);
+    if (a_.features > 0) {
+      gbdt::bin_totals(grads_.bins(hist), a_.num_bins, totals[0], totals[1], used_bins_[0]);
+    }
   }
 
   // Writes the splits with a positive gain into the tree; returns the split nodes and their
@@ -819,6 +899,7 @@ class TreeGrower {
   const int64_t nodes_;  // of the complete tree, in heap order
   const std::pair<int64_t, int64_t> own_;  // the features this process searches
   const int64_t own_cells_;                // of a node's histograms of them
+  const std::vector<int64_t> used_bins_;  // per feature
   RowPartition partition_;
   HistogramBuilder<Gradients> histograms_;
   SplitFinder<Gradients> splitter_;
