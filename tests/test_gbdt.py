@@ -423,10 +423,15 @@ def test_quantized_grow_tree():
     assert feature[0] == 0 and abs(int(split_bin[0]) - 19) <= 1  # the signal's threshold
     exact = ops.grow_tree(*args)
     assert torch.equal(feature[0], exact[0][0])
-    for n in torch.unique(leaf).tolist():  # renewed: the float sums of each leaf's rows
-        rows = leaf == n
-        torch.testing.assert_close(sums[n], torch.stack([grad[rows].double().sum(),
-                                                         hess[rows].double().sum()]))
+    for depth in (5, 1, 0):  # (0: the root is the leaf)
+        if depth != 5:
+            _, _, _, _, sums, leaf, _ = ops.grow_tree(bins, grad, hess, depth, 64,
+                                                      quantize_bins=16, seed=3)
+        for n in torch.unique(leaf).tolist():  # renewed: the float sums of each leaf's rows
+            rows = leaf == n
+            torch.testing.assert_close(sums[n], torch.stack([grad[rows].double().sum(),
+                                                             hess[rows].double().sum()]))
+    sums = trees[0][4]
     other_seed = ops.grow_tree(*args, quantize_bins=16, seed=4)
     assert not torch.equal(other_seed[4], sums)  # the rounding follows the seed
     with pytest.raises(ValueError, match=r"quantize_bins must be 0 \(off\) or in \[2, 1024\]"):

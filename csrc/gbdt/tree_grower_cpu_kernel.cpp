@@ -370,6 +370,46 @@ class RowPartition {
   int64_t count(int64_t n) const { return end_[n] - begin_[n]; }
   const int32_t* rows(int64_t n) const { return indexes_[in_[n]]->data() + begin_[n]; }
 
+  // Where split node n (a's feature, split_bin, default_left, cat_left) sends its rows at
+  // positions [begin, end) of its index (within [begin_[n], end_[n])), in order: body(i,
+  // row, left) for each; returns how many go left. (Everything by value: stores through body
+  // could alias what is read by reference, which the loop would then load again every row.)
+  template <typename Body>
+  int64_t decide(const GbdtGrowTree& a, int64_t n, Body body) const {
+    return decide(a, n, begin_[n], end_[n], body);
+  }
+  template <typename Body>
+  int64_t decide(const GbdtGrowTree& a, int64_t n, int64_t begin, int64_t end,
+                 Body body) const {
+    const int64_t f = a.feature[n], missing = a.num_bins - 1;
+    // Row r's bin is column[r * stride]: a feature's column, or the rows' bins at f.
+    const bool by_row = a.bins_by_feature == nullptr;
+    const uint8_t* column = by_row ? a.bins_by_row + f : a.bins_by_feature + f * a.rows;
+    const int64_t stride = by_row ? a.features : 1;
+    const int32_t* index = indexes_[in_[n]]->data();
+    const auto each_row = [=](auto left_of_bin) {
+      int64_t left = 0;
+      for (int64_t i = begin; i < end; ++i) {
+        const int32_t r = index[i];
+        const bool l = left_of_bin(column[r * stride]);
+        body(i, r, l);
+        left += l;
+      }
+      return left;
+    };
+    const bool default_left = a.default_left[n];
+    if (a.categorical && a.categorical[f]) {
+      const int32_t* words = a.cat_left + n * gbdt::kCategoryWords;
+      return each_row([missing, words, default_left](int64_t bin) {
+        return gbdt::category_goes_left(bin, missing, words, default_left);
+      });
+    }
+    const int64_t split_bin = a.split_bin[n];
+    return each_row([missing, split_bin, default_left](int64_t bin) {
+      return gbdt::goes_left(bin, missing, split_bin, default_left);
+    });
+  }
+
   // The rows of every split node (a's feature, split_bin, default_left, cat_left), stably
   // partitioned into its children in the other index: blocks decide in parallel (reading the
   // split feature's column, where a node's rows share cache lines), then scatter to offsets
@@ -391,38 +431,9 @@ class RowPartition {
         for (int64_t k = lo; k < hi; ++k) body(blocks[k]);
       });
     };
-    const int64_t missing = a.num_bins - 1;
     each_block([&](Block& blk) {
-      const int64_t f = a.feature[blk.node];
-      // Row r's bin is column[r * stride]: a feature's column, or the rows' bins at f.
-      const bool by_row = a.bins_by_feature == nullptr;
-      const uint8_t* column = by_row ? a.bins_by_row + f : a.bins_by_feature + f * a.rows;
-      const int64_t stride = by_row ? a.features : 1;
-      const int64_t split_bin = a.split_bin[blk.node];
-      const bool default_left = a.default_left[blk.node];
-      const int32_t* index = indexes_[in_[blk.node]]->data();
-      // (Everything by value: the byte stores could alias what is read by reference, which
-      // the loop would then load again every row.)
-      const auto decide = [index, column, stride, goes = goes_left_.data(), begin = blk.begin,
-                           end = blk.end](auto left_of_bin) {
-        int64_t left = 0;
-        for (int64_t i = begin; i < end; ++i) {
-          const bool l = left_of_bin(column[index[i] * stride]);
-          goes[i] = l;
-          left += l;
-        }
-        return left;
-      };
-      if (a.categorical && a.categorical[f]) {
-        const int32_t* words = a.cat_left + blk.node * gbdt::kCategoryWords;
-        blk.left = decide([missing, words, default_left](int64_t bin) {
-          return gbdt::category_goes_left(bin, missing, words, default_left);
-        });
-      } else {
-        blk.left = decide([missing, split_bin, default_left](int64_t bin) {
-          return gbdt::goes_left(bin, missing, split_bin, default_left);
-        });
-      }
+      blk.left = decide(a, blk.node, blk.begin, blk.end,
+                        [goes = goes_left_.data()](int64_t i, int32_t, bool l) { goes[i] = l; });
     });
     for (size_t k = 0; k < blocks.size();) {  // one node's blocks at a time
       const int64_t n = blocks[k].node;
@@ -747,8 +758,11 @@ class TreeGrower {
       std::vector<int64_t> split_nodes, split_slots;
       record_splits(level, choices, split_nodes, split_slots);
       if (split_nodes.empty()) break;
+      if (depth + 1 == a_.max_depth) {  // the children are leaves: their sums are known, and
+        last_split_ = std::move(split_nodes);  // their rows are labeled, not moved
+        break;
+      }
       partition_.split(a_, split_nodes);
-      if (depth + 1 == a_.max_depth) break;  // the children are leaves: their sums are known
       level = next_level(split_nodes, split_slots, hist, totals);
     }
     finish_leaves();
@@ -862,27 +876,52 @@ class TreeGrower {
   }
 
   // Each leaf's rows; with quantized gradients also its sums renewed from the full-precision
-  // gradients (its value must not carry the rounding), over every process.
+  // gradients (its value must not carry the rounding), over every process. The leaves of the
+  // last level's splits get their rows from their parent's (each row's side of the split), in
+  // row order as a partition would give them.
   void finish_leaves() {
-    std::vector<int64_t> leaves;
+    std::vector<char> labeled(nodes_, 0);
+    for (const int64_t n : last_split_) labeled[2 * n + 1] = labeled[2 * n + 2] = 1;
+    std::vector<int64_t> leaves;  // the others
     for (int64_t n = 0; n < nodes_; ++n) {
-      if (reached_[n] && a_.feature[n] < 0) leaves.push_back(n);
+      if (reached_[n] && a_.feature[n] < 0 && !labeled[n]) leaves.push_back(n);
     }
     const T* grad = static_cast<const T*>(a_.grad);
     const T* hess = static_cast<const T*>(a_.hess);
+    const bool quantized = a_.quantize_bins != 0;
     at::parallel_for(0, static_cast<int64_t>(leaves.size()), 1, [&](int64_t lo, int64_t hi) {
       for (int64_t k = lo; k < hi; ++k) {
         const int64_t n = leaves[k];
         const int32_t* rows = partition_.rows(n);
         const int64_t count = partition_.count(n);
         for (int64_t i = 0; i < count; ++i) a_.leaf[rows[i]] = static_cast<int32_t>(n);
-        if (a_.quantize_bins == 0) continue;
+        if (!quantized) continue;
         double g = 0, h = 0;
         for (int64_t i = 0; i < count; ++i) g += grad[rows[i]], h += hess[rows[i]];
         a_.sums[2 * n] = g, a_.sums[2 * n + 1] = h;
       }
     });
+    const int64_t P = static_cast<int64_t>(last_split_.size());
+    at::parallel_for(0, P, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t k = lo; k < hi; ++k) {
+        const int64_t n = last_split_[k];
+        const int32_t right = static_cast<int32_t>(2 * n + 2), left = right - 1;
+        int32_t* leaf = a_.leaf;
+        if (!quantized) {
+          partition_.decide(a_, n, [=](int64_t, int32_t r, bool l) { leaf[r] = l ? left : right; });
+          continue;
+        }
+        double sums[2][2] = {};  // (right, left) x (g, h), in row order
+        partition_.decide(a_, n, [&](int64_t, int32_t r, bool l) {
+          leaf[r] = l ? left : right;
+          sums[l][0] += grad[r], sums[l][1] += hess[r];
+        });
+        a_.sums[2 * left] = sums[1][0], a_.sums[2 * left + 1] = sums[1][1];
+        a_.sums[2 * right] = sums[0][0], a_.sums[2 * right + 1] = sums[0][1];
+      }
+    });
     if (a_.quantize_bins == 0 || !reducer_.distributed()) return;
+    for (const int64_t n : last_split_) leaves.push_back(2 * n + 1), leaves.push_back(2 * n + 2);
     std::vector<double> leaf_sums(2 * leaves.size());
     for (size_t k = 0; k < leaves.size(); ++k) {
       leaf_sums[2 * k] = a_.sums[2 * leaves[k]], leaf_sums[2 * k + 1] = a_.sums[2 * leaves[k] + 1];
@@ -906,6 +945,7 @@ class TreeGrower {
   std::vector<Cell> local_;         // a data-parallel level's histograms of this process's rows
   std::vector<int64_t> node_rows_;  // each node's rows over every process
   std::vector<char> reached_;
+  std::vector<int64_t> last_split_;  // the nodes split at the last level
 };
 
 template <typename Cell>

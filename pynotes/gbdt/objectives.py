@@ -41,14 +41,14 @@ class Objective:
     def gradients(self, margin, y, weight):
         """(grad, hess), each (rows, groups) float32, from float64 margins and float32 labels
         and weights (None: all 1). Computed in float32, the precision the trees sum."""
-        m = margin.to(torch.float32, copy=True)  # (the softmax works in it in place)
+        m = margin.to(torch.float32, copy=True)  # (worked in in place: fewer passes, allocations)
         if self.name == "squared_error":
-            grad = m - y[:, None]
-            hess = torch.ones_like(grad)
+            hess = torch.ones_like(m)
+            grad = m.sub_(y[:, None])
         elif self.name == "logistic":
-            p = torch.sigmoid(m)
-            grad = p - y[:, None]
-            hess = (p * (1 - p)).clamp_min_(1e-16)
+            p = m.sigmoid_()
+            hess = torch.rsub(p, 1).mul_(p).clamp_min_(1e-16)
+            grad = p.sub_(y[:, None])
         else:
             # The hessian's factor: LightGBM's K / (K - 1), which keeps the step of a 2-class
             # softmax that of the logistic loss (XGBoost's 2 halves it; with few rounds that
