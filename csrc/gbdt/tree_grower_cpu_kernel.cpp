@@ -11,6 +11,7 @@
 //     that all grow one tree: each sums and searches a block of the features.
 // What the histograms sum is FloatGradients (float64 (G, H) pairs) or QuantizedGradients.
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cmath>
@@ -670,6 +671,69 @@ inline std::vector<int64_t> used_bins(const GbdtGrowTree& a, bool distributed) {
   return used;
 }
 
+// gbdt::best_split_of_feature with the gains of Vec::size() thresholds at once (8 with
+// AVX-512, 4 with AVX2): the same prefix sums in the same order, the same operations for
+// each gain (no contraction into FMAs: ATen's vector ops), and the first of the largest in
+// the same order (threshold, then missing values right before left), so the same split.
+// An empty bin's threshold is masked, not a branch: it mispredicted half the time in nodes
+// of few rows.
+template <typename Bins>
+gbdt::Split best_split_of_feature_vec(const Bins& hist, int64_t num_bins, double reg_lambda,
+                                      double gamma, double min_child_weight, int64_t used) {
+  using Vec = at::vec::Vectorized<double>;
+  constexpr int64_t W = Vec::size();
+  const int64_t missing = num_bins - 1;
+  const int64_t end = used < 0 || used > missing ? missing : used;
+  // Per threshold b: the sums of bins <= b, and whether it is tried (not an empty bin but 0).
+  double g_left[256 + W], h_left[256 + W], tried[256 + W];
+  double g = 0, h = 0;
+  for (int64_t b = 0; b < end; ++b) {
+    const double g_bin = hist.g(b), h_bin = hist.h(b);
+    g += g_bin;
+    h += h_bin;
+    g_left[b] = g, h_left[b] = h;
+    tried[b] = b == 0 || g_bin != 0 || h_bin != 0 ? 1.0 : 0.0;
+  }
+  const double g_missing = hist.g(missing), h_missing = hist.h(missing);
+  const double g_total = g + g_missing, h_total = h + h_missing;  // (bin_totals' sums)
+  const int directions = g_missing == 0 && h_missing == 0 ? 1 : 2;
+  const double parent = gbdt::score(g_total, h_total, reg_lambda);
+  const int64_t padded = (end + W - 1) / W * W;
+  for (int64_t b = end; b < padded; ++b) g_left[b] = h_left[b] = tried[b] = 0.0;
+  const double inf = std::numeric_limits<double>::infinity();
+  const Vec lambda(reg_lambda), weight(min_child_weight), zero(0.0), G(g_total), H(h_total);
+  Vec best_gain(-inf), best_at(-1.0);  // per lane; at = 2 * threshold + (missing left)
+  for (int64_t b = 0; b < padded; b += W) {
+    const Vec gl0 = Vec::loadu(g_left + b), hl0 = Vec::loadu(h_left + b);
+    const Vec tried_b = Vec::loadu(tried + b) != zero;
+    for (int left = 0; left < directions; ++left) {
+      const Vec gl = left ? gl0 + Vec(g_missing) : gl0, hl = left ? hl0 + Vec(h_missing) : hl0;
+      const Vec gr = G - gl, hr = H - hl;
+      const Vec valid = tried_b & (hl >= weight) & (hr >= weight) & (hl > zero) & (hr > zero);
+      const Vec gain = Vec(0.5) * ((gl * gl / (hl + lambda) + gr * gr / (hr + lambda)) -
+                                   Vec(parent)) - Vec(gamma);
+      const Vec better = Vec::blendv(zero, gain > best_gain, valid);
+      best_gain = Vec::blendv(best_gain, gain, better);
+      best_at = Vec::blendv(best_at, Vec::arange(2.0 * b + left, 2.0), better);
+    }
+  }
+  double gains[W], ats[W];
+  best_gain.store(gains);
+  best_at.store(ats);
+  int64_t at = -1;
+  double gain = -inf;
+  for (int64_t l = 0; l < W; ++l) {  // the largest gain, the first of equals
+    if (ats[l] >= 0 && (at < 0 || gains[l] > gain || (gains[l] == gain && ats[l] < at))) {
+      gain = gains[l], at = static_cast<int64_t>(ats[l]);
+    }
+  }
+  if (at < 0) return gbdt::no_split();
+  const int64_t b = at / 2;
+  const bool left = at % 2;
+  return {gain, b, left, left ? g_left[b] + g_missing : g_left[b],
+          left ? h_left[b] + h_missing : h_left[b]};
+}
+
 // Per node of a level, the best split over the allowed features of this process.
 template <typename Gradients>
 class SplitFinder {
@@ -697,7 +761,7 @@ class SplitFinder {
             : a_.categorical && a_.categorical[f]
                 ? gbdt::best_categorical_split(bins, B, node_rows[level[i / F]], a_.reg_lambda,
                                                a_.gamma, a_.min_child_weight)
-                : gbdt::best_split_of_feature(bins, B, a_.reg_lambda, a_.gamma,
+                : best_split_of_feature_vec(bins, B, a_.reg_lambda, a_.gamma,
                                               a_.min_child_weight, used_bins_[f]);
       }
     });
