@@ -2,10 +2,13 @@
 // compiled once per instruction set like every *_cpu_kernel.cpp. TreeGrower composes, as
 // scikit-learn's TreeGrower and LightGBM's serial tree learner do:
 //   - RowPartition: each node's rows kept together in a row index and split stably into the
-//     children, touching only the rows of the nodes that split;
-//   - HistogramBuilder: the histograms of a level's nodes, in parallel over features, every
-//     cell summed by one thread in row order (the same bits for any number of threads);
-//   - SplitFinder: each node's best split over the allowed features (the formulas: gbdt.h);
+//     children, touching only the rows of the nodes that split (the last level's rows are
+//     labeled with their leaf, not moved);
+//   - HistogramBuilder: the histograms of a level's nodes, in parallel over features (4 a
+//     pass over a node's rows), every cell summed by one thread in row order (the same bits
+//     for any number of threads);
+//   - SplitFinder: each node's best split over the allowed features (the formulas: gbdt.h;
+//     the gains of a vector of thresholds at once, over the bins the data reaches);
 //   - a Reducer, injected: nothing to do for one process; in a data-parallel fit,
 //     FeatureSharded combines what the processes computed apart, exactly (fixed point), so
 //     that all grow one tree: each sums and searches a block of the features.
