@@ -64,7 +64,9 @@ class LSTM(torch.nn.LSTM):
     (tensor or PackedSequence input, optional (h_0, c_0)) and outputs.
 
     Each layer and direction is one pynotes.ops.lstm_layer call over the whole sequence (no
-    Python loop over time steps); dropout between layers as torch.nn.LSTM applies it.
+    Python loop over time steps); dropout between layers as torch.nn.LSTM applies it. Complex
+    inputs run torch's own implementation; torch.jit.script compiles tensor inputs (not a
+    PackedSequence) to the pynotes operators.
     """
 
     def _layer(self, data: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, index: int,
