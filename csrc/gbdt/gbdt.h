@@ -65,20 +65,22 @@ struct PairBins {
   C10_HOST_DEVICE double h(int64_t b) const { return hist[2 * b + 1]; }
 };
 
-// The sums (G, H) over every bin of a histogram. Bins [used, num_bins - 1) may be known to be
-// empty (no row of the data has them): they are skipped, which leaves the sums' bits
-// (adding +0 changes no sum that starts at +0); used < 0: none known.
+// The sums (G, H) over every bin of a histogram.
 template <typename Bins>
 C10_HOST_DEVICE inline void bin_totals(const Bins& hist, int64_t num_bins, double& g_total,
-                                       double& h_total, int64_t used = -1) {
-  const int64_t missing = num_bins - 1;
-  const int64_t end = used < 0 || used > missing ? missing : used;
+                                       double& h_total) {
   g_total = 0, h_total = 0;
-  for (int64_t b = 0; b < end; ++b) {
+  for (int64_t b = 0; b < num_bins; ++b) {
     g_total += hist.g(b);
     h_total += hist.h(b);
   }
-  if (num_bins > 0) g_total += hist.g(missing), h_total += hist.h(missing);
+}
+
+// The gain of children (gl, hl) and (gr, hr) of a parent of score `parent`: T is double, or a
+// vector of them (the CPU grower's split search), with the same operations in the same order.
+template <typename T>
+C10_HOST_DEVICE inline T split_gain(T gl, T hl, T gr, T hr, T parent, T reg_lambda, T gamma) {
+  return T(0.5) * (gl * gl / (hl + reg_lambda) + gr * gr / (hr + reg_lambda) - parent) - gamma;
 }
 
 // Tries the children of a split whose left side holds (g_left, h_left) before the missing
@@ -92,31 +94,28 @@ C10_HOST_DEVICE inline void try_split(Split& best, int64_t bin, double g_left, d
     const double hl = left ? h_left + h_missing : h_left;
     const double gr = g_total - gl, hr = h_total - hl;
     if (hl < min_child_weight || hr < min_child_weight || !(hl > 0) || !(hr > 0)) continue;
-    const double gain =
-        0.5 * (score(gl, hl, reg_lambda) + score(gr, hr, reg_lambda) - parent) - gamma;
+    const double gain = split_gain(gl, hl, gr, hr, parent, reg_lambda, gamma);
     if (gain > best.gain) best = {gain, bin, left != 0, gl, hl};
   }
 }
 
 // The best split of one feature's histogram (num_bins bins, the last holding the missing
 // values): thresholds in increasing order, for each the missing values going right first,
-// then left; the first of equal gains wins, so the choice is deterministic. Bins from `used`
-// to the missing bin may be known to be empty (bin_totals): they change no split.
+// then left; the first of equal gains wins, so the choice is deterministic.
 template <typename Bins>
 C10_HOST_DEVICE inline Split best_split_of_feature(const Bins& hist, int64_t num_bins,
                                                    double reg_lambda, double gamma,
-                                                   double min_child_weight, int64_t used = -1) {
+                                                   double min_child_weight) {
   const int64_t missing = num_bins - 1;
-  const int64_t end = used < 0 || used > missing ? missing : used;
   double g_total, h_total;
-  bin_totals(hist, num_bins, g_total, h_total, used);
+  bin_totals(hist, num_bins, g_total, h_total);
   const double g_missing = hist.g(missing), h_missing = hist.h(missing);
   // Without missing values both directions give the same children: only "right" is tried.
   const int directions = g_missing == 0 && h_missing == 0 ? 1 : 2;
   const double parent = score(g_total, h_total, reg_lambda);
   Split best = no_split();
   double g_left = 0, h_left = 0;  // values in bins <= b
-  for (int64_t b = 0; b < end; ++b) {
+  for (int64_t b = 0; b < missing; ++b) {
     const double g_bin = hist.g(b), h_bin = hist.h(b);
     g_left += g_bin;
     h_left += h_bin;

@@ -675,9 +675,10 @@ inline std::vector<int64_t> used_bins(const GbdtGrowTree& a, bool distributed) {
 }
 
 // gbdt::best_split_of_feature with the gains of Vec::size() thresholds at once (8 with
-// AVX-512, 4 with AVX2): the same prefix sums in the same order, the same operations for
-// each gain (no contraction into FMAs: ATen's vector ops), and the first of the largest in
-// the same order (threshold, then missing values right before left), so the same split.
+// AVX-512, 4 with AVX2): the same prefix sums in the same order, gbdt::split_gain on vectors
+// (no contraction into FMAs: ATen's vector ops), the totals bin_totals would sum (bins past
+// `used` are empty, and adding +0 changes no sum that starts at +0), and the first of the
+// largest in the same order (threshold, then missing values right before left): the same split.
 // An empty bin's threshold is masked, not a branch: it mispredicted half the time in nodes
 // of few rows.
 template <typename Bins>
@@ -713,8 +714,7 @@ gbdt::Split best_split_of_feature_vec(const Bins& hist, int64_t num_bins, double
       const Vec gl = left ? gl0 + Vec(g_missing) : gl0, hl = left ? hl0 + Vec(h_missing) : hl0;
       const Vec gr = G - gl, hr = H - hl;
       const Vec valid = tried_b & (hl >= weight) & (hr >= weight) & (hl > zero) & (hr > zero);
-      const Vec gain = Vec(0.5) * ((gl * gl / (hl + lambda) + gr * gr / (hr + lambda)) -
-                                   Vec(parent)) - Vec(gamma);
+      const Vec gain = gbdt::split_gain(gl, hl, gr, hr, Vec(parent), lambda, Vec(gamma));
       const Vec better = Vec::blendv(zero, gain > best_gain, valid);
       best_gain = Vec::blendv(best_gain, gain, better);
       best_at = Vec::blendv(best_at, Vec::arange(2.0 * b + left, 2.0), better);
@@ -868,9 +868,7 @@ class TreeGrower {
   // A node's (G, H) from one process's histogram of every feature: feature 0's bins.
   void node_totals(const Cell* hist, double* totals) const {
     totals[0] = totals[1] = 0;
-    if (a_.features > 0) {
-      gbdt::bin_totals(grads_.bins(hist), a_.num_bins, totals[0], totals[1], used_bins_[0]);
-    }
+    if (a_.features > 0) gbdt::bin_totals(grads_.bins(hist), a_.num_bins, totals[0], totals[1]);
   }
 
   // Writes the splits with a positive gain into the tree; returns the split nodes and their
