@@ -321,3 +321,41 @@ def test_save_and_load_with_categories(tmp_path):
     assert loaded.feature_names_in_.tolist() == ["x0", "letter", "code"]
     assert loaded.is_categorical_.tolist() == [False, True, False]
     assert model.score(X_val, y_val) > 0.9
+
+
+def test_predict_frame_rows_as_validated():
+    """A DataFrame of the fitted columns skips scikit-learn's validation: the same features
+    (bit for bit, NaN where missing or unseen) as the full path, for numeric columns of any
+    NumPy dtype, categories in any order, unseen and missing; other frames take the full
+    path, with its errors. The cached codes of a dtype are not pickled."""
+    import pickle
+    pd = pytest.importorskip("pandas")
+    X, y = category_frame()
+    X = X.assign(x0=X["x0"].astype(np.float32), small=np.arange(len(X), dtype=np.int8))
+    model = GBDTClassifier(n_estimators=5, max_depth=3).fit(X, y)
+    probe = X.iloc[:6].copy()
+    probe.loc[probe.index[1], "x0"] = np.inf
+    frames = [probe, probe.iloc[[2]], X,
+              probe.assign(letter=pd.Categorical(["zz", None, "a", "b", "zz", "l"])),
+              probe.assign(letter=probe["letter"].cat.reorder_categories(
+                  list(reversed(probe["letter"].cat.categories)))),
+              probe.assign(x0=probe["x0"].astype(np.float64), code=probe["code"] * 1.5)]
+    for frame in frames:
+        fast = model._frame_rows(frame)
+        assert fast is not None
+        full, _ = model._features(frame, reset=False)
+        torch.testing.assert_close(fast, full, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(model._margins(frame), model._ensemble.margins(full, "cpu"),
+                                   rtol=0, atol=0)
+    others = [probe[["letter", "x0", "code", "small"]],  # columns in another order
+              probe.assign(letter=probe["letter"].astype(object)),  # not a category column
+              probe.assign(code=probe["code"].astype("Int64")),  # a pandas extension dtype
+              probe.assign(extra=1.0), probe.iloc[:0]]
+    for frame in others:
+        assert model._frame_rows(frame) is None
+    with pytest.raises(ValueError, match="feature names"):
+        model.predict_proba(others[0])
+    with pytest.raises(ValueError, match="0 sample"):
+        model.predict_proba(others[-1])
+    assert model._categories[1]._lookup is not None
+    assert pickle.loads(pickle.dumps(model))._categories[1]._lookup is None

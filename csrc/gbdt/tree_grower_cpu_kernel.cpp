@@ -372,7 +372,8 @@ class RowPartition {
     end_[0] = rows;
   }
   int64_t count(int64_t n) const { return end_[n] - begin_[n]; }
-  const int32_t* rows(int64_t n) const { return indexes_[in_[n]]->data() + begin_[n]; }
+  const int32_t* rows(int64_t n) const { return index(n) + begin_[n]; }
+  const int32_t* index(int64_t n) const { return indexes_[in_[n]]->data(); }  // (that holds n)
 
   // Where split node n (a's feature, split_bin, default_left, cat_left) sends its rows at
   // positions [begin, end) of its index (within [begin_[n], end_[n])), in order: body(i,
@@ -414,28 +415,37 @@ class RowPartition {
     });
   }
 
+  // The listed nodes' rows in blocks of at most kPartitionBlock positions, node by node:
+  // work that is even per row is shared by the threads by blocks, not by nodes (a level's
+  // nodes differ in rows by orders of magnitude).
+  struct Block {
+    int64_t node, begin, end;
+    int64_t left;               // rows of the block going left (split)
+    int64_t left_at, right_at;  // where they go (split)
+  };
+  std::vector<Block> blocks(const std::vector<int64_t>& nodes) const {
+    std::vector<Block> out;
+    for (const int64_t n : nodes) {
+      for (int64_t b = begin_[n]; b < end_[n]; b += kPartitionBlock) {
+        out.push_back({n, b, std::min(end_[n], b + kPartitionBlock), 0, 0, 0});
+      }
+    }
+    return out;
+  }
+  template <typename Body>
+  static void each_block(std::vector<Block>& blocks, Body&& body) {
+    at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t k = lo; k < hi; ++k) body(blocks[k]);
+    });
+  }
+
   // The rows of every split node (a's feature, split_bin, default_left, cat_left), stably
   // partitioned into its children in the other index: blocks decide in parallel (reading the
   // split feature's column, where a node's rows share cache lines), then scatter to offsets
   // from the blocks before them.
   void split(const GbdtGrowTree& a, const std::vector<int64_t>& split_nodes) {
-    struct Block {
-      int64_t node, begin, end;
-      int64_t left;               // rows of the block going left
-      int64_t left_at, right_at;  // where they go
-    };
-    std::vector<Block> blocks;
-    for (const int64_t n : split_nodes) {
-      for (int64_t b = begin_[n]; b < end_[n]; b += kPartitionBlock) {
-        blocks.push_back({n, b, std::min(end_[n], b + kPartitionBlock), 0, 0, 0});
-      }
-    }
-    const auto each_block = [&](auto&& body) {
-      at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t lo, int64_t hi) {
-        for (int64_t k = lo; k < hi; ++k) body(blocks[k]);
-      });
-    };
-    each_block([&](Block& blk) {
+    std::vector<Block> blocks = this->blocks(split_nodes);
+    each_block(blocks, [&](Block& blk) {
       blk.left = decide(a, blk.node, blk.begin, blk.end,
                         [goes = goes_left_.data()](int64_t i, int32_t, bool l) { goes[i] = l; });
     });
@@ -454,7 +464,7 @@ class RowPartition {
         right_at += (blocks[k].end - blocks[k].begin) - blocks[k].left;
       }
     }
-    each_block([&](Block& blk) {
+    each_block(blocks, [&](Block& blk) {
       const int32_t* from = indexes_[in_[blk.node]]->data();
       int32_t* to = indexes_[1 - in_[blk.node]]->data();
       const uint8_t* goes = goes_left_.data();
@@ -951,18 +961,34 @@ class TreeGrower {
     for (int64_t n = 0; n < nodes_; ++n) {
       if (reached_[n] && a_.feature[n] < 0 && !labeled[n]) leaves.push_back(n);
     }
+    int32_t* const leaf = a_.leaf;
+    if (a_.quantize_bins == 0) {  // labels only: in blocks of rows, even shares per thread
+      auto blocks = partition_.blocks(leaves);
+      RowPartition::each_block(blocks, [&](const RowPartition::Block& blk) {
+        const int32_t* index = partition_.index(blk.node);
+        for (int64_t i = blk.begin; i < blk.end; ++i) leaf[index[i]] = int32_t(blk.node);
+      });
+      blocks = partition_.blocks(last_split_);
+      RowPartition::each_block(blocks, [&](const RowPartition::Block& blk) {
+        const int32_t right = static_cast<int32_t>(2 * blk.node + 2), left = right - 1;
+        partition_.decide(a_, blk.node, blk.begin, blk.end,
+                          [=](int64_t, int32_t r, bool l) { leaf[r] = l ? left : right; });
+      });
+      return;
+    }
+    // Quantized: each leaf's sums too, in row order (so a node at a time).
     const T* grad = static_cast<const T*>(a_.grad);
     const T* hess = static_cast<const T*>(a_.hess);
-    const bool quantized = a_.quantize_bins != 0;
     at::parallel_for(0, static_cast<int64_t>(leaves.size()), 1, [&](int64_t lo, int64_t hi) {
       for (int64_t k = lo; k < hi; ++k) {
         const int64_t n = leaves[k];
         const int32_t* rows = partition_.rows(n);
         const int64_t count = partition_.count(n);
-        for (int64_t i = 0; i < count; ++i) a_.leaf[rows[i]] = static_cast<int32_t>(n);
-        if (!quantized) continue;
         double g = 0, h = 0;
-        for (int64_t i = 0; i < count; ++i) g += grad[rows[i]], h += hess[rows[i]];
+        for (int64_t i = 0; i < count; ++i) {
+          leaf[rows[i]] = static_cast<int32_t>(n);
+          g += grad[rows[i]], h += hess[rows[i]];
+        }
         a_.sums[2 * n] = g, a_.sums[2 * n + 1] = h;
       }
     });
@@ -971,11 +997,6 @@ class TreeGrower {
       for (int64_t k = lo; k < hi; ++k) {
         const int64_t n = last_split_[k];
         const int32_t right = static_cast<int32_t>(2 * n + 2), left = right - 1;
-        int32_t* leaf = a_.leaf;
-        if (!quantized) {
-          partition_.decide(a_, n, [=](int64_t, int32_t r, bool l) { leaf[r] = l ? left : right; });
-          continue;
-        }
         double sums[2][2] = {};  // (right, left) x (g, h), in row order
         partition_.decide(a_, n, [&](int64_t, int32_t r, bool l) {
           leaf[r] = l ? left : right;
@@ -985,7 +1006,7 @@ class TreeGrower {
         a_.sums[2 * right] = sums[0][0], a_.sums[2 * right + 1] = sums[0][1];
       }
     });
-    if (a_.quantize_bins == 0 || !reducer_.distributed()) return;
+    if (!reducer_.distributed()) return;
     for (const int64_t n : last_split_) leaves.push_back(2 * n + 1), leaves.push_back(2 * n + 2);
     std::vector<double> leaf_sums(2 * leaves.size());
     for (size_t k = 0; k < leaves.size(); ++k) {

@@ -16,6 +16,10 @@ class Categories:
         self.values = np.asarray(values, dtype=np.float64 if all_numbers(values) else object)
         self._order = np.argsort(self.values, kind="stable")
         self._sorted = self.values[self._order]
+        self._lookup = None  # (pandas dtype, the codes of its categories): the last one seen
+
+    def __getstate__(self):
+        return {**self.__dict__, "_lookup": None}  # (a cache: not part of the model)
 
     @classmethod
     def fit(cls, column, max_codes, collective):
@@ -59,9 +63,15 @@ class Categories:
     def codes(self, column):
         """float32 codes of a column; NaN for missing values and categories not seen in fit."""
         if getattr(column.dtype, "name", "") == "category":
-            lookup = np.append(self.codes(np.asarray(column.cat.categories, dtype=object)),
-                               np.float32(np.nan))
-            return lookup[column.cat.codes.to_numpy()]  # code -1 (missing): the NaN appended
+            # The codes of the dtype's categories, kept for the next call: a one-row
+            # prediction would spend most of its time computing them again.
+            lookup = self._lookup  # (read once: another thread may replace it)
+            if lookup is None or lookup[0] is not column.dtype:
+                lookup = (column.dtype, np.append(
+                    self.codes(np.asarray(column.cat.categories, dtype=object)),
+                    np.float32(np.nan)))
+                self._lookup = lookup
+            return lookup[1][column.array.codes]  # code -1 (missing): the NaN appended
         column = np.asarray(column, dtype=object)
         out = np.full(column.shape[0], np.nan, dtype=np.float32)
         present = ~missing(column)
@@ -171,6 +181,13 @@ def encode(estimator, X, reset):
     elif X.shape[1] != mask.size:
         raise ValueError(f"{name}: X has {X.shape[1]} features, but the model has "
                          f"{mask.size}")
+    elif not reset and hasattr(estimator, "feature_names_in_") and \
+            all(isinstance(c, str) for c in X.columns) and \
+            X.columns.tolist() != estimator.feature_names_in_.tolist():
+        # (before the codes, which are taken by position: scikit-learn's check comes later)
+        raise ValueError(f"{name}: the feature names should match those that were passed "
+                         f"during fit, {estimator.feature_names_in_.tolist()}, in their "
+                         f"order; got {X.columns.tolist()}")
     out = X.copy() if frame else X
     for f in np.flatnonzero(mask):
         column = X.iloc[:, f] if frame else X[:, f]

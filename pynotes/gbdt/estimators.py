@@ -190,6 +190,10 @@ class GBDTBase(BaseEstimator):
         # Stored class by class, (groups, rows), and used transposed: each class's column
         # (its gradients, its trees' updates) is contiguous.
         margin = base.to(dev)[:, None].expand(groups, rows).clone().T
+        # The rounds' gradients and a tree's update of the margins, per row: kept from round
+        # to round (fresh ones would cost their pages' first-touch faults every round).
+        gradient_buffers = [torch.empty_like(margin, dtype=torch.float32) for _ in range(2)]
+        update = torch.empty(rows, dtype=torch.float64, device=dev)
         evals = [self._eval_data(X_e, y_e) for X_e, y_e in (eval_set or [])]
         eval_margins = [base.to(dev).expand(e[0].shape[0], groups).clone() for e in evals]
         self.evals_result_ = {f"validation_{i}": {objective.metric: []} for i in range(len(evals))}
@@ -205,7 +209,7 @@ class GBDTBase(BaseEstimator):
             if self.subsample < 1:
                 keep = torch.rand(rows, generator=row_generator) < self.subsample
                 round_weight = keep.to(dev).float() if w32 is None else w32 * keep.to(dev)
-            grad, hess = objective.gradients(margin, y32, round_weight)
+            grad, hess = objective.gradients(margin, y32, round_weight, gradient_buffers)
             gains = torch.zeros(features, dtype=torch.float64)
             for group in range(groups):
                 feature_mask = None
@@ -219,7 +223,8 @@ class GBDTBase(BaseEstimator):
                 f, t, d, v, g, leaf, cat_left = grower.grow(
                     grad[:, group].contiguous(), hess[:, group].contiguous(), feature_mask, seed)
                 self._ensemble.add(f, t, d, v, group, cat_left)
-                margin[:, group] += v.to(dev).double().index_select(0, leaf)  # (7x v[leaf])
+                torch.index_select(v.to(dev).double(), 0, leaf, out=update)  # (7x v[leaf])
+                margin[:, group] += update
                 split = f.cpu() >= 0
                 gains.index_add_(0, f.cpu()[split].long(), g[split])
             round_gains.append(gains)
@@ -265,7 +270,7 @@ class GBDTBase(BaseEstimator):
     def _margins(self, X):
         if not hasattr(self, "_ensemble"):
             check_is_fitted(self, "_ensemble")  # (its error)
-        x = self._plain_rows(X)
+        x = self._plain_rows(X) if type(X) is np.ndarray else self._frame_rows(X)
         with ThreadCount(self.n_jobs):
             if x is None:
                 x, _ = self._features(X, reset=False)
@@ -285,6 +290,29 @@ class GBDTBase(BaseEstimator):
             return None
         x = X.astype(np.float32) if X.dtype != np.float32 or not X.flags.writeable else X
         return torch.from_numpy(x).to(self.device)
+
+    def _frame_rows(self, X):
+        """X as a float32 tensor when it is a DataFrame whose columns are the fitted ones in
+        their order, each numeric (a NumPy dtype) or, for a categorical feature, a pandas
+        'category' column: converted a column at a time. scikit-learn's validation of a
+        DataFrame, and pandas' assignment of the codes, took ~1 ms of a one-row call. None for
+        any other X (_features then checks it)."""
+        names = getattr(self, "feature_names_in_", None)
+        if names is None or not categories.is_frame(X) or X.shape[0] == 0 or \
+                X.columns.tolist() != names.tolist():
+            return None
+        mask = getattr(self, "is_categorical_", None)  # (absent in models pickled before it)
+        mask = np.zeros(X.shape[1], dtype=bool) if mask is None else mask
+        out = np.empty(X.shape, dtype=np.float32)
+        for j, (_, column) in enumerate(X.items()):
+            dtype = column.dtype
+            if mask[j] and getattr(dtype, "name", "") == "category":
+                out[:, j] = self._categories[j].codes(column)
+            elif not mask[j] and isinstance(dtype, np.dtype) and dtype.kind in "iuf":
+                out[:, j] = column.to_numpy()
+            else:
+                return None
+        return torch.from_numpy(out).to(self.device)
 
     # -- persistence --------------------------------------------------------------------------
 

@@ -38,28 +38,32 @@ class Objective:
         prior = torch.from_numpy(sums)
         return (prior / prior.sum()).clamp_min(1e-6).log()
 
-    def gradients(self, margin, y, weight):
-        """(grad, hess), each (rows, groups) float32, from float64 margins and float32 labels
-        and weights (None: all 1). Computed in float32, the precision the trees sum."""
-        m = margin.to(torch.float32, copy=True)  # (worked in in place: fewer passes, allocations)
+    def gradients(self, margin, y, weight, out):
+        """(grad, hess), written into out: two float32 tensors of margin's shape and strides,
+        kept from round to round (fresh ones every round cost their pages' first-touch faults).
+        From float64 margins (rows, groups) and float32 labels and weights (None: all 1);
+        computed in float32, the precision the trees sum."""
+        grad, hess = out
+        grad.copy_(margin)  # (then worked in in place: fewer passes)
         if self.name == "squared_error":
-            hess = torch.ones_like(m)
-            grad = m.sub_(y[:, None])
+            hess.fill_(1)
+            grad.sub_(y[:, None])
         elif self.name == "logistic":
-            p = m.sigmoid_()
-            hess = torch.rsub(p, 1).mul_(p).clamp_min_(1e-16)
-            grad = p.sub_(y[:, None])
+            p = grad.sigmoid_()
+            torch.neg(p, out=hess).add_(1).mul_(p).clamp_min_(1e-16)  # (1 - p) p
+            grad.sub_(y[:, None])
         else:
             # The hessian's factor: LightGBM's K / (K - 1), which keeps the step of a 2-class
             # softmax that of the logistic loss (XGBoost's 2 halves it; with few rounds that
             # leaves its models and ours under-fitted).
-            p = softmax_(m)
+            p = softmax_(grad)
             factor = margin.shape[1] / (margin.shape[1] - 1)
-            hess = torch.mul(p, p).sub_(p).mul_(-factor).clamp_min_(1e-16)  # factor p (1 - p)
-            grad = p.index_put_((torch.arange(len(y), device=y.device), y.long()),
-                                torch.tensor(-1.0, device=y.device), accumulate=True)
+            torch.mul(p, p, out=hess).sub_(p).mul_(-factor).clamp_min_(1e-16)  # factor p (1-p)
+            p.index_put_((torch.arange(len(y), device=y.device), y.long()),
+                         torch.tensor(-1.0, device=y.device), accumulate=True)
         if weight is not None:
-            grad, hess = grad.mul_(weight[:, None]), hess.mul_(weight[:, None])
+            grad.mul_(weight[:, None])
+            hess.mul_(weight[:, None])
         return grad, hess
 
     def loss_sums(self, margin, y, weight):

@@ -3,6 +3,8 @@ gradient/hessian histograms, split finding, the rows' level step, a whole tree's
 ensemble prediction.
 pynotes.gbdt builds the scikit-learn-style trainer on them."""
 
+import concurrent.futures
+
 import numpy as np
 import torch
 
@@ -39,32 +41,46 @@ def _compute_cuts(x, max_bins, sample_size, random_state):
         x = x[sample.to(x.device)] if sample is not None else x
         ordered = torch.sort(x.t().contiguous(), dim=1).values
         present = (~torch.isnan(x)).sum(0).tolist()
+        for f in range(features):
+            _feature_cuts(ordered[f][:present[f]], max_cuts, cuts[f])
+        return cuts
+    # NumPy's SIMD sort is >10x faster than torch's on CPU, and one column at a time (its
+    # sample gathered) keeps the memory this needs at a column per thread, not a copy of the
+    # sample. The columns run in parallel on torch's threads (NumPy's sort releases the GIL).
+    x_np, sample = x.numpy(), sample.numpy() if sample is not None else None
+
+    def column_cuts(f):
+        column = np.sort(x_np[:, f] if sample is None else x_np[sample, f])  # NaN last
+        values = column[:column.size - np.count_nonzero(np.isnan(column))]
+        _feature_cuts(torch.from_numpy(values), max_cuts, cuts[f])
+    threads = min(torch.get_num_threads(), features)
+    if threads <= 1 or rows * features < 1 << 18:
+        for f in range(features):
+            column_cuts(f)
     else:
-        # NumPy's SIMD sort is >10x faster than torch's on CPU, and one column at a time (its
-        # sample gathered) keeps the memory this needs at a column, not a copy of the sample.
-        x_np, sample = x.numpy(), sample.numpy() if sample is not None else None
-    for f in range(features):
-        if x.is_cuda:
-            values = ordered[f][:present[f]]
-        else:
-            column = np.sort(x_np[:, f] if sample is None else x_np[sample, f])  # NaN last
-            values = torch.from_numpy(column[:column.size - np.count_nonzero(np.isnan(column))])
-        if values.numel() < 2:
-            continue
-        distinct = torch.unique_consecutive(values)
-        if distinct.numel() <= max_cuts + 1:
-            low, high = distinct[:-1], distinct[1:]
-            mid = low + (high - low) / 2
-            # mid may round up to high; below -inf it is NaN, and the cut -inf keeps the -inf
-            # rows in the first bin (above the last finite value +inf rows are past every cut)
-            feature_cuts = torch.where(mid < high, mid, low)
-        else:
-            positions = torch.arange(1, max_cuts + 1, device=values.device) * values.numel() \
-                // (max_cuts + 1)
-            feature_cuts = torch.unique_consecutive(values[positions])
-            feature_cuts = feature_cuts[feature_cuts < values[-1]]  # the top bin is not empty
-        cuts[f, :feature_cuts.numel()] = feature_cuts
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(column_cuts, range(features)))  # (list: raises a thread's error)
     return cuts
+
+
+def _feature_cuts(values, max_cuts, out):
+    """One feature's cut points into out (its row of cuts) from its sorted non-missing
+    values."""
+    if values.numel() < 2:
+        return
+    distinct = torch.unique_consecutive(values)
+    if distinct.numel() <= max_cuts + 1:
+        low, high = distinct[:-1], distinct[1:]
+        mid = low + (high - low) / 2
+        # mid may round up to high; below -inf it is NaN, and the cut -inf keeps the -inf
+        # rows in the first bin (above the last finite value +inf rows are past every cut)
+        feature_cuts = torch.where(mid < high, mid, low)
+    else:
+        positions = torch.arange(1, max_cuts + 1, device=values.device) * values.numel() \
+            // (max_cuts + 1)
+        feature_cuts = torch.unique_consecutive(values[positions])
+        feature_cuts = feature_cuts[feature_cuts < values[-1]]  # the top bin is not empty
+    out[:feature_cuts.numel()] = feature_cuts
 
 
 def _check_quantize_input(op, x, max_bins):
