@@ -415,27 +415,36 @@ class RowPartition {
     });
   }
 
-  // The listed nodes' rows in blocks of at most kPartitionBlock positions, node by node:
-  // work that is even per row is shared by the threads by blocks, not by nodes (a level's
-  // nodes differ in rows by orders of magnitude).
+  // The listed nodes' rows in blocks of at most kPartitionBlock positions, node by node, and
+  // body(block) for each in parallel. The threads get even shares of the rows (each takes the
+  // blocks that start in its share), not of the nodes or the blocks: a level's nodes, and so
+  // its blocks, range from a few rows to many.
   struct Block {
     int64_t node, begin, end;
+    int64_t at;                 // the rows of the blocks before it
     int64_t left;               // rows of the block going left (split)
     int64_t left_at, right_at;  // where they go (split)
   };
   std::vector<Block> blocks(const std::vector<int64_t>& nodes) const {
     std::vector<Block> out;
+    int64_t at = 0;
     for (const int64_t n : nodes) {
       for (int64_t b = begin_[n]; b < end_[n]; b += kPartitionBlock) {
-        out.push_back({n, b, std::min(end_[n], b + kPartitionBlock), 0, 0, 0});
+        const int64_t e = std::min(end_[n], b + kPartitionBlock);
+        out.push_back({n, b, e, at, 0, 0, 0});
+        at += e - b;
       }
     }
     return out;
   }
   template <typename Body>
   static void each_block(std::vector<Block>& blocks, Body&& body) {
-    at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t k = lo; k < hi; ++k) body(blocks[k]);
+    if (blocks.empty()) return;
+    const int64_t rows = blocks.back().at + (blocks.back().end - blocks.back().begin);
+    at::parallel_for(0, rows, kPartitionBlock, [&](int64_t lo, int64_t hi) {
+      auto k = std::lower_bound(blocks.begin(), blocks.end(), lo,
+                                [](const Block& b, int64_t row) { return b.at < row; });
+      for (; k != blocks.end() && k->at < hi; ++k) body(*k);
     });
   }
 
