@@ -816,3 +816,61 @@ def test_empty_inputs(device):
     assert (splits.feature == -1).all() and not splits.left_sum.any()
     x = torch.zeros(0, 3, device=device)
     assert ops.quantize(x, 16)[0].shape == (0, 3)
+
+
+@needs_extension
+@pytest.mark.parametrize("loss", ["squared_error", "logistic"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("rows", [0, 1, 37, 5003])
+def test_boost_step_equals_the_objective(loss, weighted, rows):
+    """The CPU pass between trees (margin += value[leaf], then the gradients) gives the
+    margins exactly and the gradients of objectives.py's torch formulas (the sigmoid within
+    an ulp: torch's kernel takes its scalar path on other rows)."""
+    from pynotes.gbdt.objectives import Objective
+    generator = torch.Generator().manual_seed(rows)
+    margin = torch.randn(1, rows, dtype=torch.float64, generator=generator).mul_(4).T
+    y = torch.randint(0, 2, (rows,), generator=generator).float() if loss == "logistic" \
+        else torch.randn(rows, generator=generator)
+    weight = torch.rand(rows, generator=generator) if weighted else None
+    value = torch.randn(31, generator=generator)
+    leaf = torch.randint(0, 31, (rows,), dtype=torch.int32, generator=generator)
+    for tree in (None, (value, leaf)):
+        expected_margin = margin.clone()
+        with _ext.force_fallback():
+            expected = Objective(loss).gradients(
+                expected_margin, y, weight, [torch.empty_like(margin, dtype=torch.float32)
+                                             for _ in range(2)], tree)
+        got_margin = margin.clone()
+        out = [torch.full_like(margin, float("nan"), dtype=torch.float32) for _ in range(2)]
+        got = Objective(loss).gradients(got_margin, y, weight, out, tree)
+        assert got[0].data_ptr() == out[0].data_ptr() and got[1].data_ptr() == out[1].data_ptr()
+        torch.testing.assert_close(got_margin, expected_margin, rtol=0, atol=0)
+        tolerance = dict(rtol=0, atol=0) if loss == "squared_error" else dict(rtol=2e-7,
+                                                                                 atol=6e-8)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, **tolerance)
+
+
+@needs_extension
+def test_boost_step_bad_input():
+    rows = 10
+    margin, y = torch.zeros(rows, dtype=torch.float64), torch.zeros(rows)
+    grad, hess = torch.empty(rows), torch.empty(rows)
+    value, leaf = torch.zeros(4), torch.zeros(rows, dtype=torch.int32)
+    step = _ext._C.gbdt_boost_step
+    with pytest.raises(RuntimeError, match="margin must be a contiguous 1-D Double"):
+        step(margin.float(), value, leaf, y, None, grad, hess, "logistic")
+    with pytest.raises(RuntimeError, match="y must be .* of 10 elements"):
+        step(margin, value, leaf, y[:9], None, grad, hess, "logistic")
+    with pytest.raises(RuntimeError, match="hess must be a contiguous"):
+        step(margin, value, leaf, y, None, grad, torch.empty(rows, 2)[:, 0], "logistic")
+    with pytest.raises(RuntimeError, match="value and leaf come together"):
+        step(margin, value, None, y, None, grad, hess, "logistic")
+    with pytest.raises(ValueError, match="loss must be 'squared_error' or 'logistic'"):
+        step(margin, value, leaf, y, None, grad, hess, "softmax")
+    leaf[7] = 4
+    with pytest.raises(IndexError, match=r"leaf must hold node indices in \[0, 4\)"):
+        step(margin, value, leaf, y, None, grad, hess, "logistic")
+    leaf[7] = -1
+    with pytest.raises(IndexError, match=r"leaf must hold node indices in \[0, 4\)"):
+        step(margin, value, leaf, y, None, grad, hess, "squared_error")

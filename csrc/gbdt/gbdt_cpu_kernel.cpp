@@ -7,8 +7,10 @@
 // summed by one thread in row order. No atomics and no per-thread copies to reduce, and the
 // result does not depend on the number of threads.
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -541,7 +543,51 @@ void predict(const GbdtPredict& a) {
   });
 }
 
+// GbdtBoostStep: a block of rows at a time, the margins (float) into grad, then the loss
+// vectorized over the block; the sigmoid as torch's float kernel computes it.
+void boost_step(const GbdtBoostStep& a) {
+  using Vec = at::vec::Vectorized<float>;
+  std::atomic<bool> in_range{true};
+  at::parallel_for(0, a.rows, gbdt::kRowGrain, [&](int64_t lo, int64_t hi) {
+    double* const margin = a.margin;
+    float* const grad = a.grad;
+    float* const hess = a.hess;
+    if (a.leaf != nullptr) {
+      const int32_t* const leaf = a.leaf;
+      const float* const value = a.value;
+      const uint32_t nodes = static_cast<uint32_t>(a.nodes);
+      bool ok = true;
+      for (int64_t r = lo; r < hi; ++r) {
+        const uint32_t n = static_cast<uint32_t>(leaf[r]);
+        ok &= n < nodes;
+        margin[r] += static_cast<double>(value[n < nodes ? n : 0]);
+      }
+      if (!ok) in_range = false;
+    }
+    for (int64_t r = lo; r < hi; ++r) grad[r] = static_cast<float>(margin[r]);
+    const float* const y = a.y;
+    if (a.loss == GbdtBoostStep::kSquaredError) {
+      for (int64_t r = lo; r < hi; ++r) grad[r] -= y[r], hess[r] = 1.0f;
+    } else {  // logistic: p = sigmoid(m), g = p - y, h = max((1 - p) p, 1e-16)
+      // (vectors, a partial one last: every row the same arithmetic for any thread count)
+      for (int64_t r = lo; r < hi; r += Vec::size()) {
+        const int n = static_cast<int>(std::min<int64_t>(Vec::size(), hi - r));
+        const Vec p = ((Vec(0.0f) - Vec::loadu(grad + r, n)).exp() + Vec(1.0f)).reciprocal();
+        at::vec::maximum((Vec(1.0f) - p) * p, Vec(1e-16f)).store(hess + r, n);
+        (p - Vec::loadu(y + r, n)).store(grad + r, n);
+      }
+    }
+    if (a.weight != nullptr) {
+      const float* const w = a.weight;
+      for (int64_t r = lo; r < hi; ++r) grad[r] *= w[r], hess[r] *= w[r];
+    }
+  });
+  *a.leaf_in_range = in_range;
+}
+
 }  // namespace
+
+void gbdt_boost_step_cpu_kernel(const GbdtBoostStep& a) { boost_step(a); }
 
 void gbdt_bin_cpu_kernel(const GbdtBin& a) {
   if (a.dtype == at::kDouble) bin<double>(a); else bin<float>(a);

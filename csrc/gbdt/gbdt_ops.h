@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "gbdt/gbdt_kernels.h"
@@ -57,6 +58,12 @@ GbdtTree gbdt_grow_tree_distributed_cpu(const at::Tensor& bins, const at::Tensor
                                        const std::optional<at::Tensor>& categorical,
                                        const GbdtCollective& collective, int64_t processes,
                                        int64_t rank, int64_t row_offset);
+// pynotes._C.gbdt_boost_step: the trainer's pass over the rows between two trees on the CPU
+// (GbdtBoostStep; loss "squared_error" or "logistic"); grad and hess are written.
+void gbdt_boost_step_cpu(const at::Tensor& margin, const std::optional<at::Tensor>& value,
+                         const std::optional<at::Tensor>& leaf, const at::Tensor& y,
+                         const std::optional<at::Tensor>& weight, const at::Tensor& grad,
+                         const at::Tensor& hess, const std::string& loss);
 // Frees the buffers the CPU gbdt_grow_tree keeps on the calling thread between trees
 // (pynotes._C.gbdt_release_grower_buffers; the trainer calls it when a fit ends).
 void gbdt_release_grower_buffers_cpu();

@@ -180,6 +180,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "gbdt_grow_tree on the CPU for process `rank` of a data-parallel fit: collective(op, "
       "buffer) combines in place what the processes computed apart (pynotes.ops.gbdt).");
+  m.def("gbdt_boost_step", &pynotes::gbdt_boost_step_cpu, py::arg("margin"), py::arg("value"),
+        py::arg("leaf"), py::arg("y"), py::arg("weight"), py::arg("grad"), py::arg("hess"),
+        py::arg("loss"), py::call_guard<py::gil_scoped_release>(),
+        "The GBDT trainer's pass over the rows between trees on the CPU: margin += "
+        "value[leaf] (a tree's), then the loss's gradient and hessian into grad and hess "
+        "(pynotes.gbdt.objectives).");
   m.def("gbdt_release_grower_buffers", &pynotes::gbdt_release_grower_buffers_cpu,
         "Frees the buffers gbdt_grow_tree keeps on the calling thread between trees.");
   m.def("gbdt_fixed_point_scale", &pynotes::gbdt::fixed_point_scale,
