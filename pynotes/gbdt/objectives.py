@@ -49,7 +49,8 @@ class Objective:
         to it first. On the CPU one pass of the extension does all of it (squared error,
         logistic): these formulas, a pass over the rows each, were ~10 % of a fit there."""
         grad, hess = out
-        if margin.shape[1] == 1 and self.name != "softmax" and _ext.use_extension(margin):
+        if margin.shape[1] == 1 and self.name != "softmax" and margin.device.type == "cpu" \
+                and _ext.use_extension(margin):
             value, leaf = tree if tree is not None else (None, None)
             _ext._C.gbdt_boost_step(margin[:, 0], value, leaf, y, weight, grad[:, 0],
                                     hess[:, 0], self.name)
