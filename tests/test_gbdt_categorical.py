@@ -331,7 +331,7 @@ def test_predict_frame_rows_as_validated():
     import pickle
     pd = pytest.importorskip("pandas")
     X, y = category_frame()
-    X = X.assign(x0=X["x0"].astype(np.float32), small=np.arange(len(X), dtype=np.int8))
+    X = X.assign(x0=X["x0"].astype(np.float32), small=(np.arange(len(X)) % 100).astype(np.int8))
     model = GBDTClassifier(n_estimators=5, max_depth=3).fit(X, y)
     probe = X.iloc[:6].copy()
     probe.loc[probe.index[1], "x0"] = np.inf
