@@ -834,15 +834,15 @@ def test_boost_step_equals_the_objective(loss, weighted, rows):
     weight = torch.rand(rows, generator=generator) if weighted else None
     value = torch.randn(31, generator=generator)
     leaf = torch.randint(0, 31, (rows,), dtype=torch.int32, generator=generator)
-    for tree in (None, (value, leaf)):
+    for trees in ((), [(0, value, leaf)]):
         expected_margin = margin.clone()
         with _ext.force_fallback():
             expected = Objective(loss).gradients(
                 expected_margin, y, weight, [torch.empty_like(margin, dtype=torch.float32)
-                                             for _ in range(2)], tree)
+                                             for _ in range(2)], trees)
         got_margin = margin.clone()
         out = [torch.full_like(margin, float("nan"), dtype=torch.float32) for _ in range(2)]
-        got = Objective(loss).gradients(got_margin, y, weight, out, tree)
+        got = Objective(loss).gradients(got_margin, y, weight, out, trees)
         assert got[0].data_ptr() == out[0].data_ptr() and got[1].data_ptr() == out[1].data_ptr()
         torch.testing.assert_close(got_margin, expected_margin, rtol=0, atol=0)
         tolerance = dict(rtol=0, atol=0) if loss == "squared_error" else dict(rtol=2e-7,

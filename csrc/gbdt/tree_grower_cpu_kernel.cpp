@@ -391,7 +391,7 @@ class RowPartition {
     const bool by_row = a.bins_by_feature == nullptr;
     const uint8_t* column = by_row ? a.bins_by_row + f : a.bins_by_feature + f * a.rows;
     const int64_t stride = by_row ? a.features : 1;
-    const int32_t* index = indexes_[in_[n]]->data();
+    const int32_t* index = this->index(n);
     const auto each_row = [=](auto left_of_bin) {
       int64_t left = 0;
       for (int64_t i = begin; i < end; ++i) {
@@ -784,7 +784,7 @@ class SplitFinder {
                 ? gbdt::best_categorical_split(bins, B, node_rows[level[i / F]], a_.reg_lambda,
                                                a_.gamma, a_.min_child_weight)
                 : best_split_of_feature_vec(bins, B, a_.reg_lambda, a_.gamma,
-                                              a_.min_child_weight, used_bins_[f]);
+                                            a_.min_child_weight, used_bins_[f]);
       }
     });
     std::vector<SplitChoice> choices(S);
@@ -975,7 +975,8 @@ class TreeGrower {
       auto blocks = partition_.blocks(leaves);
       RowPartition::each_block(blocks, [&](const RowPartition::Block& blk) {
         const int32_t* index = partition_.index(blk.node);
-        for (int64_t i = blk.begin; i < blk.end; ++i) leaf[index[i]] = int32_t(blk.node);
+        const int32_t n = static_cast<int32_t>(blk.node);
+        for (int64_t i = blk.begin; i < blk.end; ++i) leaf[index[i]] = n;
       });
       blocks = partition_.blocks(last_split_);
       RowPartition::each_block(blocks, [&](const RowPartition::Block& blk) {

@@ -190,11 +190,11 @@ class GBDTBase(BaseEstimator):
         # Stored class by class, (groups, rows), and used transposed: each class's column
         # (its gradients, its trees' updates) is contiguous.
         margin = base.to(dev)[:, None].expand(groups, rows).clone().T
-        # The rounds' gradients and a tree's update of the margins, per row: kept from round
-        # to round (fresh ones would cost their pages' first-touch faults every round).
+        # The rounds' gradients: kept from round to round (fresh ones would cost their pages'
+        # first-touch faults every round).
         gradient_buffers = [torch.empty_like(margin, dtype=torch.float32) for _ in range(2)]
-        update = torch.empty(rows if groups > 1 else 0, dtype=torch.float64, device=dev)
-        tree = None  # a one-column margin's last tree (value, leaf), not yet added to it
+        trees = []  # the last round's (group, value, leaf): added to the margins with the
+        # next round's gradients
         evals = [self._eval_data(X_e, y_e) for X_e, y_e in (eval_set or [])]
         eval_margins = [base.to(dev).expand(e[0].shape[0], groups).clone() for e in evals]
         self.evals_result_ = {f"validation_{i}": {objective.metric: []} for i in range(len(evals))}
@@ -210,8 +210,8 @@ class GBDTBase(BaseEstimator):
             if self.subsample < 1:
                 keep = torch.rand(rows, generator=row_generator) < self.subsample
                 round_weight = keep.to(dev).float() if w32 is None else w32 * keep.to(dev)
-            grad, hess = objective.gradients(margin, y32, round_weight, gradient_buffers, tree)
-            tree = None
+            grad, hess = objective.gradients(margin, y32, round_weight, gradient_buffers, trees)
+            trees = []
             gains = torch.zeros(features, dtype=torch.float64)
             for group in range(groups):
                 feature_mask = None
@@ -225,11 +225,7 @@ class GBDTBase(BaseEstimator):
                 f, t, d, v, g, leaf, cat_left = grower.grow(
                     grad[:, group].contiguous(), hess[:, group].contiguous(), feature_mask, seed)
                 self._ensemble.add(f, t, d, v, group, cat_left)
-                if groups == 1:  # (added to the margins with the next round's gradients)
-                    tree = (v, leaf)
-                else:
-                    torch.index_select(v.to(dev).double(), 0, leaf, out=update)  # (7x v[leaf])
-                    margin[:, group] += update
+                trees.append((group, v, leaf))
                 split = f.cpu() >= 0
                 gains.index_add_(0, f.cpu()[split].long(), g[split])
             round_gains.append(gains)

@@ -40,24 +40,24 @@ class Objective:
         prior = torch.from_numpy(sums)
         return (prior / prior.sum()).clamp_min(1e-6).log()
 
-    def gradients(self, margin, y, weight, out, tree=None):
+    def gradients(self, margin, y, weight, out, trees=()):
         """(grad, hess), written into out: two float32 tensors of margin's shape and strides,
         kept from round to round (fresh ones every round cost their pages' first-touch faults).
         From float64 margins (rows, groups) and float32 labels and weights (None: all 1);
-        computed in float32, the precision the trees sum. tree: (value, leaf), the float32
-        values and the int32 leaf of every row of the last tree of a one-column margin, added
-        to it first. On the CPU one pass of the extension does all of it (squared error,
-        logistic): these formulas, a pass over the rows each, were ~10 % of a fit there."""
+        computed in float32, the precision the trees sum. trees: (group, value, leaf) of the
+        last round's trees (float32 values, the int32 leaf of every row), added to their
+        columns of margin first. On the CPU one pass of the extension does all of it for one
+        column (squared error, logistic): these formulas, a pass over the rows each, were
+        ~10 % of a fit there."""
         grad, hess = out
         if margin.shape[1] == 1 and self.name != "softmax" and margin.device.type == "cpu" \
                 and _ext.use_extension(margin):
-            value, leaf = tree if tree is not None else (None, None)
+            _, value, leaf = trees[0] if trees else (0, None, None)
             _ext._C.gbdt_boost_step(margin[:, 0], value, leaf, y, weight, grad[:, 0],
                                     hess[:, 0], self.name)
             return grad, hess
-        if tree is not None:
-            value, leaf = tree
-            margin[:, 0] += value.to(margin.device).double().index_select(0, leaf)
+        for group, value, leaf in trees:  # (index_select: 7x value[leaf])
+            margin[:, group] += value.to(margin.device).double().index_select(0, leaf)
         grad.copy_(margin)  # (then worked in in place: fewer passes)
         if self.name == "squared_error":
             hess.fill_(1)
