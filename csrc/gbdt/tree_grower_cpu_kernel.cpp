@@ -1,9 +1,9 @@
 // A whole tree in one call on the CPU (the gbdt_grow_tree op; gbdt_kernels.h, GbdtGrowTree),
 // compiled once per instruction set like every *_cpu_kernel.cpp. TreeGrower composes, as
 // scikit-learn's TreeGrower and LightGBM's serial tree learner do:
-//   - RowPartition: each node's rows kept together in a row index and split stably into the
-//     children, touching only the rows of the nodes that split (the last level's rows are
-//     labeled with their leaf, not moved);
+//   - RowPartition: each node's rows kept together in a row index, with their gradients
+//     beside them, and split stably into the children, touching only the rows of the nodes
+//     that split (the last level's rows are labeled with their leaf, not moved);
 //   - HistogramBuilder: the histograms of a level's nodes, in parallel over features (4 a
 //     pass over a node's rows), every cell summed by one thread in row order (the same bits
 //     for any number of threads);
@@ -40,17 +40,19 @@ constexpr int64_t kPartitionBlock = 8192;  // rows
 constexpr int64_t kTwoChainRows = 2048;    // nodes from this many rows use two histogram copies
 
 // ---------------------------------------------------------------------------------------------
-// The gradients a histogram sums, kPerBin cells per bin and per row (a node's values are
-// gathered in its rows' order first, as LightGBM's ordered gradients).
+// The gradients a histogram sums, kPerBin cells per bin and per row. A row's kPerBin Values
+// move with it in the partition, so that a node's are in its rows' order (as LightGBM's
+// ordered gradients, without gathering them from the rows' places each level).
 
-// float64 (G, H) pairs,
+// float64 (G, H) pairs (each row's pair kept as the gradients' dtype),
 template <typename T>
 struct FloatGradients {
   using Cell = double;
+  using Value = T;
   static constexpr int64_t kPerBin = 2;
   const T* grad;
   const T* hess;
-  void gather(int64_t r, Cell* out) const {
+  void value(int64_t r, Value* out) const {
     out[0] = grad[r];
     out[1] = hess[r];
   }
@@ -80,10 +82,11 @@ struct PackedBins {
 
 struct QuantizedGradients {
   using Cell = int64_t;
+  using Value = int64_t;
   static constexpr int64_t kPerBin = 1;
   const int64_t* packed;  // per row
   double g_scale, h_scale;
-  void gather(int64_t r, Cell* out) const { out[0] = packed[r]; }
+  void value(int64_t r, Value* out) const { out[0] = packed[r]; }
   static void add(Cell* bin, const Cell* value) { bin[0] += value[0]; }
   PackedBins bins(const Cell* hist) const { return {hist, g_scale, h_scale}; }
 };
@@ -342,38 +345,54 @@ GradientSizes gradient_sizes(const GbdtGrowTree& a, const T* grad, const T* hess
 // next: a fit grows hundreds of trees of the same rows, and fresh buffers would fault in
 // their pages in every tree (10-20 % of a 300k-row depth-8 fit, measured with glibc's
 // threshold for returning memory raised). gbdt_release_grower_buffers_cpu_kernel frees them
-// (the trainer, when a fit ends). Cells are 8 bytes: double, or int64 for quantized sums.
+// (the trainer, when a fit ends). Cells are 8 bytes: double, or int64 for quantized sums;
+// a row's Values (its gradients) 8 bytes (float32 pairs, packed int64) or 16 (float64 pairs).
 struct GrowerBuffers {
   std::vector<int32_t> indexes[2];     // RowPartition
+  std::vector<uint64_t> values[2];     // RowPartition: the rows' Values, beside the indexes
   std::vector<uint8_t> goes_left;      // RowPartition
-  std::vector<uint64_t> values;        // HistogramBuilder's gathered cells
   std::vector<uint64_t> histograms[2];  // a level's and the next level's
 };
 thread_local GrowerBuffers grower_buffers;
 
+// n Cells (or Values) in buffer.
 template <typename Cell>
 Cell* cells_of(std::vector<uint64_t>& buffer, int64_t n) {
-  static_assert(sizeof(Cell) == sizeof(uint64_t));
-  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  static_assert(sizeof(Cell) <= sizeof(uint64_t) && sizeof(uint64_t) % sizeof(Cell) == 0);
+  const int64_t words = (n * static_cast<int64_t>(sizeof(Cell)) + 7) / 8;
+  if (static_cast<int64_t>(buffer.size()) < words) buffer.resize(words);
   return reinterpret_cast<Cell*>(buffer.data());
 }
 
 // ---------------------------------------------------------------------------------------------
 // Each node's rows together: node n's rows are index[begin[n], end[n]) of one of two row
 // indexes (a split moves a node's rows from its index into the other: no copy back), in row
-// order.
+// order, and their gradients (kPerBin Values a row) at the same places of the index's values.
+template <typename Gradients>
 class RowPartition {
  public:
-  RowPartition(int64_t rows, int64_t nodes)
+  using Value = typename Gradients::Value;
+  static constexpr int64_t kPerBin = Gradients::kPerBin;
+  RowPartition(const Gradients& grads, int64_t rows, int64_t nodes)
       : indexes_{&grower_buffers.indexes[0], &grower_buffers.indexes[1]},
+        values_{cells_of<Value>(grower_buffers.values[0], rows * kPerBin),
+                cells_of<Value>(grower_buffers.values[1], rows * kPerBin)},
         goes_left_(grower_buffers.goes_left), begin_(nodes, 0), end_(nodes, 0), in_(nodes, 0) {
     indexes_[0]->resize(rows), indexes_[1]->resize(rows), goes_left_.resize(rows);
-    std::iota(indexes_[0]->begin(), indexes_[0]->begin() + rows, 0);
+    at::parallel_for(0, rows, gbdt::kRowGrain, [&](int64_t lo, int64_t hi) {
+      int32_t* const index = indexes_[0]->data();
+      Value* const values = values_[0];
+      for (int64_t r = lo; r < hi; ++r) {
+        index[r] = static_cast<int32_t>(r);
+        grads.value(r, values + r * kPerBin);
+      }
+    });
     end_[0] = rows;
   }
   int64_t count(int64_t n) const { return end_[n] - begin_[n]; }
   const int32_t* rows(int64_t n) const { return index(n) + begin_[n]; }
   const int32_t* index(int64_t n) const { return indexes_[in_[n]]->data(); }  // (that holds n)
+  const Value* values(int64_t n) const { return values_[in_[n]] + begin_[n] * kPerBin; }
 
   // Where split node n (a's feature, split_bin, default_left, cat_left) sends its rows at
   // positions [begin, end) of its index (within [begin_[n], end_[n])), in order: body(i,
@@ -448,10 +467,10 @@ class RowPartition {
     });
   }
 
-  // The rows of every split node (a's feature, split_bin, default_left, cat_left), stably
-  // partitioned into its children in the other index: blocks decide in parallel (reading the
-  // split feature's column, where a node's rows share cache lines), then scatter to offsets
-  // from the blocks before them.
+  // The rows of every split node (a's feature, split_bin, default_left, cat_left), with their
+  // values, stably partitioned into its children in the other index: blocks decide in
+  // parallel (reading the split feature's column, where a node's rows share cache lines),
+  // then scatter to offsets from the blocks before them.
   void split(const GbdtGrowTree& a, const std::vector<int64_t>& split_nodes) {
     std::vector<Block> blocks = this->blocks(split_nodes);
     each_block(blocks, [&](Block& blk) {
@@ -474,14 +493,19 @@ class RowPartition {
       }
     }
     each_block(blocks, [&](Block& blk) {
+      const int64_t k = kPerBin;
       const int32_t* from = indexes_[in_[blk.node]]->data();
       int32_t* to = indexes_[1 - in_[blk.node]]->data();
+      const Value* from_values = values_[in_[blk.node]];
+      Value* to_values = values_[1 - in_[blk.node]];
       const uint8_t* goes = goes_left_.data();
       int64_t left_at = blk.left_at, right_at = blk.right_at;
       const int64_t end = blk.end;
       for (int64_t i = blk.begin; i < end; ++i) {  // no branch on the data
         const int64_t l = goes[i];
-        to[right_at + (left_at - right_at) * l] = from[i];
+        const int64_t at = right_at + (left_at - right_at) * l;
+        to[at] = from[i];
+        std::memcpy(to_values + at * k, from_values + i * k, sizeof(Value) * k);  // (one move)
         left_at += l;
         right_at += 1 - l;
       }
@@ -490,6 +514,7 @@ class RowPartition {
 
  private:
   std::vector<int32_t>* indexes_[2];  // (grower_buffers': rows long or longer)
+  Value* values_[2];                  // (grower_buffers')
   std::vector<uint8_t>& goes_left_;
   std::vector<int64_t> begin_, end_;
   std::vector<uint8_t> in_;  // the index that holds each node's rows
@@ -506,7 +531,7 @@ template <typename Gradients, int G>
 void add_rows(typename Gradients::Cell* const* hist,
               std::vector<typename Gradients::Cell>& second, int64_t B,
               const uint8_t* const* column, const int32_t* index,
-              const typename Gradients::Cell* values, int64_t n) {
+              const typename Gradients::Value* values, int64_t n) {
   using Cell = typename Gradients::Cell;
   constexpr int64_t k = Gradients::kPerBin;
   const bool two = n >= kTwoChainRows;
@@ -546,7 +571,7 @@ void add_rows(typename Gradients::Cell* const* hist,
 template <typename Gradients>
 void add_rows_by_row(typename Gradients::Cell* hist, std::vector<typename Gradients::Cell>& second,
                      int64_t B, int64_t F, const uint8_t* bins, int64_t stride,
-                     const int32_t* index, const typename Gradients::Cell* values, int64_t n) {
+                     const int32_t* index, const typename Gradients::Value* values, int64_t n) {
   using Cell = typename Gradients::Cell;
   constexpr int64_t k = Gradients::kPerBin;
   const bool two = n >= kTwoChainRows;
@@ -575,58 +600,42 @@ template <typename Gradients>
 class HistogramBuilder {
  public:
   using Cell = typename Gradients::Cell;
-  HistogramBuilder(const GbdtGrowTree& a, const Gradients& grads) : a_(a), grads_(grads) {}
+  explicit HistogramBuilder(const GbdtGrowTree& a) : a_(a) {}
   int64_t feature_cells() const { return a_.num_bins * Gradients::kPerBin; }
   int64_t cells() const { return a_.features * feature_cells(); }
 
-  // The histograms of nodes list[0, count) into out (count x cells()): the nodes' values
-  // gathered in their rows' order, then in parallel over features, every bin summed by one
-  // thread in a fixed order (the same for any thread count).
-  void build(const RowPartition& partition, const int32_t* list, int64_t count, Cell* out) {
-    gather(partition, list, count);
+  // The histograms of nodes list[0, count) into out (count x cells()), in parallel over
+  // features, every bin summed by one thread in a fixed order (the same for any thread count).
+  void build(const RowPartition<Gradients>& partition, const int32_t* list, int64_t count,
+             Cell* out) {
     build_features(partition, list, count, out, 0, a_.features);
   }
 
-  // The first step of build: the listed nodes' values in their rows' order.
-  void gather(const RowPartition& partition, const int32_t* list, int64_t count) {
-    const int64_t k = Gradients::kPerBin;
-    value_at_.assign(count + 1, 0);
-    for (int64_t s = 0; s < count; ++s) value_at_[s + 1] = value_at_[s] + partition.count(list[s]);
-    const int64_t total = value_at_[count];
-    values_ = cells_of<Cell>(grower_buffers.values, total * k);
-    at::parallel_for(0, total, gbdt::kRowGrain, [&](int64_t lo, int64_t hi) {
-      const Gradients grads = grads_;  // (locals: the loop keeps them in registers)
-      Cell* const values = values_;
-      int64_t s = std::upper_bound(value_at_.begin(), value_at_.end(), lo) - value_at_.begin() - 1;
-      for (int64_t p = lo; p < hi; ++s) {  // node list[s]'s rows in [p, end)
-        const int64_t end = std::min(hi, value_at_[s + 1]);
-        const int32_t* rows = partition.rows(list[s]) - value_at_[s];
-        for (; p < end; ++p) grads.gather(rows[p], values + p * k);
-      }
-    });
-  }
-
-  // Each listed node's sum of its gathered values (kPerBin cells), in row order.
-  void node_sums(int64_t count, Cell* out) const {
+  // Each listed node's sum of its values (kPerBin cells), in row order.
+  static void node_sums(const RowPartition<Gradients>& partition, const int32_t* list,
+                        int64_t count, Cell* out) {
     const int64_t k = Gradients::kPerBin;
     for (int64_t s = 0; s < count; ++s) {
+      const auto* values = partition.values(list[s]);
       Cell sum[k] = {};
-      for (int64_t p = value_at_[s]; p < value_at_[s + 1]; ++p) {
-        Gradients::add(sum, &values_[p * k]);
+      for (int64_t p = 0; p < partition.count(list[s]); ++p) {
+        Cell v[k];
+        for (int64_t c = 0; c < k; ++c) v[c] = values[p * k + c];
+        Gradients::add(sum, v);
       }
       std::copy(sum, sum + k, out + s * k);
     }
   }
 
-  // The second step: the histograms of features [first, last) (after gather).
-  void build_features(const RowPartition& partition, const int32_t* list, int64_t count,
-                      Cell* out, int64_t first, int64_t last) {
-    const int64_t k = Gradients::kPerBin, F = last - first;
+  // The histograms of features [first, last) only.
+  void build_features(const RowPartition<Gradients>& partition, const int32_t* list,
+                      int64_t count, Cell* out, int64_t first, int64_t last) {
+    const int64_t F = last - first;
     const auto run = [&](int64_t f_begin, int64_t f_end) {
       std::vector<Cell> second;
       for (int64_t s = 0; s < count; ++s) {
         const int64_t n = list[s];
-        const Cell* v = values_ + value_at_[s] * k;
+        const auto* v = partition.values(n);
         Cell* h = out + s * cells() + f_begin * feature_cells();
         std::fill(h, h + (f_end - f_begin) * feature_cells(), Cell(0));
         if (a_.bins_by_feature == nullptr) {  // row-wise
@@ -650,7 +659,9 @@ class HistogramBuilder {
         }
       }
     };
-    const int64_t tasks = value_at_[count] * F < (int64_t(1) << 16) ? 1 :
+    int64_t rows = 0;
+    for (int64_t s = 0; s < count; ++s) rows += partition.count(list[s]);
+    const int64_t tasks = rows * F < (int64_t(1) << 16) ? 1 :
                           std::min<int64_t>(at::get_num_threads(), F);
     if (tasks <= 1) return run(first, last);
     at::parallel_for(0, tasks, 1, [&](int64_t t_begin, int64_t t_end) {
@@ -662,9 +673,6 @@ class HistogramBuilder {
 
  private:
   const GbdtGrowTree& a_;
-  const Gradients& grads_;
-  Cell* values_ = nullptr;         // the listed nodes' gradients, in their rows' order
-  std::vector<int64_t> value_at_;  // where each node's start
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -827,8 +835,8 @@ class TreeGrower {
       : a_(a), grads_(grads), reducer_(reducer), nodes_((int64_t(2) << a.max_depth) - 1),
         own_(reducer.features()),
         own_cells_((own_.second - own_.first) * a.num_bins * Gradients::kPerBin),
-        used_bins_(used_bins(a, reducer.distributed())), partition_(a.rows, nodes_),
-        histograms_(a, grads), splitter_(a, grads, own_, used_bins_),
+        used_bins_(used_bins(a, reducer.distributed())), partition_(grads, a.rows, nodes_),
+        histograms_(a), splitter_(a, grads, own_, used_bins_),
         node_rows_(nodes_, 0), reached_(nodes_, 0) {}
 
   void grow() {
@@ -868,9 +876,8 @@ class TreeGrower {
       return;
     }
     local_.resize(S * histograms_.cells());
-    histograms_.gather(partition_, list, S);
     std::vector<Cell> total_cells(S * k, Cell(0));  // per node the sums of its values
-    if (a_.features > 0) histograms_.node_sums(S, total_cells.data());  // (as one process)
+    if (a_.features > 0) histograms_.node_sums(partition_, list, S, total_cells.data());
     std::vector<int64_t> rows(S);
     for (int64_t s = 0; s < S; ++s) rows[s] = partition_.count(list[s]);
     const auto build = [&](int64_t first, int64_t last) {
@@ -973,13 +980,13 @@ class TreeGrower {
     int32_t* const leaf = a_.leaf;
     if (a_.quantize_bins == 0) {  // labels only: in blocks of rows, even shares per thread
       auto blocks = partition_.blocks(leaves);
-      RowPartition::each_block(blocks, [&](const RowPartition::Block& blk) {
+      RowPartition<Gradients>::each_block(blocks, [&](const auto& blk) {
         const int32_t* index = partition_.index(blk.node);
         const int32_t n = static_cast<int32_t>(blk.node);
         for (int64_t i = blk.begin; i < blk.end; ++i) leaf[index[i]] = n;
       });
       blocks = partition_.blocks(last_split_);
-      RowPartition::each_block(blocks, [&](const RowPartition::Block& blk) {
+      RowPartition<Gradients>::each_block(blocks, [&](const auto& blk) {
         const int32_t right = static_cast<int32_t>(2 * blk.node + 2), left = right - 1;
         partition_.decide(a_, blk.node, blk.begin, blk.end,
                           [=](int64_t, int32_t r, bool l) { leaf[r] = l ? left : right; });
@@ -1035,7 +1042,7 @@ class TreeGrower {
   const std::pair<int64_t, int64_t> own_;  // the features this process searches
   const int64_t own_cells_;                // of a node's histograms of them
   const std::vector<int64_t> used_bins_;  // per feature
-  RowPartition partition_;
+  RowPartition<Gradients> partition_;
   HistogramBuilder<Gradients> histograms_;
   SplitFinder<Gradients> splitter_;
   std::vector<Cell> local_;         // a data-parallel level's histograms of this process's rows
