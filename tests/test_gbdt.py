@@ -389,16 +389,36 @@ def test_grow_tree_row_wise_equals_col_wise(kind, threads):
         assert torch.equal(a, b)
 
 
-def test_force_row_wise():
-    """Row-wise histograms (force_row_wise) give the same model as the default col-wise."""
+@pytest.mark.parametrize("margin,auto_layout", [(0.0, "col-wise"), (1e9, "row-wise")])
+def test_histogram_layouts(monkeypatch, margin, auto_layout):
+    """force_row_wise and force_col_wise (LightGBM's options) give the same model; by default
+    the first tree is timed in both layouts (here always, whatever its time) and the fit takes
+    the faster by the margin (here forced either way), with the same model again."""
+    from pynotes.gbdt.grower import TreeGrower
+    monkeypatch.setattr(TreeGrower, "LAYOUT_TIMING_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(TreeGrower, "ROW_WISE_MARGIN", margin)
     X, y = make_classification(n_samples=5000, n_features=10, random_state=0)
-    models = [GBDTClassifier(n_estimators=3, max_depth=4, force_row_wise=row_wise).fit(X, y)
-              for row_wise in (False, True)]
-    assert [m.histogram_layout_ for m in models] == ["col-wise", "row-wise"]
-    for a, b in zip(models[0]._ensemble.tensors("cpu")[:4], models[1]._ensemble.tensors("cpu")):
-        assert torch.equal(a, b)
+    options = [{"force_col_wise": True}, {"force_row_wise": True}, {}]
+    models = [GBDTClassifier(n_estimators=3, max_depth=4, **o).fit(X, y) for o in options]
+    assert [m.histogram_layout_ for m in models] == ["col-wise", "row-wise", auto_layout]
+    assert [m.histogram_layout_seconds_ for m in models[:2]] == [None, None]
+    seconds = models[2].histogram_layout_seconds_
+    assert sorted(seconds) == ["col-wise", "row-wise"] and all(t > 0 for t in seconds.values())
+    for m in models[1:]:
+        for a, b in zip(models[0]._ensemble.tensors("cpu")[:4], m._ensemble.tensors("cpu")):
+            assert torch.equal(a, b)
+        assert np.array_equal(models[0].predict_proba(X), m.predict_proba(X))
+    # A first tree too short to time stays col-wise, untimed in row-wise.
+    monkeypatch.setattr(TreeGrower, "LAYOUT_TIMING_MIN_SECONDS", 1e9)
+    model = GBDTClassifier(n_estimators=2, max_depth=3).fit(X, y)
+    assert model.histogram_layout_ == "col-wise"
+    assert model.histogram_layout_seconds_["row-wise"] is None
     with pytest.raises(ValueError, match="force_row_wise must be a bool"):
         GBDTClassifier(force_row_wise="yes").fit(X[:100], y[:100])
+    with pytest.raises(ValueError, match="force_col_wise must be a bool"):
+        GBDTClassifier(force_col_wise=1).fit(X[:100], y[:100])
+    with pytest.raises(ValueError, match="cannot both be True"):
+        GBDTClassifier(force_row_wise=True, force_col_wise=True).fit(X[:100], y[:100])
 
 
 def test_quantized_grow_tree():

@@ -58,7 +58,7 @@ class GBDTBase(BaseEstimator):
                  colsample_bytree=1.0, early_stopping_rounds=None, use_quantized_grad=False,
                  num_grad_quant_bins=4, categorical_features="from_dtype", random_state=0,
                  device="cpu", n_jobs=None, distributed="auto", force_row_wise=False,
-                 verbose=False):
+                 force_col_wise=False, verbose=False):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.max_depth = max_depth
@@ -75,6 +75,7 @@ class GBDTBase(BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.force_row_wise = force_row_wise
+        self.force_col_wise = force_col_wise
         self.n_jobs = n_jobs
         self.distributed = distributed
         self.verbose = verbose
@@ -120,8 +121,11 @@ class GBDTBase(BaseEstimator):
               f"n_jobs must be None or a non-zero int, got {self.n_jobs!r}")
         check(self.device in ("cpu", "cuda") or str(self.device).startswith("cuda:"),
               f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        check(isinstance(self.force_row_wise, (bool, np.bool_)),
-              f"force_row_wise must be a bool, got {self.force_row_wise!r}")
+        for name in ("force_row_wise", "force_col_wise"):
+            check(isinstance(getattr(self, name), (bool, np.bool_)),
+                  f"{name} must be a bool, got {getattr(self, name)!r}")
+        check(not (self.force_row_wise and self.force_col_wise),
+              "force_row_wise and force_col_wise cannot both be True")
         check(self.distributed in ("auto", False),
               f"distributed must be 'auto' or False, got {self.distributed!r}")
 
@@ -182,8 +186,9 @@ class GBDTBase(BaseEstimator):
         y32 = yt.float()
         w32 = None if bool((w == 1).all()) else w.float()
         self._ensemble = Ensemble(2 ** (self.max_depth + 1) - 1, groups, base, categorical)
-        # (col-wise, the row-major bins die once the grower has its copy)
-        layout = "row-wise" if self.force_row_wise else "col-wise"
+        # (the grower keeps the layouts it may use; the others' bins die here)
+        layout = "row-wise" if self.force_row_wise else \
+            "col-wise" if self.force_col_wise else "auto"
         grower = TreeGrower(ops.bin_features(x, cuts, self.max_bins - 1), cuts, self, dev,
                             self._ensemble.categorical, layout=layout,
                             **collective.grow_tree_args())
@@ -258,6 +263,7 @@ class GBDTBase(BaseEstimator):
         total = gains.sum()
         self.feature_importances_ = (gains / total if total > 0 else gains).numpy()
         self.histogram_layout_ = grower.layout
+        self.histogram_layout_seconds_ = grower.layout_seconds
         self.n_processes_ = collective.size
         self.reduced_bytes_ = collective.tree_bytes
         return self

@@ -1,6 +1,8 @@
 """One tree at a time: the binned features, the cut points' values, and one call of
 pynotes.ops.gbdt.grow_tree per tree (TreeGrower); and the level loop that grows a tree where the
 CPU extension does not (grow_tree_by_levels: CUDA, the pure-PyTorch fallback)."""
+import time
+
 import torch
 
 from pynotes.ops import gbdt as ops
@@ -11,16 +13,34 @@ class TreeGrower:
     """Grows one tree depth-wise on binned data with the pynotes kernels.
 
     On the CPU the histograms are built from bins stored one feature after another
-    (col-wise, the default) or, with layout="row-wise", one row after another (XGBoost's
-    layout: a row's value read once for all its features); the trees are the same bits."""
+    (layout="col-wise") or one row after another ("row-wise", XGBoost's layout: a row's bins
+    read together); the trees are the same bits. layout="auto" (LightGBM's way) times the
+    first tree in both on this machine and keeps the faster (layout_seconds: the timings)."""
+
+    # A first tree faster than this is not timed again: either layout is fast, and the
+    # timings of so short a call are noise.
+    LAYOUT_TIMING_MIN_SECONDS = 0.005
+    # Row-wise is taken where its tree takes at most this fraction of the col-wise tree's
+    # time (one tree's time varies by ~5 % from call to call; col-wise is the default).
+    ROW_WISE_MARGIN = 0.9
 
     def __init__(self, bins, cuts, params, device, categorical=None, collective=None,
                  processes=1, rank=0, row_offset=0, layout="col-wise"):
-        # The layout ops.grow_tree reads on the CPU (elsewhere bins as they come).
+        # The layouts ops.grow_tree may read on the CPU (elsewhere bins as they come). A
+        # data-parallel fit does not time them: each process would choose alone, and a
+        # timing tree is a collective call that every process must make.
         cpu = bins.device.type == "cpu"
-        self.layout = layout
-        self.bins = bins.contiguous() if layout == "row-wise" else \
-            bins.t().contiguous().t() if cpu else bins
+        if layout == "auto" and (not cpu or collective is not None):
+            layout = "col-wise"
+        self.layout, self.layout_seconds = layout, None
+        self._bins = None  # both layouts, until "auto" chooses
+        if not cpu:
+            self.bins = bins
+        elif layout == "auto":
+            self.bins, self._bins = None, {"row-wise": bins.contiguous(),
+                                           "col-wise": bins.t().contiguous().t()}
+        else:
+            self.bins = bins.contiguous() if layout == "row-wise" else bins.t().contiguous().t()
         self.device, self.p = device, params
         self.categorical = categorical
         # One process of a distributed fit: the combining callback, the number of processes,
@@ -37,9 +57,34 @@ class TreeGrower:
         and the categorical splits' left sets; leaf values include the learning rate. Rows
         left out by subsampling come with zero gradient and hessian; seed drives the rounding
         of quantized gradients."""
+        if self.layout == "auto":
+            return self._choose_layout(grad, hess, feature_mask, seed)
+        return self._grow(self.bins, grad, hess, feature_mask, seed)
+
+    def _choose_layout(self, grad, hess, feature_mask, seed):
+        """The first tree, grown col-wise, then (if it took long enough to time) row-wise and
+        col-wise again, each timed: the layout of the faster from here on (the first tree
+        paid for the grower's buffers' first touch, so it is not compared)."""
+        def timed(layout):
+            start = time.perf_counter()
+            out = self._grow(self._bins[layout], grad, hess, feature_mask, seed)
+            return out, time.perf_counter() - start
+
+        tree, first = timed("col-wise")
+        seconds = {"col-wise": first, "row-wise": None}
+        if first >= self.LAYOUT_TIMING_MIN_SECONDS:
+            seconds["row-wise"] = timed("row-wise")[1]
+            seconds["col-wise"] = timed("col-wise")[1]
+        faster = seconds["row-wise"] is not None and \
+            seconds["row-wise"] <= self.ROW_WISE_MARGIN * seconds["col-wise"]
+        self.layout = "row-wise" if faster else "col-wise"
+        self.bins, self._bins, self.layout_seconds = self._bins[self.layout], None, seconds
+        return tree
+
+    def _grow(self, bins, grad, hess, feature_mask, seed):
         p = self.p
         feature, split_bin, default_left, gain, sums, leaf, cat_left = ops.grow_tree(
-            self.bins, grad, hess, p.max_depth, self.num_bins, p.reg_lambda, p.gamma,
+            bins, grad, hess, p.max_depth, self.num_bins, p.reg_lambda, p.gamma,
             p.min_child_weight, feature_mask,
             quantize_bins=p.num_grad_quant_bins if p.use_quantized_grad else 0, seed=seed,
             categorical=self.categorical, collective=self.collective, processes=self.processes,
