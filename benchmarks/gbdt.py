@@ -178,9 +178,13 @@ def make_model(library, task, depth, rounds, threads, device="cpu"):
 
 def leaves(model):
     """pynotes' leaves per tree (mean and fewest): a tree of the complete heap has one more
-    leaf than splits."""
+    leaf than splits; and the histogram layout the fit chose, with its first tree's times."""
     splits = torch.stack(model._ensemble.feature).ge(0).sum(1)
-    return f"pynotes leaves per tree {splits.double().mean() + 1:.0f} (fewest {splits.min() + 1})"
+    seconds = model.histogram_layout_seconds_ or {}
+    timed = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items() if v is not None)
+    return (f"pynotes leaves per tree {splits.double().mean() + 1:.0f} (fewest "
+            f"{splits.min() + 1}); histograms {model.histogram_layout_}"
+            + (f" (first tree {timed})" if timed else ""))
 
 
 def peers(device):
