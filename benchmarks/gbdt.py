@@ -176,7 +176,7 @@ def make_model(library, task, depth, rounds, threads, device="cpu"):
                max_bins=255, early_stopping=False)
 
 
-def leaves(model):
+def fit_note(model):
     """pynotes' leaves per tree (mean and fewest): a tree of the complete heap has one more
     leaf than splits; and the histogram layout the fit chose, with its first tree's times."""
     splits = torch.stack(model._ensemble.feature).ge(0).sum(1)
@@ -315,7 +315,7 @@ def run(device, quick=True):
             metric, theirs = score(task, y_test, models[library],
                                    for_library(library, X_test, kept))
             _, ours = score(task, y_test, models["pynotes"], X_test)
-            note = f"{metric} {theirs:.4f} vs pynotes {ours:.4f}; {leaves(models['pynotes'])}"
+            note = f"{metric} {theirs:.4f} vs pynotes {ours:.4f}; {fit_note(models['pynotes'])}"
             if memory:
                 note += (f"; peak memory {memory[library][0]:.0f} MB vs "
                          f"{memory['pynotes'][0]:.0f} MB (glibc mmap threshold fixed: "
