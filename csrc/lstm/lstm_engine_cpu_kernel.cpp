@@ -6,7 +6,10 @@
 // slice is a register-blocked micro-kernel: per 4 gates x kBatch rows, accumulators over k,
 // each k one vector of 4 gates' weights for L units (packed [k][gate][L], so the loads
 // stream) times a broadcast of h[b, k]. The weights of a slice (4 x units x H) are packed once
-// per call and stay in that core's cache.
+// per call and stay in that core's cache. Each step visits a thread's blocks of weights in the
+// reverse order of the step before, starting on what was read last: where the blocks outgrow
+// the L2, as much of them as fits is still there (in one fixed order, each block would be
+// evicted just before its turn). Blocks are independent, so the order does not change the bits.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/Utils.h>
@@ -476,7 +479,8 @@ void engine_forward(const LstmEngineForward& a) {
       R* h_write = h_buffers.data() + ((step + 1) & 1) * B * K;
       // With several row blocks, k runs in chunks whose weights stay in L1 across them.
       const int64_t chunk = n > kBatch<A> ? kChunk<T> : K;
-      for (int64_t block = 0; block < blocks; ++block) {
+      for (int64_t visit = 0; visit < blocks; ++visit) {  // reversed every step (see top)
+        const int64_t block = step & 1 ? visit : blocks - 1 - visit;
         const int64_t j = slice.begin + block * L, width = std::min(L, slice.end - j);
         const T* w = packed + block * K * 4 * L;
         for (int64_t k0 = 0; k0 < K; k0 += chunk) {
@@ -591,7 +595,8 @@ void engine_backward(const LstmEngineBackward& a) {
         }
       }
       barrier.wait();
-      for (int64_t group = 0; group < groups; ++group) {
+      for (int64_t visit = 0; visit < groups; ++visit) {  // reversed every step (see top)
+        const int64_t group = (a.steps - 1 - step) & 1 ? visit : groups - 1 - visit;
         const T* w = packed.data() + group * G * 4 * L;
         // With several row blocks, j runs in chunks whose weights stay in L1 across them.
         const int64_t chunk = n > kBatch<A> ? kChunk<T> : G;
