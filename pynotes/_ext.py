@@ -95,6 +95,7 @@ def backend_info() -> dict:
                            "mkl_packed_gemm": _C.mkl_packed_gemm_available(),
                            "lstm_engine": _C.lstm_engine_choices(),
                            "lstm_onednn_rnn": _C.lstm_onednn_rnn_costs(),
+                           "lstm_cell": _C.lstm_cell_choices(),
                            "group_norm_sums": _C.group_norm_sums_choices(),
                            "group_norm_walks": _C.group_norm_forward_walks(),
                            "cpu_cache": _C.cpu_cache_stats()}

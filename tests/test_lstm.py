@@ -36,6 +36,16 @@ def recurrent_path(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["measured", "fused", "products"])
+def cell_form(request, monkeypatch):
+    """Runs a cell test with the form chosen by measurement, and with each form forced: one
+    fused kernel with its products (CPU, float32/float64), or two products and the step kernel
+    (lstm_ops.cpp, cell_fused)."""
+    if request.param != "measured":
+        monkeypatch.setenv("PYNOTES_LSTM_CELL", request.param)
+    return request.param
+
+
 def copy_of(reference_module, module_type, *args, **kwargs):
     module = module_type(*args, **kwargs).to(next(reference_module.parameters()))
     module.load_state_dict(reference_module.state_dict())
@@ -59,6 +69,7 @@ def seeded_grads(outputs, inputs, seed):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch,input_size,hidden", CELL_SIZES)
+@pytest.mark.usefixtures("cell_form")
 def test_cell_matches_torch(device, batch, input_size, hidden, bias):
     ref = torch.nn.LSTMCell(input_size, hidden, bias=bias).to(device, torch.float64)
     cell = copy_of(ref, pynotes.nn.LSTMCell, input_size, hidden, bias=bias)
@@ -74,6 +85,7 @@ def test_cell_matches_torch(device, batch, input_size, hidden, bias):
         assert_close(a, e, torch.float64)
 
 
+@pytest.mark.usefixtures("cell_form")
 def test_cell_float32_and_unbatched(device):
     ref = torch.nn.LSTMCell(10, 20).to(device)
     cell = copy_of(ref, pynotes.nn.LSTMCell, 10, 20)
@@ -99,12 +111,66 @@ def test_cell_and_layer_half(device, dtype):
         torch.testing.assert_close(a.double(), e, **tol)
 
 
+@pytest.mark.usefixtures("cell_form")
 def test_cell_gradcheck(device):
     args = [torch.randn(s, dtype=torch.float64, device=device, requires_grad=True)
             for s in [(3, 5), (3, 6), (3, 6), (24, 5), (24, 6), (24,), (24,)]]
     assert torch.autograd.gradcheck(lambda *a: pynotes.ops.lstm_cell(*a), args)
     # Only hy used: the cell gradient enters through hy alone.
     assert torch.autograd.gradcheck(lambda *a: pynotes.ops.lstm_cell(*a)[0], args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch,input_size,hidden", [(1, 40, 37), (6, 17, 16), (9, 3, 70)])
+def test_fused_cell_against_float64(device, monkeypatch, dtype, batch, input_size, hidden):
+    """The fused cell (rows of 1-4 per pass, partial and several unit blocks per thread) on
+    non-contiguous inputs: outputs and workspace (the activated gates) as the float64
+    reference's, the same bits for 1 and 3 threads, and as the products' within rounding."""
+    if device != "cpu":
+        pytest.skip("the fused cell is the CPU's")
+    torch.manual_seed(batch * 100 + hidden)
+    x = torch.randn(input_size, batch, dtype=torch.float64).t()
+    h, c = torch.randn(2, batch, hidden, dtype=torch.float64)
+    w_ih = torch.randn(input_size, 4 * hidden, dtype=torch.float64).t() / input_size ** 0.5
+    w_hh = torch.randn(4 * hidden, hidden, dtype=torch.float64) / hidden ** 0.5
+    b_ih, b_hh = torch.randn(2, 4 * hidden, dtype=torch.float64)
+    args = [t.to(dtype) for t in (x, h, c, w_ih, w_hh, b_ih, b_hh)]
+    expected = reference.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    gates = (x @ w_ih.t() + h @ w_hh.t() + b_ih + b_hh).view(batch, 4, hidden)
+    activated = torch.cat([gates[:, :2].sigmoid(), gates[:, 2:3].tanh(), gates[:, 3:].sigmoid()],
+                          dim=1).view(batch, 4 * hidden)
+    results = {}
+    previous = torch.get_num_threads()
+    try:
+        for form, threads in (("fused", 1), ("fused", 3), ("products", 3)):
+            monkeypatch.setenv("PYNOTES_LSTM_CELL", form)
+            torch.set_num_threads(threads)
+            results[form, threads] = torch.ops.pynotes.lstm_cell(*args)
+    finally:
+        torch.set_num_threads(previous)
+    for a, e in zip(results["fused", 1], [*expected, activated]):
+        assert_close(a, e, dtype)
+    for a, b in zip(results["fused", 1], results["fused", 3]):
+        assert torch.equal(a, b)
+    for a, b in zip(results["fused", 1], results["products", 3]):
+        assert_close(a, b.double(), dtype)
+
+
+@pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")
+def test_cell_form_is_measured_reported_and_overridable(monkeypatch):
+    cell = pynotes.nn.LSTMCell(12, 20)
+    with torch.no_grad():
+        cell(torch.randn(3, 12))
+    choices = [c for c in pynotes.backend_info()["choices"]["lstm_cell"]
+               if c["shape_class"] == (4, 16, 32) and c["dtype"] == "Float"]
+    assert len(choices) == 1
+    c = choices[0]
+    assert c["fused_us"] > 0 and c["products_us"] > 0
+    assert c["form"] == ("fused" if c["fused_us"] <= c["products_us"] else "products")
+    monkeypatch.setenv("PYNOTES_LSTM_CELL", "yes")
+    with pytest.raises(RuntimeError, match="PYNOTES_LSTM_CELL must be 'fused' or 'products', "
+                                           "got 'yes'"):
+        cell(torch.randn(3, 12))
 
 
 @pytest.mark.parametrize("packed,reverse,project", [(False, False, False), (False, True, True),

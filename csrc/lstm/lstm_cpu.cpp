@@ -10,7 +10,8 @@ const LstmStepKernels& cpu_kernels() {
   static const LstmStepKernels kernels{PYNOTES_CPU_KERNEL(lstm_step_forward_cpu_kernel),
                                        PYNOTES_CPU_KERNEL(lstm_step_backward_cpu_kernel),
                                        PYNOTES_CPU_KERNEL(lstm_engine_forward_cpu_kernel),
-                                       PYNOTES_CPU_KERNEL(lstm_engine_backward_cpu_kernel)};
+                                       PYNOTES_CPU_KERNEL(lstm_engine_backward_cpu_kernel),
+                                       PYNOTES_CPU_KERNEL(lstm_cell_forward_cpu_kernel)};
   return kernels;
 }
 

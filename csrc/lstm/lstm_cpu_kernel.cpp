@@ -92,7 +92,119 @@ void step_backward(const LstmStepBackward& a) {
   });
 }
 
+// Pre-activations z[b][q * L + u] = x[b] . w_ih[row] + h[b] . w_hh[row] for rows q * H + j + u
+// of the width units of block j and kB rows of the batch: kR weight rows at a time, each sum
+// over its lanes at the end (the same order whatever the threads).
+template <int kB, typename T>
+void cell_block_preactivations(const LstmCellForward& a, int64_t j, int64_t width, int64_t b0,
+                               T* z) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int64_t L = V::size();
+  constexpr int kR = kB == 1 ? 8 : 4;  // accumulators: kR x kB vectors
+  const int64_t H = a.hidden, I = a.input_size;
+  const T* x = static_cast<const T*>(a.input) + b0 * I;
+  const T* h = static_cast<const T*>(a.hx) + b0 * H;
+  const T* w_ih = static_cast<const T*>(a.w_ih);
+  const T* w_hh = static_cast<const T*>(a.w_hh);
+  for (int64_t n = 0; n < 4 * width; n += kR) {
+    // Rows n..n + kR of this block's 4 x width (gate-major); the last group may repeat row
+    // 4 * width - 1 in place of the rows past it (computed, not stored).
+    int64_t row[kR];
+    for (int r = 0; r < kR; ++r) {
+      const int64_t m = std::min(n + r, 4 * width - 1);
+      row[r] = (m / width) * H + j + m % width;
+    }
+    V acc[kR][kB];
+    for (auto& per_row : acc) {
+      for (auto& v : per_row) v = V(T(0));
+    }
+    // Rows of w are not evenly spaced in general: one group call per row of w_ih/w_hh would
+    // lose the shared loads of v, so the rows are gathered by pointer.
+    const T* wi[kR];
+    const T* wh[kR];
+    for (int r = 0; r < kR; ++r) {
+      wi[r] = w_ih + row[r] * I;
+      wh[r] = w_hh + row[r] * H;
+    }
+    for (int64_t k = 0; k < I; k += L) {
+      const int64_t m = std::min(L, I - k);
+      V vb[kB];
+      for (int b = 0; b < kB; ++b) vb[b] = m == L ? V::loadu(x + b * I + k) : V::loadu(x + b * I + k, m);
+#pragma GCC unroll 8
+      for (int r = 0; r < kR; ++r) {
+        const V wr = m == L ? V::loadu(wi[r] + k) : V::loadu(wi[r] + k, m);
+#pragma GCC unroll 4
+        for (int b = 0; b < kB; ++b) acc[r][b] = at::vec::fmadd(wr, vb[b], acc[r][b]);
+      }
+    }
+    for (int64_t k = 0; k < H; k += L) {
+      const int64_t m = std::min(L, H - k);
+      V vb[kB];
+      for (int b = 0; b < kB; ++b) vb[b] = m == L ? V::loadu(h + b * H + k) : V::loadu(h + b * H + k, m);
+#pragma GCC unroll 8
+      for (int r = 0; r < kR; ++r) {
+        const V wr = m == L ? V::loadu(wh[r] + k) : V::loadu(wh[r] + k, m);
+#pragma GCC unroll 4
+        for (int b = 0; b < kB; ++b) acc[r][b] = at::vec::fmadd(wr, vb[b], acc[r][b]);
+      }
+    }
+    for (int r = 0; r < kR && n + r < 4 * width; ++r) {
+      const int64_t m = n + r;
+      for (int b = 0; b < kB; ++b) {
+        z[b * 4 * L + (m / width) * L + m % width] =
+            at::vec::vec_reduce_all<T>([](const V& p, const V& q) { return p + q; }, acc[r][b]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void cell_forward(const LstmCellForward& a) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int64_t L = V::size();
+  constexpr int kRowBlock = 4;
+  const int64_t H = a.hidden, B = a.rows;
+  const int64_t blocks = (H + L - 1) / L;
+  const T* bias = static_cast<const T*>(a.bias);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) T z[kRowBlock * 4 * L] = {};  // (lanes past a partial block: finite)
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t j = block * L, width = std::min(L, H - j);
+      for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
+        const int64_t n = std::min<int64_t>(kRowBlock, B - b0);
+        switch (n) {
+          case 1: cell_block_preactivations<1>(a, j, width, b0, z); break;
+          case 2: cell_block_preactivations<2>(a, j, width, b0, z); break;
+          case 3: cell_block_preactivations<3>(a, j, width, b0, z); break;
+          default: cell_block_preactivations<4>(a, j, width, b0, z); break;
+        }
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t b = b0 + r;
+          const T* zr = z + r * 4 * L;
+          lstm::Gates<V> g{V::loadu(zr), V::loadu(zr + L), V::loadu(zr + 2 * L),
+                           V::loadu(zr + 3 * L)};
+          if (bias) {
+            const lstm::Gates<V> bz = GateRow<const T>{bias, H}.load(j, width);
+            g = {g.i + bz.i, g.f + bz.f, g.g + bz.g, g.o + bz.o};
+          }
+          const lstm::Gates<V> act = lstm::activate(g, VecSigmoid{}, VecTanh{});
+          const V cv = V::loadu(static_cast<const T*>(a.c) + b * H + j, width);
+          const V cn = lstm::next_cell(act, cv);
+          const V hn = lstm::next_hidden(act, cn, VecTanh{});
+          GateRow<T>{static_cast<T*>(a.gates) + b * 4 * H, H}.store(act, j, width);
+          cn.store(static_cast<T*>(a.c_next) + b * H + j, width);
+          hn.store(static_cast<T*>(a.h_next) + b * H + j, width);
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
+
+void lstm_cell_forward_cpu_kernel(const LstmCellForward& a) {
+  AT_DISPATCH_FLOATING_TYPES(a.dtype, "lstm_cell_forward_cpu", [&] { cell_forward<scalar_t>(a); });
+}
 
 void lstm_step_forward_cpu_kernel(const LstmStepForward& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "lstm_step_forward_cpu",

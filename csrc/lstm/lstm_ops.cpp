@@ -298,6 +298,101 @@ at::Tensor as_layer_layout(const at::Tensor& t, const at::Tensor& input) {
   return t;
 }
 
+// The cell as two products (common/matmul.h) and the step kernel. bias: b_ih + b_hh in the
+// accumulation type, or undefined.
+Tensor3 cell_forward_products(const at::Tensor& input, const at::Tensor& hx,
+                              const at::Tensor& cx, const at::Tensor& w_ih,
+                              const at::Tensor& w_hh, const at::Tensor& bias,
+                              const LstmStepKernels& kernels) {
+  const int64_t B = input.size(0), H = w_hh.size(1);
+  const auto opts = input.options();
+  const auto acc_opts = opts.dtype(at::toOpMathType(input.scalar_type()));
+  at::Tensor gates = at::empty({B, 4 * H}, opts);
+  matmul_into(gates, input, w_ih.t(), false);
+  matmul_into(gates, hx, w_hh.t(), true);
+  const at::Tensor c = cx.to(acc_opts.dtype()).contiguous();
+  at::Tensor c_next = at::empty({B, H}, acc_opts);
+  at::Tensor hy = at::empty({B, H}, opts);
+  if (B > 0) {
+    kernels.forward({input.scalar_type(), B, H, gates.mutable_data_ptr(), data_or_null(bias),
+                     c.const_data_ptr(), c_next.mutable_data_ptr(), nullptr,
+                     hy.mutable_data_ptr(), nullptr});
+  }
+  return {hy, c_next.to(input.scalar_type()), gates};
+}
+
+// The cell as one kernel with its products (kernels.cell_forward: float32 and float64, CPU).
+Tensor3 cell_forward_fused(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                           const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+                           const LstmStepKernels& kernels) {
+  const int64_t B = input.size(0), I = input.size(1), H = w_hh.size(1);
+  const auto opts = input.options();
+  const at::Tensor x = input.contiguous(), h = hx.contiguous(), c = cx.contiguous();
+  const at::Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  at::Tensor gates = at::empty({B, 4 * H}, opts);
+  at::Tensor c_next = at::empty({B, H}, opts), hy = at::empty({B, H}, opts);
+  if (B > 0) {
+    kernels.cell_forward({input.scalar_type(), B, I, H, x.const_data_ptr(), h.const_data_ptr(),
+                          wi.const_data_ptr(), wh.const_data_ptr(), data_or_null(bias),
+                          c.const_data_ptr(), gates.mutable_data_ptr(),
+                          c_next.mutable_data_ptr(), hy.mutable_data_ptr()});
+  }
+  return {hy, c_next, gates};
+}
+
+struct CellShapeClass {
+  c10::ScalarType dtype;
+  int64_t batch, input, hidden;  // rounded up to powers of two
+  int threads;
+  bool operator<(const CellShapeClass& o) const {
+    return std::tie(dtype, batch, input, hidden, threads) <
+           std::tie(o.dtype, o.batch, o.input, o.hidden, o.threads);
+  }
+};
+
+ChoiceTable<CellShapeClass, LstmCellChoice>& cell_choices() {
+  static ChoiceTable<CellShapeClass, LstmCellChoice> table;
+  return table;
+}
+
+// Whether the cell runs fused. The fused kernel reads each weight row once per 4 rows of the
+// batch and needs no products' calls, which wins at small batches; how far depends on the CPU,
+// so the first cell of each shape class (dtype; batch, input and hidden sizes rounded up to
+// powers of two; threads) times both forms on synthetic inputs and keeps the faster for the
+// process. Up to batch 64 only: beyond, a GEMM's blocking over many rows is the right tool.
+// PYNOTES_LSTM_CELL=fused or products forces either (fused where it can run).
+bool cell_fused(const LstmStepKernels& kernels, const at::Tensor& input, int64_t I, int64_t H) {
+  const int64_t B = input.size(0);
+  const bool possible = kernels.cell_forward != nullptr &&
+                        (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble);
+  if (const char* forced = std::getenv("PYNOTES_LSTM_CELL"); forced && forced[0] != '\0') {
+    TORCH_CHECK(std::strcmp(forced, "fused") == 0 || std::strcmp(forced, "products") == 0,
+                "PYNOTES_LSTM_CELL must be 'fused' or 'products', got '", forced, "'");
+    return possible && std::strcmp(forced, "fused") == 0;
+  }
+  if (!possible || B == 0 || B > 64) return false;
+  const CellShapeClass key{input.scalar_type(), round_up_pow2(B), round_up_pow2(I),
+                           round_up_pow2(H), at::get_num_threads()};
+  std::optional<LstmCellChoice> choice = cell_choices().find(key);
+  if (!choice) {
+    const auto opts = input.options();
+    const at::Tensor x = at::zeros({B, I}, opts), h = at::zeros({B, H}, opts);
+    const at::Tensor w_ih = at::zeros({4 * H, I}, opts), w_hh = at::zeros({4 * H, H}, opts);
+    const at::Tensor bias = at::zeros({4 * H}, opts);
+    LstmCellChoice c{key.dtype, key.batch, key.input, key.hidden, key.threads, 1e300, 1e300};
+    for (int round = 0; round < 2; ++round) {  // alternating, so neither runs first only
+      c.fused_seconds = std::min(c.fused_seconds, best_seconds_within(0.002, 3, 32, [&] {
+        cell_forward_fused(x, h, h, w_ih, w_hh, bias, kernels);
+      }));
+      c.products_seconds = std::min(c.products_seconds, best_seconds_within(0.002, 3, 32, [&] {
+        cell_forward_products(x, h, h, w_ih, w_hh, bias, kernels);
+      }));
+    }
+    choice = cell_choices().insert(key, c);
+  }
+  return choice->fused();
+}
+
 }  // namespace
 
 Tensor3 lstm_cell_impl(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
@@ -307,25 +402,12 @@ Tensor3 lstm_cell_impl(const at::Tensor& input, const at::Tensor& hx, const at::
   TORCH_CHECK_VALUE(input.dim() == 2, op, ": input must be 2-D (batch, input_size), got ",
                     input.dim(), "-D");
   const LstmSizes s = check_weights(op, input, w_ih, w_hh, b_ih, b_hh, std::nullopt);
-  const int64_t B = input.size(0), H = s.H;
-  check_states(op, input, hx, cx, B, s);
+  check_states(op, input, hx, cx, input.size(0), s);
   const c10::OptionalDeviceGuard device_guard(input.device());
-  const auto opts = input.options();
-  const auto acc_opts = opts.dtype(at::toOpMathType(input.scalar_type()));
-
-  at::Tensor gates = at::empty({B, 4 * H}, opts);
-  matmul_into(gates, input, w_ih.t(), false);
-  matmul_into(gates, hx, w_hh.t(), true);
-  const at::Tensor c = cx.to(acc_opts.dtype()).contiguous();
-  at::Tensor c_next = at::empty({B, H}, acc_opts);
-  at::Tensor hy = at::empty({B, H}, opts);
   const at::Tensor bias = combined_bias(b_ih, b_hh);
-  if (B > 0) {
-    kernels.forward({input.scalar_type(), B, H, gates.mutable_data_ptr(), data_or_null(bias),
-                     c.const_data_ptr(), c_next.mutable_data_ptr(), nullptr,
-                     hy.mutable_data_ptr(), nullptr});
-  }
-  return {hy, c_next.to(input.scalar_type()), gates};
+  return cell_fused(kernels, input, s.I, s.H)
+             ? cell_forward_fused(input, hx, cx, w_ih, w_hh, bias, kernels)
+             : cell_forward_products(input, hx, cx, w_ih, w_hh, bias, kernels);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -379,6 +461,10 @@ std::vector<LstmEngineChoice> lstm_engine_choices() {
 
 std::vector<LstmOnednnRnnCost> lstm_onednn_rnn_costs() {
   return onednn_rnn_costs().all();
+}
+
+std::vector<LstmCellChoice> lstm_cell_choices() {
+  return cell_choices().all();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>

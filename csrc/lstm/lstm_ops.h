@@ -83,6 +83,17 @@ struct LstmOnednnRnnCost {
 };
 std::vector<LstmOnednnRnnCost> lstm_onednn_rnn_costs();
 
+// How the cell ran per shape class (dtype; batch, input and hidden rounded up to powers of
+// two; threads), measured so far: one fused kernel, or two products and the step kernel.
+struct LstmCellChoice {
+  c10::ScalarType dtype;
+  int64_t batch, input, hidden;
+  int threads;
+  double fused_seconds, products_seconds;
+  bool fused() const { return fused_seconds <= products_seconds; }
+};
+std::vector<LstmCellChoice> lstm_cell_choices();
+
 // The ops of one device, as plain functions for TORCH_LIBRARY_IMPL.
 template <const LstmStepKernels& (*kernels)()>
 struct LstmOps {

@@ -36,6 +36,24 @@ struct LstmStepBackward {
   void* dgates;          // out: gradients of the pre-activations; may be gates
 };
 
+// One cell step with its products, for small batches (the CPU's): gates = x w_ih^T + h w_hh^T
+// + bias, then the step as LstmStepForward's, in one parallel region where threads own blocks
+// of hidden units and read their rows of both weights, which stay in that core's cache from
+// call to call. float32 and float64; everything contiguous and row-major.
+struct LstmCellForward {
+  c10::ScalarType dtype;
+  int64_t rows, input_size, hidden;
+  const void* input;  // (rows, input_size)
+  const void* hx;     // (rows, hidden)
+  const void* w_ih;   // (4 * hidden, input_size)
+  const void* w_hh;   // (4 * hidden, hidden)
+  const void* bias;   // (4 * hidden), b_ih + b_hh, or nullptr
+  const void* c;      // (rows, hidden)
+  void* gates;        // out (rows, 4 * hidden): the activated gates
+  void* c_next;       // out (rows, hidden)
+  void* h_next;       // out (rows, hidden)
+};
+
 // A whole layer and direction in one parallel region (the CPU's recurrent engine): each
 // thread owns a slice of the hidden units with its slice of w_hh packed once into its cache,
 // and per step computes those units' recurrent products, gates and states, then meets the
@@ -88,19 +106,23 @@ struct LstmEngineBackward {
 
 using LstmStepForwardFn = void (*)(const LstmStepForward&);
 using LstmStepBackwardFn = void (*)(const LstmStepBackward&);
+using LstmCellForwardFn = void (*)(const LstmCellForward&);
 using LstmEngineForwardFn = void (*)(const LstmEngineForward&);
 using LstmEngineBackwardFn = void (*)(const LstmEngineBackward&);
 
-// One device's step kernels, and its recurrent engine (nullptr where there is none).
+// One device's step kernels, its recurrent engine and its small-batch cell (nullptr where
+// there is none).
 struct LstmStepKernels {
   LstmStepForwardFn forward;
   LstmStepBackwardFn backward;
   LstmEngineForwardFn engine_forward = nullptr;
   LstmEngineBackwardFn engine_backward = nullptr;
+  LstmCellForwardFn cell_forward = nullptr;
 };
 
 PYNOTES_DECLARE_CPU_KERNEL(void lstm_step_forward_cpu_kernel(const LstmStepForward&))
 PYNOTES_DECLARE_CPU_KERNEL(void lstm_step_backward_cpu_kernel(const LstmStepBackward&))
+PYNOTES_DECLARE_CPU_KERNEL(void lstm_cell_forward_cpu_kernel(const LstmCellForward&))
 PYNOTES_DECLARE_CPU_KERNEL(void lstm_engine_forward_cpu_kernel(const LstmEngineForward&))
 PYNOTES_DECLARE_CPU_KERNEL(void lstm_engine_backward_cpu_kernel(const LstmEngineBackward&))
 

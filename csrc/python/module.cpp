@@ -131,6 +131,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return out;
   }, "The inference cost of torch's oneDNN RNN layer per LSTM shape class, measured so far "
      "(lstm_ops.cpp); compared with lstm_engine_choices.");
+  m.def("lstm_cell_choices", [] {
+    py::list out;
+    for (const pynotes::LstmCellChoice& c : pynotes::lstm_cell_choices()) {
+      py::dict d;
+      d["dtype"] = std::string(c10::toString(c.dtype));
+      d["shape_class"] = py::make_tuple(c.batch, c.input, c.hidden);
+      d["threads"] = c.threads;
+      d["fused_us"] = c.fused_seconds * 1e6;
+      d["products_us"] = c.products_seconds * 1e6;
+      d["form"] = c.fused() ? "fused" : "products";
+      out.append(d);
+    }
+    return out;
+  }, "How the LSTM cell ran per shape class, chosen so far by measurement (lstm_ops.cpp): one "
+     "fused kernel or two products and the step kernel.");
   m.def("group_norm_sums_choices", [] { return walk_choices(pynotes::group_norm_sums_choices()); },
         "How the channels-last group norm backward takes its per-channel sums, chosen so far "
         "by measurement (group_norm_cpu.cpp).");
