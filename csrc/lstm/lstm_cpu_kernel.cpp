@@ -92,6 +92,34 @@ void step_backward(const LstmStepBackward& a) {
   });
 }
 
+// acc[r][b] += w[r][k] * v[b][k] lane-wise over k < K, for kR rows of weights and kB rows
+// of v (K apart); lanes past K add zero.
+template <int kR, int kB, typename T>
+inline void add_row_dots(const T* const (&w)[kR], const T* v, int64_t K,
+                         at::vec::Vectorized<T> (&acc)[kR][kB]) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int64_t L = V::size();
+  int64_t k = 0;
+  for (; k + L <= K; k += L) {
+    V vb[kB];
+#pragma GCC unroll 4
+    for (int b = 0; b < kB; ++b) vb[b] = V::loadu(v + b * K + k);
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) {
+      const V wr = V::loadu(w[r] + k);
+#pragma GCC unroll 4
+      for (int b = 0; b < kB; ++b) acc[r][b] = at::vec::fmadd(wr, vb[b], acc[r][b]);
+    }
+  }
+  if (k == K) return;
+  V vb[kB];
+  for (int b = 0; b < kB; ++b) vb[b] = V::loadu(v + b * K + k, K - k);
+  for (int r = 0; r < kR; ++r) {
+    const V wr = V::loadu(w[r] + k, K - k);
+    for (int b = 0; b < kB; ++b) acc[r][b] = at::vec::fmadd(wr, vb[b], acc[r][b]);
+  }
+}
+
 // Pre-activations z[b][q * L + u] = x[b] . w_ih[row] + h[b] . w_hh[row] for rows q * H + j + u
 // of the width units of block j and kB rows of the batch: kR weight rows at a time, each sum
 // over its lanes at the end (the same order whatever the threads).
@@ -118,36 +146,14 @@ void cell_block_preactivations(const LstmCellForward& a, int64_t j, int64_t widt
     for (auto& per_row : acc) {
       for (auto& v : per_row) v = V(T(0));
     }
-    // Rows of w are not evenly spaced in general: one group call per row of w_ih/w_hh would
-    // lose the shared loads of v, so the rows are gathered by pointer.
     const T* wi[kR];
     const T* wh[kR];
     for (int r = 0; r < kR; ++r) {
       wi[r] = w_ih + row[r] * I;
       wh[r] = w_hh + row[r] * H;
     }
-    for (int64_t k = 0; k < I; k += L) {
-      const int64_t m = std::min(L, I - k);
-      V vb[kB];
-      for (int b = 0; b < kB; ++b) vb[b] = m == L ? V::loadu(x + b * I + k) : V::loadu(x + b * I + k, m);
-#pragma GCC unroll 8
-      for (int r = 0; r < kR; ++r) {
-        const V wr = m == L ? V::loadu(wi[r] + k) : V::loadu(wi[r] + k, m);
-#pragma GCC unroll 4
-        for (int b = 0; b < kB; ++b) acc[r][b] = at::vec::fmadd(wr, vb[b], acc[r][b]);
-      }
-    }
-    for (int64_t k = 0; k < H; k += L) {
-      const int64_t m = std::min(L, H - k);
-      V vb[kB];
-      for (int b = 0; b < kB; ++b) vb[b] = m == L ? V::loadu(h + b * H + k) : V::loadu(h + b * H + k, m);
-#pragma GCC unroll 8
-      for (int r = 0; r < kR; ++r) {
-        const V wr = m == L ? V::loadu(wh[r] + k) : V::loadu(wh[r] + k, m);
-#pragma GCC unroll 4
-        for (int b = 0; b < kB; ++b) acc[r][b] = at::vec::fmadd(wr, vb[b], acc[r][b]);
-      }
-    }
+    add_row_dots<kR, kB>(wi, x, I, acc);
+    add_row_dots<kR, kB>(wh, h, H, acc);
     for (int r = 0; r < kR && n + r < 4 * width; ++r) {
       const int64_t m = n + r;
       for (int b = 0; b < kB; ++b) {
