@@ -67,9 +67,12 @@ def backend_info() -> dict:
     packed GEMM (float32) or for oneDNN's linear, or re-packed every call ("unpacked"), fixed
     by PYNOTES_PACKED_MATMUL=mkl|onednn|0, with "mkl_packed_gemm", whether torch's MKL has a
     packed GEMM at all; "lstm_engine", the LSTM layer's
-    recurrent path per shape class, fixed by PYNOTES_LSTM_ENGINE=1|0|onednn, with
+    recurrent path per shape class (the engine also timed after a matrix product made the
+    input projection), fixed by PYNOTES_LSTM_ENGINE=1|after-matmul|0|onednn, with
     "lstm_onednn_rnn", the inference cost of torch's own oneDNN RNN layer per class, which an
-    inference layer takes where it is cheapest; "group_norm_sums", how
+    inference layer takes where it is cheapest; "lstm_cell", how the LSTM cell runs per shape
+    class (one fused kernel or two products and the step kernel), fixed by
+    PYNOTES_LSTM_CELL=fused|products; "group_norm_sums", how
     the channels-last group norm backward takes its per-channel sums per shape class, fixed by
     PYNOTES_GROUP_NORM_SUMS=rows|columns; "group_norm_walks", how the channels-last float32/
     float64 forward walks its rows per shape class, fixed by PYNOTES_GROUP_NORM_COLUMNS=0|1;

@@ -22,14 +22,17 @@ LSTM_CONFIGS = [
 ]
 
 
-@pytest.fixture(params=["engine", "per-step", "per-step-mkl", "per-step-onednn", "onednn-rnn"])
+@pytest.fixture(params=["engine", "engine-after-matmul", "per-step", "per-step-mkl",
+                        "per-step-onednn", "onednn-rnn"])
 def recurrent_path(request, monkeypatch):
-    """Runs a layer test on the CPU's recurrent engine; on the per-step products, with the
+    """Runs a layer test on the CPU's recurrent engine, making the input projection itself
+    (float32, float64) or after one matrix product made it; on the per-step products, with the
     weight re-packed every step, packed once for MKL's GEMM (float32) or for oneDNN's linear
     where torch has them (common/matmul.cpp, RepeatedMatmul); and, for inference over dense
     sequences, on torch's oneDNN RNN layer (training and packed sequences then take the
     products). Each is the default for some shapes (lstm_ops.cpp, choose_path)."""
-    engine = {"engine": "1", "onednn-rnn": "onednn"}.get(request.param, "0")
+    engine = {"engine": "1", "engine-after-matmul": "after-matmul",
+              "onednn-rnn": "onednn"}.get(request.param, "0")
     monkeypatch.setenv("PYNOTES_LSTM_ENGINE", engine)
     monkeypatch.setenv("PYNOTES_PACKED_MATMUL", request.param.removeprefix("per-step-")
                        if request.param.startswith("per-step-") else "0")

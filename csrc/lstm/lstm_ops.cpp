@@ -160,10 +160,18 @@ Steps steps_of(const char* op, const at::Tensor& input, const OptTensor& batch_s
   return s;
 }
 
-// A layer's recurrent paths: per-step products and step kernels, the device's recurrent engine
-// (lstm_step.h), or, for inference on CPU, torch's own oneDNN RNN layer (what torch.nn.LSTM
-// runs there).
-enum LayerPath : int { kProducts = 0, kEngine = 1, kOnednnRnn = 2 };
+// A layer's recurrent paths: per-step products and step kernels; the device's recurrent engine
+// (lstm_step.h), making the input projection itself where it can (float32, float64) or after
+// one matrix product made it; or, for inference on CPU, torch's own oneDNN RNN layer (what
+// torch.nn.LSTM runs there).
+enum LayerPath : int { kProducts = 0, kEngine = 1, kOnednnRnn = 2, kEngineAfterMatmul = 3 };
+
+bool is_engine(int path) { return path == kEngine || path == kEngineAfterMatmul; }
+
+// Whether the engine can make a layer's input projection itself (it reads the rows as stored).
+bool engine_projects_itself(c10::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kDouble;
+}
 
 // The layer's forward with the recurrent path chosen: path = -1 lets choose_path choose.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -243,15 +251,22 @@ LstmPathCost measure_path(const LstmStepKernels& kernels, const at::TensorOption
 // class (lstm_onednn_rnn_costs), and it runs where it is the cheapest of the three. On a Xeon
 // with AMX that is bfloat16 from batch 32 (ours ran at 0.55-0.72x of it there); in float32
 // from batch 32 the three were within a few % of each other.
-// PYNOTES_LSTM_ENGINE=0, 1 or onednn forces the products, the engine, or torch's RNN where it
-// can run (else the products); the tests run each.
+// Where the engine can make the input projection itself (float32, float64), it is also timed
+// after one matrix product made it instead (oneDNN's or MKL's GEMM, more efficient than the
+// engine's micro-kernel over many rows: at batch 32-64, hidden 256 on a Xeon the engine after
+// it beat torch's RNN by 7-10 %, while at batch 1 the engine's own projection was faster).
+// PYNOTES_LSTM_ENGINE=0, 1, after-matmul or onednn forces the products, the engine (projecting
+// itself where it can), the engine after the product, or torch's RNN where it can run (else
+// the products); the tests run each.
 int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok,
                 const at::Tensor& input, int64_t steps, int64_t batch, int64_t hidden) {
   const bool engine_ok = kernels.engine_forward != nullptr && !project;
   if (const char* forced = std::getenv("PYNOTES_LSTM_ENGINE"); forced && forced[0] != '\0') {
     if (std::strcmp(forced, "onednn") == 0) return onednn_rnn_ok ? kOnednnRnn : kProducts;
+    if (std::strcmp(forced, "after-matmul") == 0) return engine_ok ? kEngineAfterMatmul : kProducts;
     TORCH_CHECK(std::strcmp(forced, "0") == 0 || std::strcmp(forced, "1") == 0,
-                "PYNOTES_LSTM_ENGINE must be '0', '1' or 'onednn', got '", forced, "'");
+                "PYNOTES_LSTM_ENGINE must be '0', '1', 'after-matmul' or 'onednn', got '",
+                forced, "'");
     return forced[0] == '1' && engine_ok ? kEngine : kProducts;
   }
   const EngineShapeClass key{input.scalar_type(), round_up_pow2(batch), round_up_pow2(hidden),
@@ -261,13 +276,19 @@ int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok
   if (engine_ok) {
     std::optional<LstmEngineChoice> choice = engine_choices().find(key);
     if (!choice) {
-      choice = engine_choices().insert(
-          key, {key.dtype, key.batch, key.hidden, key.threads,
-                measure_path(kernels, input.options(), batch, hidden, kEngine),
-                measure_path(kernels, input.options(), batch, hidden, kProducts)});
+      const auto opts = input.options();
+      LstmEngineChoice c{key.dtype, key.batch, key.hidden, key.threads,
+                         measure_path(kernels, opts, batch, hidden, kEngine),
+                         measure_path(kernels, opts, batch, hidden, kProducts), std::nullopt};
+      if (engine_projects_itself(input.scalar_type())) {
+        c.engine_after_matmul = measure_path(kernels, opts, batch, hidden, kEngineAfterMatmul);
+      }
+      choice = engine_choices().insert(key, c);
     }
-    path = choice->engine_for(steps) ? kEngine : kProducts;
-    best = path == kEngine ? choice->engine : choice->products;
+    path = !choice->engine_for(steps)       ? kProducts
+           : choice->after_matmul_for(steps) ? kEngineAfterMatmul
+                                            : kEngine;
+    best = path == kProducts ? choice->products : choice->engine_cost(steps);
   }
   if (!engine_ok || !onednn_rnn_ok) return path;  // (the CPU, which has oneDNN, has an engine)
   std::optional<LstmOnednnRnnCost> rnn = onednn_rnn_costs().find(key);
@@ -511,17 +532,15 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
   const at::Tensor w_hh_t = w_hh.t(), w_hr_t = project ? w_hr->t() : at::Tensor();
   const at::Tensor bias = combined_bias(b_ih, b_hh);
   at::Tensor gates = at::empty({N, 4 * H}, opts);
-  // The engine makes the input projection itself where it reads the rows as they are.
-  const bool engine_projects = path == kEngine && s.I > 0 &&
-                               (input.scalar_type() == at::kFloat ||
-                                input.scalar_type() == at::kDouble);
+  const bool engine_projects =
+      path == kEngine && s.I > 0 && engine_projects_itself(input.scalar_type());
   if (!engine_projects) matmul_into(gates, x, w_ih.t(), false);
   at::Tensor h = hx.clone(at::MemoryFormat::Contiguous);
   at::Tensor c = cx.to(acc_opts.dtype(), false, true, at::MemoryFormat::Contiguous);
   at::Tensor output = at::empty({N, P}, opts);
   at::Tensor c_prev = at::empty({train ? N : 0, H}, acc_opts);
   at::Tensor h_prev = at::empty({train ? N : 0, P}, opts);
-  if (path == kEngine) {
+  if (is_engine(path)) {
     const at::Tensor w = w_hh.contiguous(), h0 = hx.contiguous();
     const at::Tensor x_rows = engine_projects ? x.contiguous() : at::Tensor();
     const at::Tensor w_in = engine_projects ? w_ih.contiguous() : at::Tensor();
@@ -617,7 +636,7 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
   at::Tensor dr = at::empty({project ? B : 0, H}, opts);
 
   const int64_t T = static_cast<int64_t>(steps.rows.size());
-  const bool engine = choose_path(kernels, project, false, input, T, B, H) == kEngine;
+  const bool engine = is_engine(choose_path(kernels, project, false, input, T, B, H));
   if (engine) {
     const at::Tensor w = w_hh.contiguous();
     kernels.engine_backward({input.scalar_type(), T, B, H, steps.rows.data(),

@@ -59,16 +59,24 @@ struct LstmEngineChoice {
   int64_t batch, hidden;
   int threads;
   LstmPathCost engine, products;
-  bool engine_for(int64_t steps) const { return engine.seconds(steps) <= products.seconds(steps); }
-  // The shortest sequence that runs on the engine, or -1 when none does (both costs linear).
+  // The engine after one matrix product made the input projection (where the engine can make
+  // it itself, float32 and float64; else the engine's cost is after it already).
+  std::optional<LstmPathCost> engine_after_matmul;
+  bool after_matmul_for(int64_t steps) const {
+    return engine_after_matmul && engine_after_matmul->seconds(steps) < engine.seconds(steps);
+  }
+  LstmPathCost engine_cost(int64_t steps) const {
+    return after_matmul_for(steps) ? *engine_after_matmul : engine;
+  }
+  bool engine_for(int64_t steps) const {
+    return engine_cost(steps).seconds(steps) <= products.seconds(steps);
+  }
+  // The shortest sequence (up to 4096 steps) that runs on the engine, or -1 when none does.
   int64_t engine_from_steps() const {
-    const double gain = products.step_seconds - engine.step_seconds;
-    if (engine_for(1)) return 1;
-    if (gain <= 0) return -1;
-    int64_t t = std::max<int64_t>(1, static_cast<int64_t>(
-                                         (engine.fixed_seconds - products.fixed_seconds) / gain));
-    while (!engine_for(t)) ++t;
-    return t;
+    for (int64_t t = 1; t <= 4096; ++t) {
+      if (engine_for(t)) return t;
+    }
+    return -1;
   }
 };
 std::vector<LstmEngineChoice> lstm_engine_choices();

@@ -112,6 +112,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       d["engine_us"] = py::make_tuple(c.engine.fixed_seconds * 1e6, c.engine.step_seconds * 1e6);
       d["products_us"] =
           py::make_tuple(c.products.fixed_seconds * 1e6, c.products.step_seconds * 1e6);
+      d["engine_after_matmul_us"] =
+          c.engine_after_matmul
+              ? py::object(py::make_tuple(c.engine_after_matmul->fixed_seconds * 1e6,
+                                          c.engine_after_matmul->step_seconds * 1e6))
+              : py::object(py::none());  // None: the engine does not project itself here
       const int64_t from = c.engine_from_steps();  // None: the engine never wins
       d["engine_from_steps"] = from < 0 ? py::object(py::none()) : py::object(py::int_(from));
       out.append(d);
