@@ -76,6 +76,9 @@ def backend_info() -> dict:
     the channels-last group norm backward takes its per-channel sums per shape class, fixed by
     PYNOTES_GROUP_NORM_SUMS=rows|columns; "group_norm_walks", how the channels-last float32/
     float64 forward walks its rows per shape class, fixed by PYNOTES_GROUP_NORM_COLUMNS=0|1;
+    "group_norm_stream", whether the float32/float64 kernels write their output with
+    non-temporal stores per shape class, layout and pass, fixed by
+    PYNOTES_GROUP_NORM_STREAM=0|1;
     "cpu_cache", pynotes.memory's state), and load_error
     when the extension did not load.
     """
@@ -101,6 +104,7 @@ def backend_info() -> dict:
                            "lstm_cell": _C.lstm_cell_choices(),
                            "group_norm_sums": _C.group_norm_sums_choices(),
                            "group_norm_walks": _C.group_norm_forward_walks(),
+                           "group_norm_stream": _C.group_norm_stream_choices(),
                            "cpu_cache": _C.cpu_cache_stats()}
     else:
         info["load_error"] = str(_load_error)

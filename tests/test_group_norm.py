@@ -226,10 +226,11 @@ def test_channels_last_backward_sums_both_ways(device, batch, dtype, silu, monke
 @pytest.mark.parametrize("by_columns", ["0", "1"])  # the channels-last forward's two walks
 def test_streamed_outputs_are_the_same_bits(device, groups, layout, dtype, silu, by_columns,
                                              monkeypatch):
-    """Outputs larger than the last-level cache are written with non-temporal stores
-    (PYNOTES_GROUP_NORM_STREAM forces either way): the same bits as ordinary stores, and
+    """Outputs may be written with non-temporal stores (measured per class;
+    PYNOTES_GROUP_NORM_STREAM forces either way): the same bits as ordinary stores, and
     torch's values. With 9 x 7 spatial, some NCHW channels start on a vector boundary (those
-    are streamed) and most do not (ordinary stores); channels-last rows of 64 all do."""
+    are streamed) and most do not (ordinary stores); channels-last rows of 64 all do (with a
+    partial vector at the end of a channels-last row, the backward's last bit may differ)."""
     if device != "cpu":
         pytest.skip("a CPU kernel choice")
     if layout == "contiguous" and by_columns == "0":
@@ -333,6 +334,41 @@ def test_channels_last_forward_walk_choice(device, silu, monkeypatch):
     assert torch.equal(y, torch.ops.pynotes.group_norm(x, 5, w, b, 1e-5, silu)[0])
     monkeypatch.setenv("PYNOTES_GROUP_NORM_COLUMNS", "1" if mine[0]["walk"] == "columns" else "0")
     assert torch.equal(y, torch.ops.pynotes.group_norm(x, 5, w, b, 1e-5, silu)[0])
+
+
+@pytest.mark.skipif(not _ext.extension_loaded(), reason="extension not built")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_stream_choice_is_measured_and_reported(device, layout, monkeypatch):
+    """The first float call of a class times the kernels with and without non-temporal stores
+    and keeps the faster, per layout and pass; the measuring call returns the chosen kernel's
+    bits (C = 24: a partial vector per channels-last row on AVX-512, where the backward's last
+    bit may differ between the two)."""
+    if device != "cpu":
+        pytest.skip("a CPU kernel choice")
+    monkeypatch.delenv("PYNOTES_GROUP_NORM_STREAM", raising=False)
+    x, w, b = make_inputs((3, 24, 13, 9), torch.float64, device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn_like(x)
+
+    def run():
+        y, mean, rstd = torch.ops.pynotes.group_norm(x, 6, w, b, 1e-5, False)
+        return (y, *torch.ops.pynotes.group_norm_backward(grad_out, x, mean, rstd, 6, w, b,
+                                                          False))
+    measured = run()  # the first call of the class measures
+    choices = pynotes.backend_info()["choices"]["group_norm_stream"]
+    mine = [c for c in choices if c["shape_class"] == (4, 32, 128) and c["dtype"] == "Double"
+            and c["layout"] == layout and c["threads"] == torch.get_num_threads()]
+    assert sorted(c["pass"] for c in mine) == ["backward", "forward"], choices
+    for c in mine:
+        assert c["stream"] == (c["streaming_us"] < c["cached_us"])
+    for a, e in zip(measured, run()):
+        assert torch.equal(a, e)
+    chosen = {c["pass"]: c["stream"] for c in mine}
+    monkeypatch.setenv("PYNOTES_GROUP_NORM_STREAM", "1" if chosen["forward"] else "0")
+    assert torch.equal(measured[0], run()[0])
+    monkeypatch.setenv("PYNOTES_GROUP_NORM_STREAM", "1" if chosen["backward"] else "0")
+    assert torch.equal(measured[1], run()[1])
 
 
 def test_non_contiguous_inputs(device):

@@ -104,19 +104,62 @@ int forced_flag(const char* name) {
   TORCH_CHECK(false, name, " must be '0' or '1', got '", env, "'");
 }
 
-// Whether the output is written with non-temporal stores: where the tensors the kernel reads
-// and writes (`tensors` of the output's size) exceed the last-level cache, so that the output's
-// lines would not stay there for whoever reads them next anyway. Measured on an AMD EPYC (Zen
-// 4, 32 MiB L3): forward 1.2-1.4x faster from 16 MiB tensors up, 0.7x at 4 MiB (in cache).
-// PYNOTES_GROUP_NORM_STREAM=0 or =1 fixes it.
-bool stream_output(const at::Tensor& out, int64_t tensors) {
+// A class of the stream choice: a shape class, the layout and the pass.
+struct StreamClass {
+  ShapeClass shape;
+  bool channels_last, backward;
+  bool operator<(const StreamClass& o) const {
+    return std::tie(shape, channels_last, backward) <
+           std::tie(o.shape, o.channels_last, o.backward);
+  }
+};
+
+// Whether a float32/float64 kernel writes its output (y, dx) with non-temporal stores, which
+// skip reading each line before writing it but leave it out of the cache: a gain where the
+// tensors the kernel touches outgrow the cache anyway. Where that starts is not what the CPU
+// reports: an AMD EPYC (Zen 4, 32 MiB L3) gained from 16 MiB tensors up and lost 0.7x at 4 MiB,
+// while on a Xeon VM whose reported 480 MiB L3 read no faster than memory (a probe: 227 GB/s
+// from 2 MiB, 51-57 GB/s from 8 MiB) a 4 MiB forward gained 1.1-1.2x and a 64 MiB one 1.6x. So
+// the first call of each class (shape class, layout, pass) runs the kernel both ways, twice
+// each, alternating, keeps the faster for the process, and ends with a run the chosen way. The
+// values are the same either way but for the last bit of some elements of the channels-last
+// backward's partial vectors (C not a multiple of the SIMD width), where the compiler forms
+// fused multiply-adds differently in the two kernels. PYNOTES_GROUP_NORM_STREAM=0 or =1 fixes
+// it.
+ChoiceTable<StreamClass, GroupNormStreamChoice>& stream_choices() {
+  static ChoiceTable<StreamClass, GroupNormStreamChoice> table;
+  return table;
+}
+
+// Runs run(stream) with the output's stores chosen (forced, measured, or ordinary for the half
+// types, which the kernels widen and never stream).
+template <typename Run>
+void run_measured_stream(const StreamClass& key, const Run& run) {
   const int forced = forced_flag("PYNOTES_GROUP_NORM_STREAM");
-  if (forced >= 0) return forced == 1;
-  return tensors * static_cast<int64_t>(out.nbytes()) >= last_level_cache_bytes();
+  const c10::ScalarType dtype = key.shape.dtype;
+  if (forced >= 0 || (dtype != at::kFloat && dtype != at::kDouble)) {
+    run(forced == 1);
+    return;
+  }
+  if (const auto known = stream_choices().find(key)) {
+    run(known->stream);
+    return;
+  }
+  run(false);  // a first run, which makes the kernel's own measured choices outside the timing
+  double streaming_s = 1e300, cached_s = 1e300;
+  for (int round = 0; round < 2; ++round) {
+    cached_s = std::min(cached_s, seconds_of([&] { run(false); }));
+    streaming_s = std::min(streaming_s, seconds_of([&] { run(true); }));
+  }
+  const ShapeClass& c = key.shape;
+  const GroupNormStreamChoice choice = stream_choices().insert(
+      key, {c.dtype, c.silu, c.n, c.c, c.hxw, c.threads, key.channels_last, key.backward,
+            streaming_s < cached_s, streaming_s, cached_s});
+  if (!choice.stream) run(false);  // the call's outputs are the chosen kernel's, as later calls'
 }
 
 // Runs the backward kernel with args.sums_along_rows chosen, where the kernel has the choice.
-void run_backward_kernel(GroupNormCpuBackwardArgs args) {
+void run_backward_kernel(GroupNormCpuBackwardArgs& args) {
   const auto kernel = PYNOTES_CPU_KERNEL(group_norm_backward_cpu_kernel);
   const int forced = forced_sums_along_rows();
   if (!has_walk_choice(args.channels_last, args.dtype) || forced >= 0) {
@@ -139,21 +182,23 @@ void forward_cpu(const GroupNormForward& f, double eps, bool silu) {
       f.weight.defined() ? f.weight.const_data_ptr() : nullptr,
       f.bias.defined() ? f.bias.const_data_ptr() : nullptr,
       f.y.mutable_data_ptr(), f.mean.mutable_data_ptr(), f.rstd.mutable_data_ptr()};
-  args.stream_output = stream_output(f.y, 2);  // x, y
   // How the channels-last forward walks its rows (GroupNormCpuForwardArgs::by_columns):
   // forced, measured (float32/float64), or by the kernel's rule (Half/BFloat16).
   const auto kernel = PYNOTES_CPU_KERNEL(group_norm_forward_cpu_kernel);
-  args.by_columns = forced_flag("PYNOTES_GROUP_NORM_COLUMNS");
-  if (args.by_columns >= 0 || !has_walk_choice(args.channels_last, args.dtype)) {
-    kernel(args);
-  } else {
-    run_measured_walk(forward_walk_choices(),
-                      shape_class_of(args.dtype, args.silu, args.N, args.C, args.HxW),
-                      [&](bool along_rows) {
-                        args.by_columns = along_rows ? 0 : 1;
-                        kernel(args);
-                      });
-  }
+  const int forced_walk = forced_flag("PYNOTES_GROUP_NORM_COLUMNS");
+  const ShapeClass shape = shape_class_of(args.dtype, args.silu, args.N, args.C, args.HxW);
+  run_measured_stream({shape, args.channels_last, false}, [&](bool stream) {
+    args.stream_output = stream;
+    args.by_columns = forced_walk;
+    if (forced_walk >= 0 || !has_walk_choice(args.channels_last, args.dtype)) {
+      kernel(args);
+    } else {
+      run_measured_walk(forward_walk_choices(), shape, [&](bool along_rows) {
+        args.by_columns = along_rows ? 0 : 1;
+        kernel(args);
+      });
+    }
+  });
 }
 
 void backward_cpu(const GroupNormBackward& b, bool silu) {
@@ -164,8 +209,12 @@ void backward_cpu(const GroupNormBackward& b, bool silu) {
       b.weight.defined() ? b.weight.const_data_ptr() : nullptr,
       b.bias.defined() ? b.bias.const_data_ptr() : nullptr,
       b.dx.mutable_data_ptr(), b.dweight.mutable_data_ptr(), b.dbias.mutable_data_ptr()};
-  args.stream_output = stream_output(b.dx, 3);  // dy, x, dx
-  run_backward_kernel(args);
+  run_measured_stream(
+      {shape_class_of(args.dtype, args.silu, args.N, args.C, args.HxW), args.channels_last, true},
+      [&](bool stream) {
+        args.stream_output = stream;
+        run_backward_kernel(args);
+      });
 }
 
 const GroupNormKernels& cpu_kernels() {
@@ -180,6 +229,8 @@ std::vector<GroupNormWalkChoice> group_norm_sums_choices() { return sums_choices
 std::vector<GroupNormWalkChoice> group_norm_forward_walk_choices() {
   return forward_walk_choices().all();
 }
+
+std::vector<GroupNormStreamChoice> group_norm_stream_choices() { return stream_choices().all(); }
 
 TORCH_LIBRARY_IMPL(pynotes, CPU, m) { register_group_norm_ops<cpu_kernels>(m); }
 

@@ -23,4 +23,16 @@ struct GroupNormWalkChoice {
 std::vector<GroupNormWalkChoice> group_norm_sums_choices();
 std::vector<GroupNormWalkChoice> group_norm_forward_walk_choices();
 
+// Whether a float32/float64 kernel writes its output with non-temporal stores, for a shape
+// class (as above), layout and pass, and the measured time of the whole kernel each way.
+struct GroupNormStreamChoice {
+  c10::ScalarType dtype;
+  bool silu;
+  int64_t n, c, hxw;
+  int threads;
+  bool channels_last, backward, stream;
+  double streaming_seconds, cached_seconds;
+};
+std::vector<GroupNormStreamChoice> group_norm_stream_choices();
+
 }  // namespace pynotes

@@ -158,6 +158,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return walk_choices(pynotes::group_norm_forward_walk_choices());
   }, "How the channels-last group norm forward walks its rows, chosen so far by measurement "
      "(group_norm_cpu.cpp).");
+  m.def("group_norm_stream_choices", [] {
+    py::list out;
+    for (const pynotes::GroupNormStreamChoice& c : pynotes::group_norm_stream_choices()) {
+      py::dict d;
+      d["dtype"] = std::string(c10::toString(c.dtype));
+      d["silu"] = c.silu;
+      d["shape_class"] = py::make_tuple(c.n, c.c, c.hxw);
+      d["threads"] = c.threads;
+      d["layout"] = c.channels_last ? "channels_last" : "contiguous";
+      d["pass"] = c.backward ? "backward" : "forward";
+      d["stream"] = c.stream;
+      d["streaming_us"] = c.streaming_seconds * 1e6;
+      d["cached_us"] = c.cached_seconds * 1e6;
+      out.append(d);
+    }
+    return out;
+  }, "Whether the group norm kernels write their output with non-temporal stores, chosen so "
+     "far by measurement (group_norm_cpu.cpp).");
   m.def("cpu_cache_enable", &pynotes::cpu_cache::enable, py::arg("limit_bytes"),
         py::arg("min_block_bytes"));
   m.def("cpu_cache_disable", &pynotes::cpu_cache::disable);

@@ -21,6 +21,10 @@ class LSTMCell(torch.nn.LSTMCell):
     def forward(self, input: torch.Tensor, hx: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         if not torch.jit.is_scripting():
+            if hx is not None and input.dim() == 2:
+                out = self._batched_step(input, hx)
+                if out is not None:
+                    return out
             if input.is_complex() or self.weight_ih.is_complex():  # (no complex kernels)
                 return super().forward(input, hx)
         if input.dim() not in (1, 2):
@@ -56,6 +60,18 @@ class LSTMCell(torch.nn.LSTMCell):
             hy, cy = lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh,
                                self.bias_ih, self.bias_hh)
         return (hy, cy) if is_batched else (hy.squeeze(0), cy.squeeze(0))
+
+    @torch.jit.unused
+    def _batched_step(self, input: torch.Tensor, hx: Tuple[torch.Tensor, torch.Tensor]
+                      ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The common call, straight to the op (a step of a loop pays every microsecond), or
+        None where the op refuses it: forward's checks then raise torch's errors, or complex
+        tensors take torch's forward."""
+        try:
+            return lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih,
+                             self.bias_hh)
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            return None
 
 
 class LSTM(torch.nn.LSTM):
