@@ -30,15 +30,23 @@ py::dict lstm_shape_class(const Choice& c) {
   return d;
 }
 
+// The fields of a group norm shape class (group_norm_cpu.h: dtype, SiLU, N, C and HxW rounded
+// up, threads).
+template <typename Choice>
+py::dict group_norm_shape_class(const Choice& c) {
+  py::dict d;
+  d["dtype"] = std::string(c10::toString(c.dtype));
+  d["silu"] = c.silu;
+  d["shape_class"] = py::make_tuple(c.n, c.c, c.hxw);
+  d["threads"] = c.threads;
+  return d;
+}
+
 // A list of group norm walk choices (group_norm_cpu.h) as dicts.
 py::list walk_choices(const std::vector<pynotes::GroupNormWalkChoice>& choices) {
   py::list out;
   for (const pynotes::GroupNormWalkChoice& c : choices) {
-    py::dict d;
-    d["dtype"] = std::string(c10::toString(c.dtype));
-    d["silu"] = c.silu;
-    d["shape_class"] = py::make_tuple(c.n, c.c, c.hxw);
-    d["threads"] = c.threads;
+    py::dict d = group_norm_shape_class(c);
     d["walk"] = c.along_rows ? "rows" : "columns";
     d["rows_us"] = c.along_rows_seconds * 1e6;
     d["columns_us"] = c.down_columns_seconds * 1e6;
@@ -161,11 +169,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_norm_stream_choices", [] {
     py::list out;
     for (const pynotes::GroupNormStreamChoice& c : pynotes::group_norm_stream_choices()) {
-      py::dict d;
-      d["dtype"] = std::string(c10::toString(c.dtype));
-      d["silu"] = c.silu;
-      d["shape_class"] = py::make_tuple(c.n, c.c, c.hxw);
-      d["threads"] = c.threads;
+      py::dict d = group_norm_shape_class(c);
       d["layout"] = c.channels_last ? "channels_last" : "contiguous";
       d["pass"] = c.backward ? "backward" : "forward";
       d["stream"] = c.stream;
