@@ -118,8 +118,8 @@ struct StreamClass {
 // skip reading each line before writing it but leave it out of the cache: a gain where the
 // tensors the kernel touches outgrow the cache anyway. Where that starts is not what the CPU
 // reports: an AMD EPYC (Zen 4, 32 MiB L3) gained from 16 MiB tensors up and lost 0.7x at 4 MiB,
-// while on a Xeon VM whose reported 480 MiB L3 read no faster than memory (a probe: 227 GB/s
-// from 2 MiB, 51-57 GB/s from 8 MiB) a 4 MiB forward gained 1.1-1.2x and a 64 MiB one 1.6x. So
+// while on a Xeon VM whose reported 480 MiB L3 read no faster than memory (a probe: 300 GB/s
+// from 2 MiB, 52-57 GB/s from 8 MiB) a 4 MiB forward gained 1.1-1.2x and a 64 MiB one 1.6x. So
 // the first call of each class (shape class, layout, pass) runs the kernel both ways, twice
 // each, alternating, keeps the faster for the process, and ends with a run the chosen way. The
 // values are the same either way but for the last bit of some elements of the channels-last
