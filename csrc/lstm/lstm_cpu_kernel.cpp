@@ -47,20 +47,13 @@ void step_forward(const LstmStepForward& a) {
     T* h_copy = a.h_next_copy ? static_cast<T*>(a.h_next_copy) + row * H : nullptr;
     for (int64_t j = 0; j < H; j += V::size()) {
       const int64_t k = std::min<int64_t>(V::size(), H - j);
-      lstm::Gates<V> z = gates.load(j, k);
-      if (bias) {
-        const lstm::Gates<V> bz = GateRow<const A>{bias, H}.load(j, k);
-        z = {z.i + bz.i, z.f + bz.f, z.g + bz.g, z.o + bz.o};
-      }
-      const lstm::Gates<V> act = lstm::activate(z, VecSigmoid{}, VecTanh{});
       const V cv = V::loadu(c + j, k);
-      const V cn = lstm::next_cell(act, cv);
-      const V hn = lstm::next_hidden(act, cn, VecTanh{});
-      gates.store(act, j, k);
+      const StepVector<V> s = step_vector(gates.load(j, k), bias, H, j, k, cv);
+      gates.store(s.act, j, k);
       if (c_saved) cv.store(c_saved + j, k);
-      cn.store(c_next + j, k);
-      store_op(hn, h_next + j, k);
-      if (h_copy) store_op(hn, h_copy + j, k);
+      s.c_next.store(c_next + j, k);
+      store_op(s.h_next, h_next + j, k);
+      if (h_copy) store_op(s.h_next, h_copy + j, k);
     }
   });
 }
@@ -187,19 +180,13 @@ void cell_forward(const LstmCellForward& a) {
         for (int64_t r = 0; r < n; ++r) {
           const int64_t b = b0 + r;
           const T* zr = z + r * 4 * L;
-          lstm::Gates<V> g{V::loadu(zr), V::loadu(zr + L), V::loadu(zr + 2 * L),
-                           V::loadu(zr + 3 * L)};
-          if (bias) {
-            const lstm::Gates<V> bz = GateRow<const T>{bias, H}.load(j, width);
-            g = {g.i + bz.i, g.f + bz.f, g.g + bz.g, g.o + bz.o};
-          }
-          const lstm::Gates<V> act = lstm::activate(g, VecSigmoid{}, VecTanh{});
-          const V cv = V::loadu(static_cast<const T*>(a.c) + b * H + j, width);
-          const V cn = lstm::next_cell(act, cv);
-          const V hn = lstm::next_hidden(act, cn, VecTanh{});
-          GateRow<T>{static_cast<T*>(a.gates) + b * 4 * H, H}.store(act, j, width);
-          cn.store(static_cast<T*>(a.c_next) + b * H + j, width);
-          hn.store(static_cast<T*>(a.h_next) + b * H + j, width);
+          const StepVector<V> s = step_vector(
+              lstm::Gates<V>{V::loadu(zr), V::loadu(zr + L), V::loadu(zr + 2 * L),
+                             V::loadu(zr + 3 * L)},
+              bias, H, j, width, V::loadu(static_cast<const T*>(a.c) + b * H + j, width));
+          GateRow<T>{static_cast<T*>(a.gates) + b * 4 * H, H}.store(s.act, j, width);
+          s.c_next.store(static_cast<T*>(a.c_next) + b * H + j, width);
+          s.h_next.store(static_cast<T*>(a.h_next) + b * H + j, width);
         }
       }
     }

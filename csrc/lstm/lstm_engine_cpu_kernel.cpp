@@ -493,29 +493,22 @@ void engine_forward(const LstmEngineForward& a) {
           for (int r = 0; r < rows; ++r) {
             const int64_t b = b0 + r;
             T* g = gates + (o + b) * G;
-            lstm::Gates<V> z{acc[0][r] + load_op(g + j, width),
-                             acc[1][r] + load_op(g + H + j, width),
-                             acc[2][r] + load_op(g + 2 * H + j, width),
-                             acc[3][r] + load_op(g + 3 * H + j, width)};
-            if (bias) {
-              z = {z.i + V::loadu(bias + j, width), z.f + V::loadu(bias + H + j, width),
-                   z.g + V::loadu(bias + 2 * H + j, width),
-                   z.o + V::loadu(bias + 3 * H + j, width)};
-            }
-            const lstm::Gates<V> act = lstm::activate(z, VecSigmoid{}, VecTanh{});
+            const lstm::Gates<V> in = GateRow<T>{g, H}.load(j, width);
             A* cb = c + b * H + j;
             const V cv = V::loadu(cb, width);
-            const V cn = lstm::next_cell(act, cv);
-            const V hn = lstm::next_hidden(act, cn, VecTanh{});
+            const StepVector<V> s = step_vector(
+                lstm::Gates<V>{acc[0][r] + in.i, acc[1][r] + in.f, acc[2][r] + in.g,
+                               acc[3][r] + in.o},
+                bias, H, j, width, cv);
             if (a.train) {
-              GateRow<T>{g, H}.store(act, j, width);
+              GateRow<T>{g, H}.store(s.act, j, width);
               cv.store(static_cast<A*>(a.c_prev) + (o + b) * H + j, width);
               store_op(load_op(h_read + b * K + j, width),
                        static_cast<T*>(a.h_prev) + (o + b) * H + j, width);
             }
-            cn.store(cb, width);
-            store_op(hn, h_write + b * K + j, width);
-            store_op(hn, static_cast<T*>(a.output) + (o + b) * H + j, width);
+            s.c_next.store(cb, width);
+            store_op(s.h_next, h_write + b * K + j, width);
+            store_op(s.h_next, static_cast<T*>(a.output) + (o + b) * H + j, width);
           }
         }
         }

@@ -29,5 +29,26 @@ struct GateRow {
   }
 };
 
+// One vector of units' step from their pre-activations z (bias, b_ih + b_hh in opmath, added
+// where given; k <= V::size() units from unit j): the activated gates, c' and h'. The step
+// kernels, the fused cell and the engine share it.
+template <typename V>
+struct StepVector {
+  lstm::Gates<V> act;
+  V c_next, h_next;
+};
+
+template <typename V, typename A>
+inline StepVector<V> step_vector(lstm::Gates<V> z, const A* bias, int64_t hidden, int64_t j,
+                                 int64_t k, const V& c) {
+  if (bias) {
+    const lstm::Gates<V> bz = GateRow<const A>{bias, hidden}.load(j, k);
+    z = {z.i + bz.i, z.f + bz.f, z.g + bz.g, z.o + bz.o};
+  }
+  const lstm::Gates<V> act = lstm::activate(z, VecSigmoid{}, VecTanh{});
+  const V c_next = lstm::next_cell(act, c);
+  return {act, c_next, lstm::next_hidden(act, c_next, VecTanh{})};
+}
+
 }  // namespace CPU_CAPABILITY
 }  // namespace pynotes
