@@ -103,8 +103,10 @@ def test_measured_choices_give_the_same_results_and_are_reported(matmul):
     engine = choices["lstm_engine"]
     assert [c["shape_class"] for c in engine] == [[8, 32]]  # batch 5, hidden 32: one class
     assert all(len(c["engine_us"]) == 2 and len(c["products_us"]) == 2 for c in engine)
-    # float32: the engine is also timed after a matrix product made the input projection
-    assert all(len(c["engine_after_matmul_us"]) == 2 for c in engine)
+    # float32: the engine is also timed after a matrix product made the input projection, and
+    # making it in each step
+    assert all(len(c["engine_after_matmul_us"]) == 2 and len(c["engine_input_per_step_us"]) == 2
+               for c in engine)
     rnn = choices["lstm_onednn_rnn"]
     assert [c["shape_class"] for c in rnn] == ([[8, 32]] if torch.backends.mkldnn.is_available()
                                                else [])
@@ -129,8 +131,8 @@ def test_measured_choices_give_the_same_results_and_are_reported(matmul):
 def test_bad_lstm_engine_override_is_an_error(monkeypatch):
     monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "yes")
     with pytest.raises(RuntimeError,
-                       match="PYNOTES_LSTM_ENGINE must be '0', '1', 'after-matmul' or "
-                             "'onednn', got 'yes'"):
+                       match="PYNOTES_LSTM_ENGINE must be '0', '1', 'after-matmul', "
+                             "'input-per-step' or 'onednn', got 'yes'"):
         pynotes.nn.LSTM(4, 4)(torch.randn(3, 2, 4))
 
 

@@ -22,16 +22,18 @@ LSTM_CONFIGS = [
 ]
 
 
-@pytest.fixture(params=["engine", "engine-after-matmul", "per-step", "per-step-mkl",
-                        "per-step-onednn", "onednn-rnn"])
+@pytest.fixture(params=["engine", "engine-after-matmul", "engine-input-per-step", "per-step",
+                        "per-step-mkl", "per-step-onednn", "onednn-rnn"])
 def recurrent_path(request, monkeypatch):
     """Runs a layer test on the CPU's recurrent engine, making the input projection itself
-    (float32, float64) or after one matrix product made it; on the per-step products, with the
+    (float32, float64) before the steps or in each step's products, or after one matrix
+    product made it; on the per-step products, with the
     weight re-packed every step, packed once for MKL's GEMM (float32) or for oneDNN's linear
     where torch has them (common/matmul.cpp, RepeatedMatmul); and, for inference over dense
     sequences, on torch's oneDNN RNN layer (training and packed sequences then take the
     products). Each is the default for some shapes (lstm_ops.cpp, choose_path)."""
     engine = {"engine": "1", "engine-after-matmul": "after-matmul",
+              "engine-input-per-step": "input-per-step",
               "onednn-rnn": "onednn"}.get(request.param, "0")
     monkeypatch.setenv("PYNOTES_LSTM_ENGINE", engine)
     monkeypatch.setenv("PYNOTES_PACKED_MATMUL", request.param.removeprefix("per-step-")
@@ -199,9 +201,10 @@ def test_layer_gradcheck(device, packed, reverse, project):
 
 
 # Layer sizes for both recurrent paths: batches of 1 and 2 (the engine's bfloat16 dot products
-# where the CPU has AVX512-BF16), 3 and 6 (several rows per micro-kernel, a partial block);
-# hidden sizes odd, below, across and over one SIMD vector and several per thread.
-PATH_SIZES = [(1, 5), (2, 33), (3, 16), (6, 70), (2, 130)]
+# where the CPU has AVX512-BF16), 3 and 6 (several rows per micro-kernel, a partial block), 13
+# (rows in uneven groups); hidden sizes odd, below, across and over one SIMD vector and several
+# per thread.
+PATH_SIZES = [(1, 5), (2, 33), (3, 16), (6, 70), (2, 130), (13, 20)]
 PATH_TOLERANCE = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 8e-2}
 
 
@@ -383,15 +386,18 @@ def test_layer_op_noncontiguous_inputs(device):
     (9, 8, 67, 37, False),   # 72 rows: two groups of rows; 67 inputs: a partial chunk of k
     (5, 1, 130, 16, True),   # one row a step, three chunks of k
     (3, 2, 1, 70, False),    # a single input
+    (4, 13, 70, 40, True),   # steps of 13 rows (uneven groups) and of 6
 ])
+@pytest.mark.parametrize("where", ["1", "input-per-step"])
 def test_engine_input_projection(device, monkeypatch, threads, dtype, seq, batch, inputs,
-                                 hidden, packed):
+                                 hidden, packed, where):
     """On the engine, float32 and float64 layers compute x w_ih^T themselves, each thread for
-    its units (lstm_engine_cpu_kernel.cpp, input_products): outputs and gradients as the float64
-    reference's, for any thread count (unit slices of whole and partial SIMD vectors)."""
+    its units, before the steps (lstm_engine_cpu_kernel.cpp, input_products) or in each step's
+    products: outputs and gradients as the float64 reference's, for any thread count (unit
+    slices of whole and partial SIMD vectors); inference gives the same outputs as training."""
     if device != "cpu":
         pytest.skip("the recurrent engine is the CPU's")
-    monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "1")
+    monkeypatch.setenv("PYNOTES_LSTM_ENGINE", where)
     torch.manual_seed(seq * 100 + inputs)
     batch_sizes = torch.tensor([batch] * (seq - 1) + [max(1, batch // 2)]) if packed else None
     rows = int(batch_sizes.sum()) if packed else seq * batch
@@ -406,6 +412,11 @@ def test_engine_input_projection(device, monkeypatch, threads, dtype, seq, batch
         try:
             torch.set_num_threads(threads)
             out = layer(*args, batch_sizes=batch_sizes, reverse=packed)
+            if layer is pynotes.ops.lstm_layer:
+                with torch.no_grad():
+                    inferred = layer(*args, batch_sizes=batch_sizes, reverse=packed)
+                for a, b in zip(out[:3], inferred[:3]):
+                    assert torch.equal(a, b)
             torch.manual_seed(8)  # the same output weights for both (drawn in float64)
             weights = [torch.randn(o.shape, dtype=torch.float64) for o in out]
             loss = sum((o * w.to(t)).sum() for o, w in zip(out, weights))

@@ -161,12 +161,20 @@ Steps steps_of(const char* op, const at::Tensor& input, const OptTensor& batch_s
 }
 
 // A layer's recurrent paths: per-step products and step kernels; the device's recurrent engine
-// (lstm_step.h), making the input projection itself where it can (float32, float64) or after
-// one matrix product made it; or, for inference on CPU, torch's own oneDNN RNN layer (what
-// torch.nn.LSTM runs there).
-enum LayerPath : int { kProducts = 0, kEngine = 1, kOnednnRnn = 2, kEngineAfterMatmul = 3 };
+// (lstm_step.h), making the input projection itself where it can (float32, float64), before
+// the steps or in each step, or after one matrix product made it; or, for inference on CPU,
+// torch's own oneDNN RNN layer (what torch.nn.LSTM runs there).
+enum LayerPath : int {
+  kProducts = 0,
+  kEngine = 1,
+  kOnednnRnn = 2,
+  kEngineAfterMatmul = 3,
+  kEngineInputPerStep = 4
+};
 
-bool is_engine(int path) { return path == kEngine || path == kEngineAfterMatmul; }
+bool is_engine(int path) {
+  return path == kEngine || path == kEngineAfterMatmul || path == kEngineInputPerStep;
+}
 
 // Whether the engine can make a layer's input projection itself (it reads the rows as stored).
 bool engine_projects_itself(c10::ScalarType dtype) {
@@ -264,9 +272,12 @@ int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok
   if (const char* forced = std::getenv("PYNOTES_LSTM_ENGINE"); forced && forced[0] != '\0') {
     if (std::strcmp(forced, "onednn") == 0) return onednn_rnn_ok ? kOnednnRnn : kProducts;
     if (std::strcmp(forced, "after-matmul") == 0) return engine_ok ? kEngineAfterMatmul : kProducts;
+    if (std::strcmp(forced, "input-per-step") == 0) {
+      return engine_ok ? kEngineInputPerStep : kProducts;
+    }
     TORCH_CHECK(std::strcmp(forced, "0") == 0 || std::strcmp(forced, "1") == 0,
-                "PYNOTES_LSTM_ENGINE must be '0', '1', 'after-matmul' or 'onednn', got '",
-                forced, "'");
+                "PYNOTES_LSTM_ENGINE must be '0', '1', 'after-matmul', 'input-per-step' or "
+                "'onednn', got '", forced, "'");
     return forced[0] == '1' && engine_ok ? kEngine : kProducts;
   }
   const EngineShapeClass key{input.scalar_type(), round_up_pow2(batch), round_up_pow2(hidden),
@@ -282,12 +293,17 @@ int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok
                          measure_path(kernels, opts, batch, hidden, kProducts), std::nullopt};
       if (engine_projects_itself(input.scalar_type())) {
         c.engine_after_matmul = measure_path(kernels, opts, batch, hidden, kEngineAfterMatmul);
+        c.engine_input_per_step =
+            measure_path(kernels, opts, batch, hidden, kEngineInputPerStep);
       }
       choice = engine_choices().insert(key, c);
     }
-    path = !choice->engine_for(steps)       ? kProducts
-           : choice->after_matmul_for(steps) ? kEngineAfterMatmul
-                                            : kEngine;
+    switch (choice->engine_input_for(steps)) {
+      case LstmEngineInput::kAfterMatmul: path = kEngineAfterMatmul; break;
+      case LstmEngineInput::kPerStep: path = kEngineInputPerStep; break;
+      default: path = kEngine;
+    }
+    if (!choice->engine_for(steps)) path = kProducts;
     best = path == kProducts ? choice->products : choice->engine_cost(steps);
   }
   if (!engine_ok || !onednn_rnn_ok) return path;  // (the CPU, which has oneDNN, has an engine)
@@ -531,9 +547,11 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
   const at::Tensor x = input.reshape({N, s.I});
   const at::Tensor w_hh_t = w_hh.t(), w_hr_t = project ? w_hr->t() : at::Tensor();
   const at::Tensor bias = combined_bias(b_ih, b_hh);
-  at::Tensor gates = at::empty({N, 4 * H}, opts);
-  const bool engine_projects =
-      path == kEngine && s.I > 0 && engine_projects_itself(input.scalar_type());
+  const bool engine_projects = (path == kEngine || path == kEngineInputPerStep) && s.I > 0 &&
+                               engine_projects_itself(input.scalar_type());
+  const bool input_per_step = engine_projects && path == kEngineInputPerStep;
+  // (Inference with the projection made per step has no use for gates.)
+  at::Tensor gates = at::empty({input_per_step && !train ? 0 : N, 4 * H}, opts);
   if (!engine_projects) matmul_into(gates, x, w_ih.t(), false);
   at::Tensor h = hx.clone(at::MemoryFormat::Contiguous);
   at::Tensor c = cx.to(acc_opts.dtype(), false, true, at::MemoryFormat::Contiguous);
@@ -545,14 +563,16 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
     const at::Tensor x_rows = engine_projects ? x.contiguous() : at::Tensor();
     const at::Tensor w_in = engine_projects ? w_ih.contiguous() : at::Tensor();
     at::Tensor h_n = at::empty({B, H}, opts), c_n = at::empty({B, H}, acc_opts);
-    kernels.engine_forward({input.scalar_type(), T, B, H, steps.rows.data(),
-                            steps.offset.data(), reverse, gates.mutable_data_ptr(),
-                            data_or_null(bias), w.const_data_ptr(), data_or_null(x_rows),
-                            data_or_null(w_in), s.I, h0.const_data_ptr(),
-                            c.const_data_ptr(), output.mutable_data_ptr(),
-                            h_n.mutable_data_ptr(), c_n.mutable_data_ptr(), train,
-                            train ? c_prev.mutable_data_ptr() : nullptr,
-                            train ? h_prev.mutable_data_ptr() : nullptr});
+    LstmEngineForward args{input.scalar_type(), T, B, H, steps.rows.data(),
+                           steps.offset.data(), reverse, gates.mutable_data_ptr(),
+                           data_or_null(bias), w.const_data_ptr(), data_or_null(x_rows),
+                           data_or_null(w_in), s.I, h0.const_data_ptr(),
+                           c.const_data_ptr(), output.mutable_data_ptr(),
+                           h_n.mutable_data_ptr(), c_n.mutable_data_ptr(), train,
+                           train ? c_prev.mutable_data_ptr() : nullptr,
+                           train ? h_prev.mutable_data_ptr() : nullptr};
+    args.input_per_step = input_per_step;
+    kernels.engine_forward(args);
     return {as_layer_layout(output, input), h_n, c_n.to(input.scalar_type()),
             train ? gates : at::empty({0, 4 * H}, opts), c_prev, h_prev,
             at::empty({0, H}, opts)};

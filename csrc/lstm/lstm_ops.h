@@ -52,6 +52,10 @@ struct LstmPathCost {
   double seconds(int64_t steps) const { return fixed_seconds + steps * step_seconds; }
 };
 
+// Where the recurrent engine gets a layer's input projection x w_ih^T: made by itself before
+// the steps, by one matrix product before the steps, or by itself in each step's products.
+enum class LstmEngineInput { kBeforeSteps, kAfterMatmul, kPerStep };
+
 // The costs of the recurrent engine and of per-step products measured so far for a shape
 // class (dtype, batch and hidden rounded up to powers of two, threads).
 struct LstmEngineChoice {
@@ -59,14 +63,28 @@ struct LstmEngineChoice {
   int64_t batch, hidden;
   int threads;
   LstmPathCost engine, products;
-  // The engine after one matrix product made the input projection (where the engine can make
-  // it itself, float32 and float64; else the engine's cost is after it already).
-  std::optional<LstmPathCost> engine_after_matmul;
-  bool after_matmul_for(int64_t steps) const {
-    return engine_after_matmul && engine_after_matmul->seconds(steps) < engine.seconds(steps);
+  // Where the engine can make the input projection itself (float32, float64), `engine` makes
+  // it before the steps, and these are the engine after one matrix product made it and with
+  // it made in each step; elsewhere nullopt (the engine's cost is after the product already).
+  std::optional<LstmPathCost> engine_after_matmul, engine_input_per_step;
+  LstmEngineInput engine_input_for(int64_t steps) const {
+    LstmEngineInput input = LstmEngineInput::kBeforeSteps;
+    double best = engine.seconds(steps);
+    for (auto [cost, where] : {std::pair(engine_after_matmul, LstmEngineInput::kAfterMatmul),
+                               std::pair(engine_input_per_step, LstmEngineInput::kPerStep)}) {
+      if (cost && cost->seconds(steps) < best) {
+        best = cost->seconds(steps);
+        input = where;
+      }
+    }
+    return input;
   }
   LstmPathCost engine_cost(int64_t steps) const {
-    return after_matmul_for(steps) ? *engine_after_matmul : engine;
+    switch (engine_input_for(steps)) {
+      case LstmEngineInput::kAfterMatmul: return *engine_after_matmul;
+      case LstmEngineInput::kPerStep: return *engine_input_per_step;
+      default: return engine;
+    }
   }
   bool engine_for(int64_t steps) const {
     return engine_cost(steps).seconds(steps) <= products.seconds(steps);

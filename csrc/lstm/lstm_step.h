@@ -71,8 +71,8 @@ struct LstmEngineForward {
   const void* bias;        // (4H) opmath (b_ih + b_hh), or nullptr
   const void* w_hh;        // (4H, H), row-major
   // The input rows (N, input_size) and w_ih (4H, input_size), row-major, for the engine to
-  // compute x w_ih^T into gates itself (each thread its units, before the steps); or nullptr
-  // when gates hold it already. float32 and float64 only.
+  // compute x w_ih^T itself (each thread its units, before the steps or per step, see
+  // input_per_step); or nullptr when gates hold it already. float32 and float64 only.
   const void* input;
   const void* w_ih;
   int64_t input_size;
@@ -84,6 +84,9 @@ struct LstmEngineForward {
   bool train;
   void* c_prev;            // (N, H) opmath, if train: c before each step
   void* h_prev;            // (N, H), if train: h before each step
+  // With `input`: x_t w_ih^T is summed in each step's products, with h's (nothing is read
+  // from gates, nor written at inference), instead of into gates before the steps.
+  bool input_per_step = false;
 };
 
 // Backward through time by the same engine: per step the threads' unit slices of dgates, a

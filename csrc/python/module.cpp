@@ -125,6 +125,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
               ? py::object(py::make_tuple(c.engine_after_matmul->fixed_seconds * 1e6,
                                           c.engine_after_matmul->step_seconds * 1e6))
               : py::object(py::none());  // None: the engine does not project itself here
+      d["engine_input_per_step_us"] =
+          c.engine_input_per_step
+              ? py::object(py::make_tuple(c.engine_input_per_step->fixed_seconds * 1e6,
+                                          c.engine_input_per_step->step_seconds * 1e6))
+              : py::object(py::none());
       const int64_t from = c.engine_from_steps();  // None: the engine never wins
       d["engine_from_steps"] = from < 0 ? py::object(py::none()) : py::object(py::int_(from));
       out.append(d);
