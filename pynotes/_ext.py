@@ -68,8 +68,11 @@ def backend_info() -> dict:
     by PYNOTES_PACKED_MATMUL=mkl|onednn|0, with "mkl_packed_gemm", whether torch's MKL has a
     packed GEMM at all; "lstm_engine", the LSTM layer's
     recurrent path per shape class (the engine also timed after a matrix product made the
-    input projection), fixed by PYNOTES_LSTM_ENGINE=1|after-matmul|0|onednn, with
-    "lstm_onednn_rnn", the inference cost of torch's own oneDNN RNN layer per class, which an
+    input projection, and making it in each step), fixed by
+    PYNOTES_LSTM_ENGINE=1|after-matmul|input-per-step|0|onednn, with
+    "lstm_backward", the training layer's backward path per class (the engine or per-step
+    products, by the backward's measured cost), "lstm_onednn_rnn", the inference cost of
+    torch's own oneDNN RNN layer per class, which an
     inference layer takes where it is cheapest; "lstm_cell", how the LSTM cell runs per shape
     class (one fused kernel or two products and the step kernel), fixed by
     PYNOTES_LSTM_CELL=fused|products; "group_norm_sums", how
@@ -100,6 +103,7 @@ def backend_info() -> dict:
                            "packed_matmul": _C.packed_matmul_choices(),
                            "mkl_packed_gemm": _C.mkl_packed_gemm_available(),
                            "lstm_engine": _C.lstm_engine_choices(),
+                           "lstm_backward": _C.lstm_backward_choices(),
                            "lstm_onednn_rnn": _C.lstm_onednn_rnn_costs(),
                            "lstm_cell": _C.lstm_cell_choices(),
                            "group_norm_sums": _C.group_norm_sums_choices(),

@@ -77,12 +77,15 @@ for a, b in zip(cell(x, h), ref(x, h)):
 layer, ref = pynotes.nn.LSTM(24, 32), torch.nn.LSTM(24, 32)
 layer.load_state_dict(ref.state_dict())
 x = torch.randn(9, 5, 24)
-torch.testing.assert_close(layer(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
+out = layer(x)[0]  # training: the forward and the backward are measured
+torch.testing.assert_close(out, ref(x)[0], rtol=1e-5, atol=1e-5)
+out.sum().backward()
 with torch.no_grad():  # inference: torch's oneDNN RNN layer is measured too
     torch.testing.assert_close(layer(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
 choices = pynotes.backend_info()["choices"]
 print(json.dumps({"matmul": choices["matmul"], "onednn_float32": choices["onednn_float32"],
                   "lstm_engine": choices["lstm_engine"],
+                  "lstm_backward": choices["lstm_backward"],
                   "lstm_onednn_rnn": choices["lstm_onednn_rnn"],
                   "packed_matmul": choices["packed_matmul"],
                   "mkl_packed_gemm": choices["mkl_packed_gemm"],
@@ -101,8 +104,13 @@ def test_measured_choices_give_the_same_results_and_are_reported(matmul):
     assert proc.returncode == 0, proc.stderr
     choices = json.loads(proc.stdout.strip().splitlines()[-1])
     engine = choices["lstm_engine"]
-    assert [c["shape_class"] for c in engine] == [[8, 32]]  # batch 5, hidden 32: one class
+    # batch 5, hidden 32: one class, for the inference and the training forward
+    assert sorted((c["shape_class"], c["train"]) for c in engine) == [([8, 32], False),
+                                                                       ([8, 32], True)]
     assert all(len(c["engine_us"]) == 2 and len(c["products_us"]) == 2 for c in engine)
+    backward = choices["lstm_backward"]
+    assert [c["shape_class"] for c in backward] == [[8, 32]]
+    assert all(len(c["engine_us"]) == 2 and len(c["products_us"]) == 2 for c in backward)
     # float32: the engine is also timed after a matrix product made the input projection, and
     # making it in each step
     assert all(len(c["engine_after_matmul_us"]) == 2 and len(c["engine_input_per_step_us"]) == 2
@@ -118,10 +126,11 @@ def test_measured_choices_give_the_same_results_and_are_reported(matmul):
         assert {c["backend"] for c in choices["matmul"]} <= {"aten", "onednn"}
     else:  # oneDNN refuses float32 on this CPU: nothing to choose between
         assert choices["matmul"] == []
-    # The layer's per-step products (h W_hh^T: 5 rows, N 128, K 32) measured packing where MKL
-    # can.
+    # The layer's per-step products (h W_hh^T: 5 rows, N 128, K 32; backward dgates W_hh: 5
+    # rows, N 32, K 128) measured packing where MKL can.
     packed = choices["packed_matmul"]
-    assert [c["shape_class"] for c in packed] == ([[8, 128, 32]] if choices["mkl_packed_gemm"]
+    assert [c["shape_class"] for c in packed] == ([[8, 32, 128], [8, 128, 32]]
+                                                  if choices["mkl_packed_gemm"]
                                                   or choices["onednn_packed_float32"] else [])
     assert all(c["unpacked_us"] > 0 and c["backend"] in ("unpacked", "mkl", "onednn")
                for c in packed)

@@ -6,7 +6,9 @@
 // slice is a register-blocked micro-kernel: per 4 gates x kBatch rows, accumulators over k,
 // each k one vector of 4 gates' weights for L units (packed [k][gate][L], so the loads
 // stream) times a broadcast of h[b, k]. The weights of a slice (4 x units x H) are packed once
-// per call and stay in that core's cache. Each step visits a thread's blocks of weights in the
+// per call and stay in that core's cache. In float32/float64 the engine may make the input
+// projection too: before the steps (input_products), or in each step, with the slice's w_ih
+// rows packed before its w_hh rows and x_t's rows multiplied into the same accumulators. Each step visits a thread's blocks of weights in the
 // reverse order of the step before, starting on what was read last: where the blocks outgrow
 // the L2, as much of them as fits is still there (in one fixed order, each block would be
 // evicted just before its turn). Blocks are independent, so the order does not change the bits.

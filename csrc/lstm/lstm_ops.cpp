@@ -181,25 +181,40 @@ bool engine_projects_itself(c10::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kDouble;
 }
 
-// The layer's forward with the recurrent path chosen: path = -1 lets choose_path choose.
+// The layer's forward and backward with the recurrent path chosen: path = -1 lets choose_path
+// (choose_backward_path) choose.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
               const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
               const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& batch_sizes,
               bool reverse, bool train, const LstmStepKernels& kernels, int path);
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+layer_backward(const OptTensor& grad_output, const OptTensor& grad_hy, const OptTensor& grad_cy,
+               const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+               const at::Tensor& w_hh, const OptTensor& w_hr, const OptTensor& batch_sizes,
+               bool reverse, const at::Tensor& gates, const at::Tensor& c_prev,
+               const at::Tensor& h_prev, const at::Tensor& r, std::array<bool, 3> output_mask,
+               const LstmStepKernels& kernels, int path);
+
 struct EngineShapeClass {
   c10::ScalarType dtype;
   int64_t batch, hidden;  // rounded up to powers of two
   int threads;
+  bool train;  // a training forward (saving what the backward needs), or inference
   bool operator<(const EngineShapeClass& o) const {
-    return std::tie(dtype, batch, hidden, threads) <
-           std::tie(o.dtype, o.batch, o.hidden, o.threads);
+    return std::tie(dtype, batch, hidden, threads, train) <
+           std::tie(o.dtype, o.batch, o.hidden, o.threads, o.train);
   }
 };
 
 ChoiceTable<EngineShapeClass, LstmEngineChoice>& engine_choices() {
   static ChoiceTable<EngineShapeClass, LstmEngineChoice> table;
+  return table;
+}
+
+ChoiceTable<EngineShapeClass, LstmBackwardChoice>& backward_choices() {
+  static ChoiceTable<EngineShapeClass, LstmBackwardChoice> table;
   return table;
 }
 
@@ -224,25 +239,38 @@ Tensor3 onednn_rnn_layer(const at::Tensor& input, const at::Tensor& hx, const at
   return {output, hy, cy};
 }
 
-// Seconds of an inference layer of `steps` steps at this batch and hidden size on one path
-// (best of 3 to 16 runs after a warm-up, as many as 20 ms allow), on synthetic inputs.
+// What a layer path is timed on: its forward at inference or in training, or its backward.
+enum class Timed { kInference, kTraining, kBackward };
+
+// Seconds of a layer of `steps` steps at this batch and hidden size on one path (best of 3 to
+// 16 runs after a warm-up, as many as 20 ms allow), on synthetic inputs.
 double time_layer_path(const LstmStepKernels& kernels, const at::TensorOptions& opts,
-                       int64_t steps, int64_t batch, int64_t hidden, LayerPath path) {
+                       int64_t steps, int64_t batch, int64_t hidden, LayerPath path,
+                       Timed timed) {
   const at::Tensor x = at::zeros({steps, batch, hidden}, opts);
   const at::Tensor h0 = at::zeros({batch, hidden}, opts), c0 = at::zeros({batch, hidden}, opts);
   const at::Tensor w = at::zeros({4 * hidden, hidden}, opts), bias = at::zeros({4 * hidden}, opts);
+  if (timed != Timed::kBackward) {
+    return best_seconds_within(0.02, 3, 16, [&] {
+      layer_forward(x, h0, c0, w, w, bias, bias, std::nullopt, std::nullopt, false,
+                    timed == Timed::kTraining, kernels, path);
+    });
+  }
+  const auto saved = layer_forward(x, h0, c0, w, w, bias, bias, std::nullopt, std::nullopt,
+                                   false, true, kernels, kProducts);
   return best_seconds_within(0.02, 3, 16, [&] {
-    layer_forward(x, h0, c0, w, w, bias, bias, std::nullopt, std::nullopt, false, false,
-                  kernels, path);
+    layer_backward(x, std::nullopt, std::nullopt, x, h0, w, w, std::nullopt, std::nullopt, false,
+                   std::get<3>(saved), std::get<4>(saved), std::get<5>(saved),
+                   std::get<6>(saved), {false, false, false}, kernels, path);
   });
 }
 
 // A path's cost as fixed + per-step seconds, from layers of 4 and 16 steps (the engine packs
 // W_hh once per call: long sequences favour it more than short ones).
 LstmPathCost measure_path(const LstmStepKernels& kernels, const at::TensorOptions& opts,
-                          int64_t batch, int64_t hidden, LayerPath path) {
-  const double short_s = time_layer_path(kernels, opts, 4, batch, hidden, path);
-  const double long_s = time_layer_path(kernels, opts, 16, batch, hidden, path);
+                          int64_t batch, int64_t hidden, LayerPath path, Timed timed) {
+  const double short_s = time_layer_path(kernels, opts, 4, batch, hidden, path, timed);
+  const double long_s = time_layer_path(kernels, opts, 16, batch, hidden, path, timed);
   const double per_step = std::max(0.0, (long_s - short_s) / 12);
   return {std::max(0.0, short_s - 4 * per_step), per_step};
 }
@@ -253,20 +281,25 @@ LstmPathCost measure_path(const LstmStepKernels& kernels, const at::TensorOption
 // AMX tiles outrun it from batch x hidden ~4096), so the first layer of each shape class
 // (dtype, batch and hidden rounded up to powers of two, threads) times both on 4- and 16-step
 // synthetic sequences (fixed and per-step cost of each path) and keeps both costs for the
-// process; each call then takes the cheaper path for its length. Training uses the same
-// choice. An inference layer on CPU over a dense sequence without projection may also take
+// process; each call then takes the cheaper path for its length. Training forwards are
+// classes of their own, timed saving what the backward needs (at batch 256, hidden 256 on a
+// Xeon the engine that won at inference lost to the products there, its step's rows of saved
+// gates pages apart); their backward is chosen on its own (backward_on_engine). An inference
+// layer on CPU over a dense sequence without projection may also take
 // torch's oneDNN RNN layer: its cost is measured the same way at the first such call of the
 // class (lstm_onednn_rnn_costs), and it runs where it is the cheapest of the three. On a Xeon
 // with AMX that is bfloat16 from batch 32 (ours ran at 0.55-0.72x of it there); in float32
 // from batch 32 the three were within a few % of each other.
 // Where the engine can make the input projection itself (float32, float64), it is also timed
 // after one matrix product made it instead (oneDNN's or MKL's GEMM, more efficient than the
-// engine's micro-kernel over many rows: at batch 32-64, hidden 256 on a Xeon the engine after
-// it beat torch's RNN by 7-10 %, while at batch 1 the engine's own projection was faster).
+// engine's micro-kernel over many rows, while at batch 1 the engine's own projection was
+// faster), and making it inside each step's products (no gates buffer written before the steps
+// and read back: at batch 256, hidden 256 on a Xeon, 0.79x torch's RNN after the GEMM and
+// 1.07-1.15x per step).
 // PYNOTES_LSTM_ENGINE=0, 1, after-matmul or onednn forces the products, the engine (projecting
 // itself where it can), the engine after the product, or torch's RNN where it can run (else
 // the products); the tests run each.
-int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok,
+int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok, bool train,
                 const at::Tensor& input, int64_t steps, int64_t batch, int64_t hidden) {
   const bool engine_ok = kernels.engine_forward != nullptr && !project;
   if (const char* forced = std::getenv("PYNOTES_LSTM_ENGINE"); forced && forced[0] != '\0') {
@@ -281,20 +314,22 @@ int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok
     return forced[0] == '1' && engine_ok ? kEngine : kProducts;
   }
   const EngineShapeClass key{input.scalar_type(), round_up_pow2(batch), round_up_pow2(hidden),
-                             at::get_num_threads()};
+                             at::get_num_threads(), train};
+  const Timed timed = train ? Timed::kTraining : Timed::kInference;
   LstmPathCost best{0, 0};
   int path = kProducts;
   if (engine_ok) {
     std::optional<LstmEngineChoice> choice = engine_choices().find(key);
     if (!choice) {
       const auto opts = input.options();
-      LstmEngineChoice c{key.dtype, key.batch, key.hidden, key.threads,
-                         measure_path(kernels, opts, batch, hidden, kEngine),
-                         measure_path(kernels, opts, batch, hidden, kProducts), std::nullopt};
+      LstmEngineChoice c{key.dtype, key.batch, key.hidden, key.threads, train,
+                         measure_path(kernels, opts, batch, hidden, kEngine, timed),
+                         measure_path(kernels, opts, batch, hidden, kProducts, timed)};
       if (engine_projects_itself(input.scalar_type())) {
-        c.engine_after_matmul = measure_path(kernels, opts, batch, hidden, kEngineAfterMatmul);
+        c.engine_after_matmul =
+            measure_path(kernels, opts, batch, hidden, kEngineAfterMatmul, timed);
         c.engine_input_per_step =
-            measure_path(kernels, opts, batch, hidden, kEngineInputPerStep);
+            measure_path(kernels, opts, batch, hidden, kEngineInputPerStep, timed);
       }
       choice = engine_choices().insert(key, c);
     }
@@ -311,12 +346,35 @@ int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok
   if (!rnn) {
     LstmOnednnRnnCost cost{key.dtype, key.batch, key.hidden, key.threads, std::nullopt};
     try {
-      cost.rnn = measure_path(kernels, input.options(), batch, hidden, kOnednnRnn);
+      cost.rnn = measure_path(kernels, input.options(), batch, hidden, kOnednnRnn, timed);
     } catch (const std::exception&) {  // oneDNN cannot run the dtype on this CPU (dnnl::error)
     }
     rnn = onednn_rnn_costs().insert(key, cost);
   }
   return rnn->rnn && rnn->rnn->seconds(steps) < best.seconds(steps) ? kOnednnRnn : path;
+}
+
+// Whether a training layer's backward runs on the engine: the cheaper of the engine and the
+// per-step products by their backward's cost, measured at the first backward of a shape class
+// (choose_path's classes) on 4- and 16-step synthetic layers; PYNOTES_LSTM_ENGINE forces what
+// it forces the forward to.
+bool backward_on_engine(const LstmStepKernels& kernels, bool project, const at::Tensor& input,
+                        int64_t steps, int64_t batch, int64_t hidden) {
+  if (const char* forced = std::getenv("PYNOTES_LSTM_ENGINE"); forced && forced[0] != '\0') {
+    return is_engine(choose_path(kernels, project, false, true, input, steps, batch, hidden));
+  }
+  if (kernels.engine_backward == nullptr || project) return false;
+  const EngineShapeClass key{input.scalar_type(), round_up_pow2(batch), round_up_pow2(hidden),
+                             at::get_num_threads(), true};
+  std::optional<LstmBackwardChoice> choice = backward_choices().find(key);
+  if (!choice) {
+    const auto opts = input.options();
+    choice = backward_choices().insert(
+        key, {key.dtype, key.batch, key.hidden, key.threads,
+              measure_path(kernels, opts, batch, hidden, kEngine, Timed::kBackward),
+              measure_path(kernels, opts, batch, hidden, kProducts, Timed::kBackward)});
+  }
+  return choice->engine_for(steps);
 }
 
 // Whether torch's oneDNN RNN layer can run this layer: inference on CPU, a dense
@@ -496,6 +554,8 @@ std::vector<LstmEngineChoice> lstm_engine_choices() {
   return engine_choices().all();
 }
 
+std::vector<LstmBackwardChoice> lstm_backward_choices() { return backward_choices().all(); }
+
 std::vector<LstmOnednnRnnCost> lstm_onednn_rnn_costs() {
   return onednn_rnn_costs().all();
 }
@@ -532,7 +592,9 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
   const int64_t T = static_cast<int64_t>(steps.rows.size());
   const bool onednn_rnn_ok = onednn_rnn_possible(input, project, batch_sizes, train) && N > 0;
   const bool path_chosen_here = path < 0;
-  if (path_chosen_here) path = choose_path(kernels, project, onednn_rnn_ok, input, T, B, H);
+  if (path_chosen_here) {
+    path = choose_path(kernels, project, onednn_rnn_ok, train, input, T, B, H);
+  }
   if (path == kOnednnRnn && onednn_rnn_ok) {
     try {
       auto [out, h_n, c_n] = onednn_rnn_layer(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse);
@@ -621,6 +683,19 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
                          const at::Tensor& c_prev, const at::Tensor& h_prev,
                          const at::Tensor& r, std::array<bool, 3> output_mask,
                          const LstmStepKernels& kernels) {
+  return layer_backward(grad_output, grad_hy, grad_cy, input, hx, w_ih, w_hh, w_hr, batch_sizes,
+                        reverse, gates, c_prev, h_prev, r, output_mask, kernels, -1);
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+layer_backward(const OptTensor& grad_output, const OptTensor& grad_hy, const OptTensor& grad_cy,
+               const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+               const at::Tensor& w_hh, const OptTensor& w_hr, const OptTensor& batch_sizes,
+               bool reverse, const at::Tensor& gates, const at::Tensor& c_prev,
+               const at::Tensor& h_prev, const at::Tensor& r, std::array<bool, 3> output_mask,
+               const LstmStepKernels& kernels, int path) {
   constexpr const char* op = "lstm_layer_backward";
   const Steps steps = steps_of(op, input, batch_sizes);
   const LstmSizes s = check_weights(op, input, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
@@ -656,7 +731,8 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
   at::Tensor dr = at::empty({project ? B : 0, H}, opts);
 
   const int64_t T = static_cast<int64_t>(steps.rows.size());
-  const bool engine = is_engine(choose_path(kernels, project, false, input, T, B, H));
+  const bool engine = path < 0 ? backward_on_engine(kernels, project, input, T, B, H)
+                               : is_engine(path);
   if (engine) {
     const at::Tensor w = w_hh.contiguous();
     kernels.engine_backward({input.scalar_type(), T, B, H, steps.rows.data(),
@@ -701,5 +777,7 @@ lstm_layer_backward_impl(const OptTensor& grad_output, const OptTensor& grad_hy,
   if (output_mask[2]) d_bias = sum_over_rows(dgates);
   return {d_input, dh, dc.to(input.scalar_type()), d_w_ih, d_w_hh, d_bias, d_w_hr};
 }
+
+}  // namespace
 
 }  // namespace pynotes

@@ -57,11 +57,13 @@ struct LstmPathCost {
 enum class LstmEngineInput { kBeforeSteps, kAfterMatmul, kPerStep };
 
 // The costs of the recurrent engine and of per-step products measured so far for a shape
-// class (dtype, batch and hidden rounded up to powers of two, threads).
+// class (dtype, batch and hidden rounded up to powers of two, threads; training forwards,
+// which save what the backward needs, apart from inference).
 struct LstmEngineChoice {
   c10::ScalarType dtype;
   int64_t batch, hidden;
   int threads;
+  bool train;
   LstmPathCost engine, products;
   // Where the engine can make the input projection itself (float32, float64), `engine` makes
   // it before the steps, and these are the engine after one matrix product made it and with
@@ -89,15 +91,33 @@ struct LstmEngineChoice {
   bool engine_for(int64_t steps) const {
     return engine_cost(steps).seconds(steps) <= products.seconds(steps);
   }
-  // The shortest sequence (up to 4096 steps) that runs on the engine, or -1 when none does.
-  int64_t engine_from_steps() const {
-    for (int64_t t = 1; t <= 4096; ++t) {
-      if (engine_for(t)) return t;
-    }
-    return -1;
-  }
 };
 std::vector<LstmEngineChoice> lstm_engine_choices();
+
+// The shortest sequence (up to 4096 steps) that a choice runs on the engine, or -1 when none
+// does.
+template <typename Choice>
+int64_t engine_from_steps(const Choice& choice) {
+  for (int64_t t = 1; t <= 4096; ++t) {
+    if (choice.engine_for(t)) return t;
+  }
+  return -1;
+}
+
+// The costs of a layer's backward through time on the engine and by per-step products (the
+// weight gradients, the same on both, left out), measured so far for a shape class (the same
+// classes). A training layer's backward takes the cheaper, whatever its forward took (the
+// tensors the forward saves are the same on every path).
+struct LstmBackwardChoice {
+  c10::ScalarType dtype;
+  int64_t batch, hidden;
+  int threads;
+  LstmPathCost engine, products;
+  bool engine_for(int64_t steps) const {
+    return engine.seconds(steps) <= products.seconds(steps);
+  }
+};
+std::vector<LstmBackwardChoice> lstm_backward_choices();
 
 // The cost of torch's oneDNN RNN layer for inference, measured so far for a shape class (the
 // same classes), or nullopt where it could not run.

@@ -117,6 +117,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     py::list out;
     for (const pynotes::LstmEngineChoice& c : pynotes::lstm_engine_choices()) {
       py::dict d = lstm_shape_class(c);
+      d["train"] = c.train;
       d["engine_us"] = py::make_tuple(c.engine.fixed_seconds * 1e6, c.engine.step_seconds * 1e6);
       d["products_us"] =
           py::make_tuple(c.products.fixed_seconds * 1e6, c.products.step_seconds * 1e6);
@@ -130,13 +131,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
               ? py::object(py::make_tuple(c.engine_input_per_step->fixed_seconds * 1e6,
                                           c.engine_input_per_step->step_seconds * 1e6))
               : py::object(py::none());
-      const int64_t from = c.engine_from_steps();  // None: the engine never wins
+      const int64_t from = pynotes::engine_from_steps(c);  // None: the engine never wins
       d["engine_from_steps"] = from < 0 ? py::object(py::none()) : py::object(py::int_(from));
       out.append(d);
     }
     return out;
   }, "The LSTM layer paths (recurrent engine or per-step products) chosen so far, by "
      "measurement (lstm_ops.cpp).");
+  m.def("lstm_backward_choices", [] {
+    py::list out;
+    for (const pynotes::LstmBackwardChoice& c : pynotes::lstm_backward_choices()) {
+      py::dict d = lstm_shape_class(c);
+      d["engine_us"] = py::make_tuple(c.engine.fixed_seconds * 1e6, c.engine.step_seconds * 1e6);
+      d["products_us"] =
+          py::make_tuple(c.products.fixed_seconds * 1e6, c.products.step_seconds * 1e6);
+      const int64_t from = pynotes::engine_from_steps(c);  // None: the engine never wins
+      d["engine_from_steps"] = from < 0 ? py::object(py::none()) : py::object(py::int_(from));
+      out.append(d);
+    }
+    return out;
+  }, "The LSTM layer's backward paths (recurrent engine or per-step products) chosen so far, "
+     "by measurement (lstm_ops.cpp).");
   m.def("lstm_onednn_rnn_costs", [] {
     py::list out;
     for (const pynotes::LstmOnednnRnnCost& c : pynotes::lstm_onednn_rnn_costs()) {
