@@ -8,10 +8,11 @@
 // stream) times a broadcast of h[b, k]. The weights of a slice (4 x units x H) are packed once
 // per call and stay in that core's cache. In float32/float64 the engine may make the input
 // projection too: before the steps (input_products), or in each step, with the slice's w_ih
-// rows packed before its w_hh rows and x_t's rows multiplied into the same accumulators. Each step visits a thread's blocks of weights in the
-// reverse order of the step before, starting on what was read last: where the blocks outgrow
-// the L2, as much of them as fits is still there (in one fixed order, each block would be
-// evicted just before its turn). Blocks are independent, so the order does not change the bits.
+// rows packed before its w_hh rows and x_t's rows multiplied into the same accumulators.
+// Each step visits a thread's blocks of weights in the reverse order of the step before,
+// starting on what was read last: where the blocks outgrow the L2, as much of them as fits is
+// still there (in one fixed order, each block would be evicted just before its turn). Blocks
+// are independent, so the order does not change the bits.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/Utils.h>
@@ -180,8 +181,8 @@ constexpr int kBatch = at::vec::Vectorized<A>::size() * sizeof(A) >= 64 ? kMaxRo
   }
 
 template <int kRows, typename T, typename A>
-void gate_products(const T* w, const A* h, int64_t stride, int64_t K, OpVec<T> (&acc)[4][kMaxRows],
-                   bool first) {
+void gate_products(const T* w, const A* h, int64_t stride, int64_t K,
+                   OpVec<T> (&acc)[4][kMaxRows], bool first) {
   using V = OpVec<T>;
   constexpr int64_t L = V::size();
   PYNOTES_ROWS(PYNOTES_DECLARE)
@@ -305,8 +306,8 @@ using BFloat16 = c10::BFloat16;
 
 template <int kRows>
 __attribute__((target("avx512bf16"), noinline)) void dot_products(
-    const BFloat16* w, const BFloat16* h, int64_t stride, int64_t K, OpVec<BFloat16> (&acc)[4][kMaxRows],
-    bool first) {
+    const BFloat16* w, const BFloat16* h, int64_t stride, int64_t K,
+    OpVec<BFloat16> (&acc)[4][kMaxRows], bool first) {
   using V = OpVec<BFloat16>;
   constexpr int64_t L = 16;
   PYNOTES_ROWS(PYNOTES_DECLARE)
@@ -447,10 +448,6 @@ void input_products(const LstmEngineForward& a, const UnitSlice& slice, T* packe
   }
 }
 
-// Prefetches the lines a step's epilogue reads and writes for row `row`, units from j: the four
-// gate blocks at g, if given (4H apart: each row's lines are pages apart, which the hardware prefetchers
-// do not follow; at batch 256, hidden 256 on a Xeon the epilogue waited on memory for as long
-// as the micro-kernel ran), the output and, in training, the saved c and h.
 // Fetches the cache line at p into L1 (GCC 12 dropped __builtin_prefetch from these loops).
 inline void prefetch_line(const void* p) {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -458,6 +455,11 @@ inline void prefetch_line(const void* p) {
 #endif
 }
 
+// Prefetches the lines a step's epilogue reads and writes for row `row`, units from j: the four
+// gate blocks at g, if given (4H apart: each row's lines are pages apart, which the hardware
+// prefetchers do not follow; at batch 256, hidden 256 on a Xeon, after a GEMM made the input
+// projection, the epilogue waited on memory for as long as the micro-kernel ran), the output
+// and, in training, the saved c and h.
 template <typename T>
 void prefetch_row_lines(const LstmEngineForward& a, const T* g, int64_t H, int64_t row,
                         int64_t j) {
@@ -569,7 +571,7 @@ void engine_forward(const LstmEngineForward& a) {
           if (k0 + kc < KW) continue;
           for (int r = 0; r < rows; ++r) {
             const int64_t b = b0 + r;
-            T* g = gates + (o + b) * G;
+            T* g = KI == 0 || a.train ? gates + (o + b) * G : nullptr;  // (else none there)
             lstm::Gates<V> z{acc[0][r], acc[1][r], acc[2][r], acc[3][r]};
             if (KI == 0) {
               const lstm::Gates<V> in = GateRow<T>{g, H}.load(j, width);
