@@ -182,7 +182,7 @@ bool engine_projects_itself(c10::ScalarType dtype) {
 }
 
 // The layer's forward and backward with the recurrent path chosen: path = -1 lets choose_path
-// (choose_backward_path) choose.
+// (backward_on_engine) choose.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
               const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
@@ -283,8 +283,8 @@ LstmPathCost measure_path(const LstmStepKernels& kernels, const at::TensorOption
 // synthetic sequences (fixed and per-step cost of each path) and keeps both costs for the
 // process; each call then takes the cheaper path for its length. Training forwards are
 // classes of their own, timed saving what the backward needs (at batch 256, hidden 256 on a
-// Xeon the engine that won at inference lost to the products there, its step's rows of saved
-// gates pages apart); their backward is chosen on its own (backward_on_engine). An inference
+// Xeon the engine's forward that won inference by 1.07-1.15x took 54 ms in training against the
+// products' 50); their backward is chosen on its own (backward_on_engine). An inference
 // layer on CPU over a dense sequence without projection may also take
 // torch's oneDNN RNN layer: its cost is measured the same way at the first such call of the
 // class (lstm_onednn_rnn_costs), and it runs where it is the cheapest of the three. On a Xeon
@@ -354,10 +354,10 @@ int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok
   return rnn->rnn && rnn->rnn->seconds(steps) < best.seconds(steps) ? kOnednnRnn : path;
 }
 
-// Whether a training layer's backward runs on the engine: the cheaper of the engine and the
-// per-step products by their backward's cost, measured at the first backward of a shape class
-// (choose_path's classes) on 4- and 16-step synthetic layers; PYNOTES_LSTM_ENGINE forces what
-// it forces the forward to.
+// Whether a training layer's backward runs on the engine or by per-step products, by their
+// backward's cost (LstmBackwardChoice::engine_for), measured at the first backward of a shape
+// class (choose_path's classes) on 4- and 16-step synthetic layers; PYNOTES_LSTM_ENGINE forces
+// what it forces the forward to.
 bool backward_on_engine(const LstmStepKernels& kernels, bool project, const at::Tensor& input,
                         int64_t steps, int64_t batch, int64_t hidden) {
   if (const char* forced = std::getenv("PYNOTES_LSTM_ENGINE"); forced && forced[0] != '\0') {

@@ -30,6 +30,24 @@ py::dict lstm_shape_class(const Choice& c) {
   return d;
 }
 
+// An LSTM path's measured cost in microseconds: (fixed, per step), or None.
+py::object microseconds(const std::optional<pynotes::LstmPathCost>& cost) {
+  if (!cost) return py::none();
+  return py::make_tuple(cost->fixed_seconds * 1e6, cost->step_seconds * 1e6);
+}
+
+// An LSTM engine-or-products choice: its shape class, both costs and the shortest sequence
+// that runs on the engine (None: none does).
+template <typename Choice>
+py::dict lstm_engine_or_products(const Choice& c) {
+  py::dict d = lstm_shape_class(c);
+  d["engine_us"] = microseconds(c.engine);
+  d["products_us"] = microseconds(c.products);
+  const int64_t from = pynotes::engine_from_steps(c);
+  d["engine_from_steps"] = from < 0 ? py::object(py::none()) : py::object(py::int_(from));
+  return d;
+}
+
 // The fields of a group norm shape class (group_norm_cpu.h: dtype, SiLU, N, C and HxW rounded
 // up, threads).
 template <typename Choice>
@@ -116,23 +134,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_engine_choices", [] {
     py::list out;
     for (const pynotes::LstmEngineChoice& c : pynotes::lstm_engine_choices()) {
-      py::dict d = lstm_shape_class(c);
+      py::dict d = lstm_engine_or_products(c);
       d["train"] = c.train;
-      d["engine_us"] = py::make_tuple(c.engine.fixed_seconds * 1e6, c.engine.step_seconds * 1e6);
-      d["products_us"] =
-          py::make_tuple(c.products.fixed_seconds * 1e6, c.products.step_seconds * 1e6);
-      d["engine_after_matmul_us"] =
-          c.engine_after_matmul
-              ? py::object(py::make_tuple(c.engine_after_matmul->fixed_seconds * 1e6,
-                                          c.engine_after_matmul->step_seconds * 1e6))
-              : py::object(py::none());  // None: the engine does not project itself here
-      d["engine_input_per_step_us"] =
-          c.engine_input_per_step
-              ? py::object(py::make_tuple(c.engine_input_per_step->fixed_seconds * 1e6,
-                                          c.engine_input_per_step->step_seconds * 1e6))
-              : py::object(py::none());
-      const int64_t from = pynotes::engine_from_steps(c);  // None: the engine never wins
-      d["engine_from_steps"] = from < 0 ? py::object(py::none()) : py::object(py::int_(from));
+      // None: the engine does not project itself here
+      d["engine_after_matmul_us"] = microseconds(c.engine_after_matmul);
+      d["engine_input_per_step_us"] = microseconds(c.engine_input_per_step);
       out.append(d);
     }
     return out;
@@ -141,13 +147,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_backward_choices", [] {
     py::list out;
     for (const pynotes::LstmBackwardChoice& c : pynotes::lstm_backward_choices()) {
-      py::dict d = lstm_shape_class(c);
-      d["engine_us"] = py::make_tuple(c.engine.fixed_seconds * 1e6, c.engine.step_seconds * 1e6);
-      d["products_us"] =
-          py::make_tuple(c.products.fixed_seconds * 1e6, c.products.step_seconds * 1e6);
-      const int64_t from = pynotes::engine_from_steps(c);  // None: the engine never wins
-      d["engine_from_steps"] = from < 0 ? py::object(py::none()) : py::object(py::int_(from));
-      out.append(d);
+      out.append(lstm_engine_or_products(c));
     }
     return out;
   }, "The LSTM layer's backward paths (recurrent engine or per-step products) chosen so far, "
