@@ -27,11 +27,11 @@ LSTM_CONFIGS = [
 def recurrent_path(request, monkeypatch):
     """Runs a layer test on the CPU's recurrent engine, making the input projection itself
     (float32, float64) before the steps or in each step's products, or after one matrix
-    product made it; on the per-step products, with the
-    weight re-packed every step, packed once for MKL's GEMM (float32) or for oneDNN's linear
-    where torch has them (common/matmul.cpp, RepeatedMatmul); and, for inference over dense
-    sequences, on torch's oneDNN RNN layer (training and packed sequences then take the
-    products). Each is the default for some shapes (lstm_ops.cpp, choose_path)."""
+    product made it; on the per-step products, with the weight re-packed every step, packed
+    once for MKL's GEMM (float32) or for oneDNN's linear where torch has them
+    (common/matmul.cpp, RepeatedMatmul); and, for inference over dense sequences, on torch's
+    oneDNN RNN layer (training and packed sequences then take the products). Each is the
+    default for some shapes (lstm_ops.cpp, choose_path)."""
     engine = {"engine": "1", "engine-after-matmul": "after-matmul",
               "engine-input-per-step": "input-per-step",
               "onednn-rnn": "onednn"}.get(request.param, "0")
@@ -383,7 +383,7 @@ def test_layer_op_noncontiguous_inputs(device):
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seq,batch,inputs,hidden,packed", [
-    (9, 8, 67, 37, False),   # 72 rows: two groups of rows; 67 inputs: a partial chunk of k
+    (13, 8, 67, 37, False),  # 104 rows: two groups of rows; 67 inputs: a partial chunk of k
     (5, 1, 130, 16, True),   # one row a step, three chunks of k
     (3, 2, 1, 70, False),    # a single input
     (4, 13, 70, 40, True),   # steps of 13 rows (uneven groups) and of 6
