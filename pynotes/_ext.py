@@ -68,8 +68,9 @@ def backend_info() -> dict:
     by PYNOTES_PACKED_MATMUL=mkl|onednn|0, with "mkl_packed_gemm", whether torch's MKL has a
     packed GEMM at all; "lstm_engine", the LSTM layer's
     recurrent path per shape class (the engine also timed after a matrix product made the
-    input projection, and making it in each step), fixed by
-    PYNOTES_LSTM_ENGINE=1|after-matmul|input-per-step|0|onednn, with
+    input projection, making it in each step, and at batch 1 in float32 reading w_hh as
+    stored), fixed by PYNOTES_LSTM_ENGINE=1|after-matmul|input-per-step|w-hh-rows|0|onednn,
+    with
     "lstm_backward", the training layer's backward path per class (the engine or per-step
     products, by the backward's measured cost), "lstm_onednn_rnn", the inference cost of
     torch's own oneDNN RNN layer per class, which an

@@ -115,6 +115,8 @@ def test_measured_choices_give_the_same_results_and_are_reported(matmul):
     # making it in each step
     assert all(len(c["engine_after_matmul_us"]) == 2 and len(c["engine_input_per_step_us"]) == 2
                for c in engine)
+    # w_hh read as stored is timed at batch 1 only
+    assert all(c["engine_w_hh_rows_us"] is None for c in engine)
     rnn = choices["lstm_onednn_rnn"]
     assert [c["shape_class"] for c in rnn] == ([[8, 32]] if torch.backends.mkldnn.is_available()
                                                else [])
@@ -136,12 +138,38 @@ def test_measured_choices_give_the_same_results_and_are_reported(matmul):
                for c in packed)
 
 
+CHECK_BATCH_1 = """
+import json, torch, pynotes
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.float64):
+    layer = pynotes.nn.LSTM(24, 32, dtype=dtype)
+    ref = torch.nn.LSTM(24, 32, dtype=dtype)
+    layer.load_state_dict(ref.state_dict())
+    x = torch.randn(9, 1, 24, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x)[0], ref(x)[0])
+print(json.dumps(pynotes.backend_info()["choices"]["lstm_engine"]))
+"""
+
+
+@pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")
+def test_batch_1_times_reading_w_hh_as_stored_in_float32():
+    env = {k: v for k, v in os.environ.items() if k != "PYNOTES_LSTM_ENGINE"}
+    proc = subprocess.run([sys.executable, "-c", CHECK_BATCH_1], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    engine = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = {c["dtype"]: c["engine_w_hh_rows_us"] for c in engine}
+    assert [c["shape_class"] for c in engine] == [[1, 32], [1, 32]]
+    assert len(rows["Float"]) == 2 and rows["Double"] is None
+
+
 @pytest.mark.skipif(not pynotes.backend_info()["extension_loaded"], reason="needs the extension")
 def test_bad_lstm_engine_override_is_an_error(monkeypatch):
     monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "yes")
     with pytest.raises(RuntimeError,
                        match="PYNOTES_LSTM_ENGINE must be '0', '1', 'after-matmul', "
-                             "'input-per-step' or 'onednn', got 'yes'"):
+                             "'input-per-step', 'w-hh-rows' or 'onednn', got 'yes'"):
         pynotes.nn.LSTM(4, 4)(torch.randn(3, 2, 4))
 
 

@@ -22,18 +22,20 @@ LSTM_CONFIGS = [
 ]
 
 
-@pytest.fixture(params=["engine", "engine-after-matmul", "engine-input-per-step", "per-step",
-                        "per-step-mkl", "per-step-onednn", "onednn-rnn"])
+@pytest.fixture(params=["engine", "engine-after-matmul", "engine-input-per-step",
+                        "engine-w-hh-rows", "per-step", "per-step-mkl", "per-step-onednn",
+                        "onednn-rnn"])
 def recurrent_path(request, monkeypatch):
     """Runs a layer test on the CPU's recurrent engine, making the input projection itself
     (float32, float64) before the steps or in each step's products, or after one matrix
-    product made it; on the per-step products, with the weight re-packed every step, packed
-    once for MKL's GEMM (float32) or for oneDNN's linear where torch has them
-    (common/matmul.cpp, RepeatedMatmul); and, for inference over dense sequences, on torch's
-    oneDNN RNN layer (training and packed sequences then take the products). Each is the
-    default for some shapes (lstm_ops.cpp, choose_path)."""
+    product made it, or reading w_hh as stored (float32 at batch 1); on the per-step
+    products, with the weight re-packed every step, packed once for MKL's GEMM (float32) or
+    for oneDNN's linear where torch has them (common/matmul.cpp, RepeatedMatmul); and, for
+    inference over dense sequences, on torch's oneDNN RNN layer (training and packed sequences
+    then take the products). Each is the default for some shapes (lstm_ops.cpp,
+    choose_path)."""
     engine = {"engine": "1", "engine-after-matmul": "after-matmul",
-              "engine-input-per-step": "input-per-step",
+              "engine-input-per-step": "input-per-step", "engine-w-hh-rows": "w-hh-rows",
               "onednn-rnn": "onednn"}.get(request.param, "0")
     monkeypatch.setenv("PYNOTES_LSTM_ENGINE", engine)
     monkeypatch.setenv("PYNOTES_PACKED_MATMUL", request.param.removeprefix("per-step-")
@@ -204,7 +206,7 @@ def test_layer_gradcheck(device, packed, reverse, project):
 # where the CPU has AVX512-BF16), 3 and 6 (several rows per micro-kernel, a partial block), 13
 # (rows in uneven groups); hidden sizes odd, below, across and over one SIMD vector and several
 # per thread.
-PATH_SIZES = [(1, 5), (2, 33), (3, 16), (6, 70), (2, 130), (13, 20)]
+PATH_SIZES = [(1, 5), (1, 37), (2, 33), (3, 16), (6, 70), (2, 130), (13, 20)]
 PATH_TOLERANCE = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 8e-2}
 
 
@@ -388,13 +390,14 @@ def test_layer_op_noncontiguous_inputs(device):
     (3, 2, 1, 70, False),    # a single input
     (4, 13, 70, 40, True),   # steps of 13 rows (uneven groups) and of 6
 ])
-@pytest.mark.parametrize("where", ["1", "input-per-step"])
+@pytest.mark.parametrize("where", ["1", "input-per-step", "w-hh-rows"])
 def test_engine_input_projection(device, monkeypatch, threads, dtype, seq, batch, inputs,
                                  hidden, packed, where):
     """On the engine, float32 and float64 layers compute x w_ih^T themselves, each thread for
-    its units, before the steps (lstm_engine_cpu_kernel.cpp, input_products) or in each step's
-    products: outputs and gradients as the float64 reference's, for any thread count (unit
-    slices of whole and partial SIMD vectors); inference gives the same outputs as training."""
+    its units, before the steps (lstm_engine_cpu_kernel.cpp, input_products; at batch 1 also
+    with w_hh read as stored) or in each step's products: outputs and gradients as the float64
+    reference's, for any thread count (unit slices of whole and partial SIMD vectors);
+    inference gives the same outputs as training."""
     if device != "cpu":
         pytest.skip("the recurrent engine is the CPU's")
     monkeypatch.setenv("PYNOTES_LSTM_ENGINE", where)

@@ -6,7 +6,8 @@
 // slice is a register-blocked micro-kernel: per 4 gates x kBatch rows, accumulators over k,
 // each k one vector of 4 gates' weights for L units (packed [k][gate][L], so the loads
 // stream) times a broadcast of h[b, k]. The weights of a slice (4 x units x H) are packed once
-// per call and stay in that core's cache. In float32/float64 the engine may make the input
+// per call and stay in that core's cache (at batch 1 in float32 they may be read as stored
+// instead, see row_dots). In float32/float64 the engine may make the input
 // projection too: before the steps (input_products), or in each step, with the slice's w_ih
 // rows packed before its w_hh rows and x_t's rows multiplied into the same accumulators.
 // Each step visits a thread's blocks of weights in the reverse order of the step before,
@@ -260,6 +261,99 @@ void gate_products_n(int n, Args&&... args) {
   TORCH_INTERNAL_ASSERT(false, "lstm engine: ", n, " rows per micro-kernel");
 }
 
+// At batch 1 a step multiplies w_hh by one row of h and streams w_hh from cache whatever its
+// layout, so float32 w_hh may be read as stored, rows of H (LstmEngineForward::w_hh_rows),
+// with no packed copy: the copy doubles what a call moves, and at hidden 512 on a Xeon
+// (4 MB of w_hh) the copy and the rows it was made from outgrew the two cores' L2, so that
+// each call read w_hh from memory to pack it again (180 of 1400 us at T = 50). Each row
+// product is then a dot product along k, summed across lanes at the end (sum_each), which
+// costs most where rows are short: the steps ran 5-18 % slower at hidden 64-512 with w_hh in
+// L2 (lstm_ops.cpp times both at batch 1).
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+constexpr bool kRowDots = true;
+// Lane r of sum_each(a): the sum of the lanes of a[r], added in a fixed order (so the same bits
+// on any thread count).
+#if defined(CPU_CAPABILITY_AVX512)
+using RawFloats = __m512;
+inline __m512 sum_each(const __m512 (&a)[16]) {
+  auto pairs = [](__m512 x, __m512 y) {  // per 128 bits: x, y, x, y
+    return _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+  };
+  auto quads = [](__m512 x, __m512 y) {  // per 128 bits: the 4 rows of x and y's pairs
+    const __m512d xd = _mm512_castps_pd(x), yd = _mm512_castps_pd(y);
+    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(xd, yd)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(xd, yd)));
+  };
+  auto halves = [](__m512 x, __m512 y) {  // 128-bit lanes 0+1, 2+3 of x, then of y
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
+  };
+  __m512 q[4];
+  for (int i = 0; i < 4; ++i) {
+    q[i] = quads(pairs(a[4 * i], a[4 * i + 1]), pairs(a[4 * i + 2], a[4 * i + 3]));
+  }
+  return halves(halves(q[0], q[1]), halves(q[2], q[3]));
+}
+#else
+using RawFloats = __m256;
+inline __m256 sum_each(const __m256 (&a)[8]) {
+  auto pairs = [](__m256 x, __m256 y) {
+    return _mm256_add_ps(_mm256_unpacklo_ps(x, y), _mm256_unpackhi_ps(x, y));
+  };
+  auto quads = [](__m256 x, __m256 y) {
+    const __m256d xd = _mm256_castps_pd(x), yd = _mm256_castps_pd(y);
+    return _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(xd, yd)),
+                         _mm256_castpd_ps(_mm256_unpackhi_pd(xd, yd)));
+  };
+  const __m256 lo = quads(pairs(a[0], a[1]), pairs(a[2], a[3]));
+  const __m256 hi = quads(pairs(a[4], a[5]), pairs(a[6], a[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20),
+                       _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+#endif
+
+// Lane r < rows: w's row r (rows `ld` apart) times h, over K. (Lanes past rows are zero.)
+// R rows at a time, each along k with two accumulators: on one core of a Xeon, with 512 KB of
+// rows in L2, 4 rows at a time read them at 154-163 GB/s, all 16 at once at 135-143, and the
+// packed layout's single stream at 157-171. (Not inlined: inlined in the step loop, GCC
+// spilled its registers, and a layer at hidden 256 ran 1.4x slower.)
+template <bool kAllRows>
+__attribute__((noinline)) at::vec::Vectorized<float> row_dots(const float* w, int64_t ld,
+                                                              const float* h, int64_t K,
+                                                              int rows) {
+  using V = at::vec::Vectorized<float>;
+  constexpr int L = V::size();
+  constexpr int R = L == 16 ? 4 : 2;  // (registers: L sums, 2R accumulators, h, the loads)
+  RawFloats sums[L];
+  for (int r0 = 0; r0 < L; r0 += R) {
+    RawFloats acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V(0);
+    auto add_products = [&](int64_t k, int64_t n, int a) {
+      const V hk = n == L ? V::loadu(h + k) : V::loadu(h + k, n);
+      for (int r = 0; r < R; ++r) {
+        if (kAllRows || r0 + r < rows) {
+          const float* wr = w + (r0 + r) * ld + k;
+          const V wv = n == L ? V::loadu(wr) : V::loadu(wr, n);
+          acc[r][a] = at::vec::fmadd(wv, hk, V(acc[r][a]));
+        }
+      }
+    };
+    int64_t k = 0;
+    if (kAllRows || r0 < rows) {
+      for (; k + 2 * L <= K; k += 2 * L) {
+        add_products(k, L, 0);
+        add_products(k + L, L, 1);
+      }
+      for (; k < K; k += L) add_products(k, std::min<int64_t>(L, K - k), 0);
+    }
+    for (int r = 0; r < R; ++r) sums[r0 + r] = V(acc[r][0]) + V(acc[r][1]);
+  }
+  return V(sum_each(sums));
+}
+#else
+constexpr bool kRowDots = false;
+#endif
+
 // How the engine's recurrent products run, by storage type. Every layout puts the weights of
 // element k for 4 x L outputs at w + k * 4 * L (k even where elements come in pairs).
 //
@@ -492,6 +586,9 @@ void engine_forward(const LstmEngineForward& a) {
   // With the input projection in each step's products, the packed weights of a block are its
   // w_ih rows (k < KI, multiplying the step's input rows) then its w_hh rows (multiplying h).
   const int64_t KI = a.input && a.input_per_step ? a.input_size : 0, KW = KI + K;
+  // w_hh read as stored (see row_dots), not packed.
+  const bool rows_of_w_hh =
+      a.w_hh_rows && kRowDots && std::is_same_v<T, float> && B == 1 && KI == 0;
   const R* x_rows = static_cast<const R*>(a.input);
   LineAlignedBuffer<R> h_buffers(2 * B * K);
   A* c = static_cast<A*>(a.c_n);
@@ -507,10 +604,10 @@ void engine_forward(const LstmEngineForward& a) {
     if constexpr (kRowsAsStored) {
       if (a.input && KI == 0) input_products<T, P>(a, slice, packed);
     }
-    if ((slice.end - slice.begin) % L != 0 || K != H) {
+    if (!rows_of_w_hh && ((slice.end - slice.begin) % L != 0 || K != H)) {
       std::fill_n(packed, blocks * KW * 4 * L, T(0));
     }
-    for (int64_t block = 0; block < blocks; ++block) {
+    for (int64_t block = 0; block < blocks && !rows_of_w_hh; ++block) {
       const int64_t j = slice.begin + block * L, width = std::min(L, slice.end - j);
       T* w = packed + block * KW * 4 * L;
       if constexpr (kRowsAsStored) {
@@ -565,6 +662,14 @@ void engine_forward(const LstmEngineForward& a) {
           if (input_k) {
             P::products(rows, w + k0 * 4 * L, x_rows + (o + b0) * KI + k0, KI, kc, acc,
                         k0 == 0);
+          } else if (rows_of_w_hh) {
+            if constexpr (kRowDots && std::is_same_v<T, float>) {
+              for (int q = 0; q < 4; ++q) {
+                const float* w_q = w_hh + (q * H + j) * H;
+                acc[q][0] = width == L ? row_dots<true>(w_q, H, h_read, H, L)
+                                       : row_dots<false>(w_q, H, h_read, H, width);
+              }
+            }
           } else {
             P::products(rows, w + k0 * 4 * L, h_read + b0 * K + k0 - KI, K, kc, acc, k0 == 0);
           }

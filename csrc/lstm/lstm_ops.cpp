@@ -162,18 +162,21 @@ Steps steps_of(const char* op, const at::Tensor& input, const OptTensor& batch_s
 
 // A layer's recurrent paths: per-step products and step kernels; the device's recurrent engine
 // (lstm_step.h), making the input projection itself where it can (float32, float64), before
-// the steps or in each step, or after one matrix product made it; or, for inference on CPU,
-// torch's own oneDNN RNN layer (what torch.nn.LSTM runs there).
+// the steps or in each step, or after one matrix product made it, and at batch 1 reading w_hh
+// as stored; or, for inference on CPU, torch's own oneDNN RNN layer (what torch.nn.LSTM runs
+// there).
 enum LayerPath : int {
   kProducts = 0,
   kEngine = 1,
   kOnednnRnn = 2,
   kEngineAfterMatmul = 3,
-  kEngineInputPerStep = 4
+  kEngineInputPerStep = 4,
+  kEngineWhhRows = 5
 };
 
 bool is_engine(int path) {
-  return path == kEngine || path == kEngineAfterMatmul || path == kEngineInputPerStep;
+  return path == kEngine || path == kEngineAfterMatmul || path == kEngineInputPerStep ||
+         path == kEngineWhhRows;
 }
 
 // Whether the engine can make a layer's input projection itself (it reads the rows as stored).
@@ -295,9 +298,13 @@ LstmPathCost measure_path(const LstmStepKernels& kernels, const at::TensorOption
 // engine's micro-kernel over many rows, while at batch 1 the engine's own projection was
 // faster), and making it inside each step's products (no gates buffer written before the steps
 // and read back: at batch 256, hidden 256 on a Xeon, 0.79x torch's RNN after the GEMM and
-// 1.07-1.15x per step).
-// PYNOTES_LSTM_ENGINE=0, 1, after-matmul or onednn forces the products, the engine (projecting
-// itself where it can), the engine after the product, or torch's RNN where it can run (else
+// 1.07-1.15x per step). At batch 1 in float32 on CPU the engine is also timed reading w_hh as
+// stored, with no packed copy: on a Xeon, T = 50, that halved the fixed cost at hidden 256
+// (37 to 19 us) and cut it from 245 to 65 us at hidden 512, whose copy and rows outgrew the
+// L2, while each step ran 5-18 % slower at hidden 64-512 with w_hh in L2 (faster at 1024).
+// PYNOTES_LSTM_ENGINE=0, 1, after-matmul, input-per-step, w-hh-rows or onednn forces the
+// products, the engine (projecting itself where it can), the engine after the product, with
+// the product in each step, reading w_hh as stored, or torch's RNN where it can run (else
 // the products); the tests run each.
 int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok, bool train,
                 const at::Tensor& input, int64_t steps, int64_t batch, int64_t hidden) {
@@ -308,9 +315,10 @@ int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok
     if (std::strcmp(forced, "input-per-step") == 0) {
       return engine_ok ? kEngineInputPerStep : kProducts;
     }
+    if (std::strcmp(forced, "w-hh-rows") == 0) return engine_ok ? kEngineWhhRows : kProducts;
     TORCH_CHECK(std::strcmp(forced, "0") == 0 || std::strcmp(forced, "1") == 0,
-                "PYNOTES_LSTM_ENGINE must be '0', '1', 'after-matmul', 'input-per-step' or "
-                "'onednn', got '", forced, "'");
+                "PYNOTES_LSTM_ENGINE must be '0', '1', 'after-matmul', 'input-per-step', "
+                "'w-hh-rows' or 'onednn', got '", forced, "'");
     return forced[0] == '1' && engine_ok ? kEngine : kProducts;
   }
   const EngineShapeClass key{input.scalar_type(), round_up_pow2(batch), round_up_pow2(hidden),
@@ -331,11 +339,15 @@ int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok
         c.engine_input_per_step =
             measure_path(kernels, opts, batch, hidden, kEngineInputPerStep, timed);
       }
+      if (input.is_cpu() && input.scalar_type() == at::kFloat && batch == 1) {
+        c.engine_w_hh_rows = measure_path(kernels, opts, batch, hidden, kEngineWhhRows, timed);
+      }
       choice = engine_choices().insert(key, c);
     }
-    switch (choice->engine_input_for(steps)) {
-      case LstmEngineInput::kAfterMatmul: path = kEngineAfterMatmul; break;
-      case LstmEngineInput::kPerStep: path = kEngineInputPerStep; break;
+    switch (choice->engine_form_for(steps)) {
+      case LstmEngineForm::kAfterMatmul: path = kEngineAfterMatmul; break;
+      case LstmEngineForm::kPerStep: path = kEngineInputPerStep; break;
+      case LstmEngineForm::kWhhRows: path = kEngineWhhRows; break;
       default: path = kEngine;
     }
     if (!choice->engine_for(steps)) path = kProducts;
@@ -609,8 +621,9 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
   const at::Tensor x = input.reshape({N, s.I});
   const at::Tensor w_hh_t = w_hh.t(), w_hr_t = project ? w_hr->t() : at::Tensor();
   const at::Tensor bias = combined_bias(b_ih, b_hh);
-  const bool engine_projects = (path == kEngine || path == kEngineInputPerStep) && s.I > 0 &&
-                               engine_projects_itself(input.scalar_type());
+  const bool engine_projects =
+      (path == kEngine || path == kEngineInputPerStep || path == kEngineWhhRows) && s.I > 0 &&
+      engine_projects_itself(input.scalar_type());
   const bool input_per_step = engine_projects && path == kEngineInputPerStep;
   // (Inference with the projection made per step has no use for gates.)
   at::Tensor gates = at::empty({input_per_step && !train ? 0 : N, 4 * H}, opts);
@@ -634,6 +647,7 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
                            train ? c_prev.mutable_data_ptr() : nullptr,
                            train ? h_prev.mutable_data_ptr() : nullptr};
     args.input_per_step = input_per_step;
+    args.w_hh_rows = path == kEngineWhhRows;
     kernels.engine_forward(args);
     return {as_layer_layout(output, input), h_n, c_n.to(input.scalar_type()),
             train ? gates : at::empty({0, 4 * H}, opts), c_prev, h_prev,

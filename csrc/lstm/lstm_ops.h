@@ -52,9 +52,11 @@ struct LstmPathCost {
   double seconds(int64_t steps) const { return fixed_seconds + steps * step_seconds; }
 };
 
-// Where the recurrent engine gets a layer's input projection x w_ih^T: made by itself before
-// the steps, by one matrix product before the steps, or by itself in each step's products.
-enum class LstmEngineInput { kBeforeSteps, kAfterMatmul, kPerStep };
+// How the recurrent engine runs a layer: where it gets the input projection x w_ih^T (made by
+// itself before the steps, by one matrix product before the steps, or by itself in each step's
+// products), and at batch 1, with the projection before the steps, reading w_hh as stored
+// instead of packed (LstmEngineForward::w_hh_rows).
+enum class LstmEngineForm { kBeforeSteps, kAfterMatmul, kPerStep, kWhhRows };
 
 // The costs of the recurrent engine and of per-step products measured so far for a shape
 // class (dtype, batch and hidden rounded up to powers of two, threads; training forwards,
@@ -68,23 +70,26 @@ struct LstmEngineChoice {
   // Where the engine can make the input projection itself (float32, float64), `engine` makes
   // it before the steps, and these are the engine after one matrix product made it and with
   // it made in each step; elsewhere nullopt (the engine's cost is after the product already).
-  std::optional<LstmPathCost> engine_after_matmul, engine_input_per_step;
-  LstmEngineInput engine_input_for(int64_t steps) const {
-    LstmEngineInput input = LstmEngineInput::kBeforeSteps;
+  // engine_w_hh_rows: as `engine`, w_hh read as stored, for float32 at batch 1 on CPU.
+  std::optional<LstmPathCost> engine_after_matmul, engine_input_per_step, engine_w_hh_rows;
+  LstmEngineForm engine_form_for(int64_t steps) const {
+    LstmEngineForm form = LstmEngineForm::kBeforeSteps;
     double best = engine.seconds(steps);
-    for (auto [cost, where] : {std::pair(engine_after_matmul, LstmEngineInput::kAfterMatmul),
-                               std::pair(engine_input_per_step, LstmEngineInput::kPerStep)}) {
+    for (auto [cost, which] : {std::pair(engine_after_matmul, LstmEngineForm::kAfterMatmul),
+                               std::pair(engine_input_per_step, LstmEngineForm::kPerStep),
+                               std::pair(engine_w_hh_rows, LstmEngineForm::kWhhRows)}) {
       if (cost && cost->seconds(steps) < best) {
         best = cost->seconds(steps);
-        input = where;
+        form = which;
       }
     }
-    return input;
+    return form;
   }
   LstmPathCost engine_cost(int64_t steps) const {
-    switch (engine_input_for(steps)) {
-      case LstmEngineInput::kAfterMatmul: return *engine_after_matmul;
-      case LstmEngineInput::kPerStep: return *engine_input_per_step;
+    switch (engine_form_for(steps)) {
+      case LstmEngineForm::kAfterMatmul: return *engine_after_matmul;
+      case LstmEngineForm::kPerStep: return *engine_input_per_step;
+      case LstmEngineForm::kWhhRows: return *engine_w_hh_rows;
       default: return engine;
     }
   }

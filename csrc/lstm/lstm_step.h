@@ -87,6 +87,9 @@ struct LstmEngineForward {
   // With `input`: x_t w_ih^T is summed in each step's products, with h's (nothing is read
   // from gates, nor written at inference), instead of into gates before the steps.
   bool input_per_step = false;
+  // w_hh read as stored by each step, not packed once per call: at batch 1 in float32 with
+  // AVX2 or AVX-512 on CPU, without input_per_step (elsewhere it is packed all the same).
+  bool w_hh_rows = false;
 };
 
 // Backward through time by the same engine: per step the threads' unit slices of dgates, a

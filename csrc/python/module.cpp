@@ -139,6 +139,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       // None: the engine does not project itself here
       d["engine_after_matmul_us"] = microseconds(c.engine_after_matmul);
       d["engine_input_per_step_us"] = microseconds(c.engine_input_per_step);
+      d["engine_w_hh_rows_us"] = microseconds(c.engine_w_hh_rows);  // (batch 1, float32)
       out.append(d);
     }
     return out;
