@@ -430,6 +430,41 @@ def test_engine_input_projection(device, monkeypatch, threads, dtype, seq, batch
         assert_close(a, e, dtype)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_products_project_in_chunks_of_steps(device, monkeypatch, packed):
+    """On the per-step products the input projection is made a few steps at a time (about 4 MB
+    of gates, lstm_ops.cpp): at batch 257, hidden 260 that is 3 steps, so 7 steps run as 3, 3
+    and 1, forwards and (packed, with fewer rows in the last step) in reverse; outputs and
+    gradients as the float64 reference's, and inference as training."""
+    if device != "cpu":
+        pytest.skip("the chunks are the CPU's")
+    monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "0")
+    torch.manual_seed(7)
+    seq, batch, inputs, hidden = 7, 257, 19, 260
+    batch_sizes = torch.tensor([batch] * (seq - 1) + [100]) if packed else None
+    rows = int(batch_sizes.sum()) if packed else seq * batch
+    x = torch.randn(rows, inputs) if packed else torch.randn(seq, batch, inputs)
+    tensors = [x, torch.randn(batch, hidden), torch.randn(batch, hidden),
+               0.3 * torch.randn(4 * hidden, inputs), 0.1 * torch.randn(4 * hidden, hidden),
+               torch.randn(4 * hidden), torch.randn(4 * hidden)]
+    results = []
+    for t, layer in ((torch.float32, pynotes.ops.lstm_layer),
+                     (torch.float64, reference.lstm_layer)):
+        args = [a.to(t).requires_grad_() for a in tensors]
+        out = layer(*args, batch_sizes=batch_sizes, reverse=packed)
+        if layer is pynotes.ops.lstm_layer:
+            with torch.no_grad():
+                inferred = layer(*args, batch_sizes=batch_sizes, reverse=packed)
+            for a, b in zip(out[:3], inferred[:3]):
+                assert torch.equal(a, b)
+        torch.manual_seed(8)
+        weights = [torch.randn(o.shape, dtype=torch.float64) for o in out]
+        loss = sum((o * w.to(t)).sum() for o, w in zip(out, weights))
+        results.append([*out, *torch.autograd.grad(loss, args)])
+    for a, e in zip(*results):
+        assert_close(a, e, torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reverse,bias", [(False, True), (True, False)])
 def test_inference_on_torchs_onednn_rnn(device, monkeypatch, dtype, reverse, bias):

@@ -245,25 +245,29 @@ Tensor3 onednn_rnn_layer(const at::Tensor& input, const at::Tensor& hx, const at
 // What a layer path is timed on: its forward at inference or in training, or its backward.
 enum class Timed { kInference, kTraining, kBackward };
 
-// Seconds of a layer of `steps` steps at this batch and hidden size on one path (best of 2 to
+// Seconds of a layer of `steps` steps at this batch and hidden size on one path (best of 3 to
 // 16 runs after a warm-up, as many as 20 ms allow), on synthetic inputs.
 double time_layer_path(const LstmStepKernels& kernels, const at::TensorOptions& opts,
                        int64_t steps, int64_t batch, int64_t hidden, LayerPath path,
                        Timed timed) {
   const at::Tensor x = at::zeros({steps, batch, hidden}, opts);
   const at::Tensor h0 = at::zeros({batch, hidden}, opts), c0 = at::zeros({batch, hidden}, opts);
-  const at::Tensor w = at::zeros({4 * hidden, hidden}, opts), bias = at::zeros({4 * hidden}, opts);
+  // (Two weights, as a layer has: one tensor for both halves what the paths read, which at
+  // hidden 512 and up decides what stays in the cache.)
+  const at::Tensor w_ih = at::zeros({4 * hidden, hidden}, opts);
+  const at::Tensor w_hh = at::zeros({4 * hidden, hidden}, opts);
+  const at::Tensor bias = at::zeros({4 * hidden}, opts);
   if (timed != Timed::kBackward) {
-    return best_seconds_within(0.02, 2, 16, [&] {
-      layer_forward(x, h0, c0, w, w, bias, bias, std::nullopt, std::nullopt, false,
+    return best_seconds_within(0.02, 3, 16, [&] {
+      layer_forward(x, h0, c0, w_ih, w_hh, bias, bias, std::nullopt, std::nullopt, false,
                     timed == Timed::kTraining, kernels, path);
     });
   }
-  const auto saved = layer_forward(x, h0, c0, w, w, bias, bias, std::nullopt, std::nullopt,
-                                   false, true, kernels, kProducts);
-  return best_seconds_within(0.02, 2, 16, [&] {
-    layer_backward(x, std::nullopt, std::nullopt, x, h0, w, w, std::nullopt, std::nullopt, false,
-                   std::get<3>(saved), std::get<4>(saved), std::get<5>(saved),
+  const auto saved = layer_forward(x, h0, c0, w_ih, w_hh, bias, bias, std::nullopt,
+                                   std::nullopt, false, true, kernels, kProducts);
+  return best_seconds_within(0.02, 3, 16, [&] {
+    layer_backward(x, std::nullopt, std::nullopt, x, h0, w_ih, w_hh, std::nullopt, std::nullopt,
+                   false, std::get<3>(saved), std::get<4>(saved), std::get<5>(saved),
                    std::get<6>(saved), {false, false, false}, kernels, path);
   });
 }
@@ -271,7 +275,7 @@ double time_layer_path(const LstmStepKernels& kernels, const at::TensorOptions& 
 // A path's cost as fixed + per-step seconds, from layers of 4 and 16 steps (the engine packs
 // W_hh once per call: long sequences favour it more than short ones), or 4 and 8 steps where
 // the 4 steps took more than 10 ms: there the steps outweigh any fixed cost, and at batch 256,
-// hidden 1024 on a Xeon the first call took 8.8 s against 0.7 s for the next (best of 3 runs).
+// hidden 1024 on a Xeon the first call took 8.8 s against 0.7 s for the next.
 LstmPathCost measure_path(const LstmStepKernels& kernels, const at::TensorOptions& opts,
                           int64_t batch, int64_t hidden, LayerPath path, Timed timed) {
   const double short_s = time_layer_path(kernels, opts, 4, batch, hidden, path, timed);
@@ -628,9 +632,22 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
       (path == kEngine || path == kEngineInputPerStep || path == kEngineWhhRows) && s.I > 0 &&
       engine_projects_itself(input.scalar_type());
   const bool input_per_step = engine_projects && path == kEngineInputPerStep;
+  // The per-step products make the input projection a chunk of steps at a time, just before
+  // the chunk's steps, which then find its gates in the cache; at inference the chunks share
+  // one buffer of ~4 MB. (All steps' gates made before the steps ran a step 15-38 % slower at
+  // T50 than at T16 on a Xeon, B256 H256-512: their buffer outgrew the cache, and from 32 MB
+  // glibc maps it fresh each call, a page fault per 4 KB.) The engine takes them all at once.
+  const bool chunked = !is_engine(path) && input.is_cpu();
+  const int64_t chunk_steps =
+      chunked ? std::max<int64_t>(1, (int64_t{4} << 20) /
+                                         std::max<int64_t>(1, B * 4 * H * input.element_size()))
+              : T;
   // (Inference with the projection made per step has no use for gates.)
-  at::Tensor gates = at::empty({input_per_step && !train ? 0 : N, 4 * H}, opts);
-  if (!engine_projects) matmul_into(gates, x, w_ih.t(), false);
+  at::Tensor gates = at::empty(
+      {input_per_step && !train ? 0 : (chunked && !train ? std::min(T, chunk_steps) * B : N),
+       4 * H},
+      opts);
+  if (!engine_projects && !chunked) matmul_into(gates, x, w_ih.t(), false);
   at::Tensor h = hx.clone(at::MemoryFormat::Contiguous);
   at::Tensor c = cx.to(acc_opts.dtype(), false, true, at::MemoryFormat::Contiguous);
   at::Tensor output = at::empty({N, P}, opts);
@@ -661,10 +678,19 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
   // W_hh packed once for the steps' products (a single step would only pay for the packing).
   const RepeatedMatmul recurrent(w_hh_t, T > 1 ? B : 0);
 
+  int64_t chunk_row = 0;  // the row of x that gates' first row is the projection of
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = reverse ? T - 1 - k : k, n = steps.rows[t], o = steps.offset[t];
+    if (chunked && k % chunk_steps == 0) {
+      const int64_t last = std::min(T, k + chunk_steps) - 1;
+      const int64_t t_first = reverse ? T - 1 - last : k, t_last = reverse ? t : last;
+      const int64_t rows = steps.offset[t_last] + steps.rows[t_last] - steps.offset[t_first];
+      chunk_row = train ? 0 : steps.offset[t_first];
+      at::Tensor g = gates.narrow(0, steps.offset[t_first] - chunk_row, rows);
+      matmul_into(g, x.narrow(0, steps.offset[t_first], rows), w_ih.t(), false);
+    }
     if (n == 0) continue;
-    at::Tensor g = gates.narrow(0, o, n);
+    at::Tensor g = gates.narrow(0, o - chunk_row, n);
     at::Tensor h_in = h.narrow(0, 0, n);
     if (train) {
       at::Tensor saved = h_prev.narrow(0, o, n);
