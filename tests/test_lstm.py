@@ -432,10 +432,10 @@ def test_engine_input_projection(device, monkeypatch, threads, dtype, seq, batch
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_products_project_in_chunks_of_steps(device, monkeypatch, packed):
-    """On the per-step products the input projection is made a few steps at a time (about 4 MB
-    of gates, lstm_ops.cpp): at batch 257, hidden 260 that is 3 steps, so 7 steps run as 3, 3
-    and 1, forwards and (packed, with fewer rows in the last step) in reverse; outputs and
-    gradients as the float64 reference's, and inference as training."""
+    """At inference on the per-step products the input projection is made a few steps at a time
+    (about 4 MB of gates, lstm_ops.cpp): at batch 257, hidden 260 that is 3 steps, so 7 steps
+    run as 3, 3 and 1, forwards and (packed, with fewer rows in the last step) in reverse.
+    Inference as the float64 reference, as training (one product) is."""
     if device != "cpu":
         pytest.skip("the chunks are the CPU's")
     monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "0")
@@ -455,13 +455,11 @@ def test_products_project_in_chunks_of_steps(device, monkeypatch, packed):
         if layer is pynotes.ops.lstm_layer:
             with torch.no_grad():
                 inferred = layer(*args, batch_sizes=batch_sizes, reverse=packed)
-            for a, b in zip(out[:3], inferred[:3]):
-                assert torch.equal(a, b)
         torch.manual_seed(8)
         weights = [torch.randn(o.shape, dtype=torch.float64) for o in out]
         loss = sum((o * w.to(t)).sum() for o, w in zip(out, weights))
         results.append([*out, *torch.autograd.grad(loss, args)])
-    for a, e in zip(*results):
+    for a, e in zip([*inferred, *results[0]], [*results[1][:3], *results[1]]):
         assert_close(a, e, torch.float32)
 
 

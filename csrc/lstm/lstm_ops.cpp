@@ -245,11 +245,11 @@ Tensor3 onednn_rnn_layer(const at::Tensor& input, const at::Tensor& hx, const at
 // What a layer path is timed on: its forward at inference or in training, or its backward.
 enum class Timed { kInference, kTraining, kBackward };
 
-// Seconds of a layer of `steps` steps at this batch and hidden size on one path (best of 3 to
-// 16 runs after a warm-up, as many as 20 ms allow), on synthetic inputs.
+// Seconds of a layer of `steps` steps at this batch and hidden size on one path (best of
+// min_runs to 16 runs after a warm-up, as many as 20 ms allow), on synthetic inputs.
 double time_layer_path(const LstmStepKernels& kernels, const at::TensorOptions& opts,
                        int64_t steps, int64_t batch, int64_t hidden, LayerPath path,
-                       Timed timed) {
+                       Timed timed, int min_runs) {
   const at::Tensor x = at::zeros({steps, batch, hidden}, opts);
   const at::Tensor h0 = at::zeros({batch, hidden}, opts), c0 = at::zeros({batch, hidden}, opts);
   // (Two weights, as a layer has: one tensor for both halves what the paths read, which at
@@ -258,29 +258,34 @@ double time_layer_path(const LstmStepKernels& kernels, const at::TensorOptions& 
   const at::Tensor w_hh = at::zeros({4 * hidden, hidden}, opts);
   const at::Tensor bias = at::zeros({4 * hidden}, opts);
   if (timed != Timed::kBackward) {
-    return best_seconds_within(0.02, 3, 16, [&] {
+    return best_seconds_within(0.02, min_runs, 16, [&] {
       layer_forward(x, h0, c0, w_ih, w_hh, bias, bias, std::nullopt, std::nullopt, false,
                     timed == Timed::kTraining, kernels, path);
     });
   }
   const auto saved = layer_forward(x, h0, c0, w_ih, w_hh, bias, bias, std::nullopt,
                                    std::nullopt, false, true, kernels, kProducts);
-  return best_seconds_within(0.02, 3, 16, [&] {
+  return best_seconds_within(0.02, min_runs, 16, [&] {
     layer_backward(x, std::nullopt, std::nullopt, x, h0, w_ih, w_hh, std::nullopt, std::nullopt,
                    false, std::get<3>(saved), std::get<4>(saved), std::get<5>(saved),
                    std::get<6>(saved), {false, false, false}, kernels, path);
   });
 }
 
-// A path's cost as fixed + per-step seconds, from layers of 4 and 16 steps (the engine packs
-// W_hh once per call: long sequences favour it more than short ones), or 4 and 8 steps where
-// the 4 steps took more than 10 ms: there the steps outweigh any fixed cost, and at batch 256,
-// hidden 1024 on a Xeon the first call took 8.8 s against 0.7 s for the next.
+// A path's cost as fixed + per-step seconds, from layers of 4 steps and of `steps` (the first
+// call's length, 16 to 64: the engine packs W_hh once per call, and the forms that write all
+// steps' gates before the steps slow down per step once that buffer outgrows the cache, which
+// 16 steps hid at batch 64, hidden 512 on a Xeon), or 4 and 8 steps where the 4 steps took
+// more than 10 ms: there the steps outweigh any fixed cost, and at batch 256, hidden 1024 on
+// a Xeon the first call took 8.8 s against 0.7 s for the next with 4 and 16. (Best of at
+// least 3 runs of the short layer and 2 of the long one, each after a warm-up.)
 LstmPathCost measure_path(const LstmStepKernels& kernels, const at::TensorOptions& opts,
-                          int64_t batch, int64_t hidden, LayerPath path, Timed timed) {
-  const double short_s = time_layer_path(kernels, opts, 4, batch, hidden, path, timed);
-  const int64_t long_steps = short_s > 0.01 ? 8 : 16;
-  const double long_s = time_layer_path(kernels, opts, long_steps, batch, hidden, path, timed);
+                          int64_t batch, int64_t hidden, LayerPath path, Timed timed,
+                          int64_t steps = 16) {
+  const double short_s = time_layer_path(kernels, opts, 4, batch, hidden, path, timed, 3);
+  const int64_t long_steps = short_s > 0.01 ? 8 : std::clamp<int64_t>(steps, 16, 64);
+  const double long_s =
+      time_layer_path(kernels, opts, long_steps, batch, hidden, path, timed, 2);
   const double per_step = std::max(0.0, (long_s - short_s) / (long_steps - 4));
   return {std::max(0.0, short_s - 4 * per_step), per_step};
 }
@@ -338,16 +343,17 @@ int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok
     if (!choice) {
       const auto opts = input.options();
       LstmEngineChoice c{key.dtype, key.batch, key.hidden, key.threads, train,
-                         measure_path(kernels, opts, batch, hidden, kEngine, timed),
-                         measure_path(kernels, opts, batch, hidden, kProducts, timed)};
+                         measure_path(kernels, opts, batch, hidden, kEngine, timed, steps),
+                         measure_path(kernels, opts, batch, hidden, kProducts, timed, steps)};
       if (engine_projects_itself(input.scalar_type())) {
         c.engine_after_matmul =
-            measure_path(kernels, opts, batch, hidden, kEngineAfterMatmul, timed);
+            measure_path(kernels, opts, batch, hidden, kEngineAfterMatmul, timed, steps);
         c.engine_input_per_step =
-            measure_path(kernels, opts, batch, hidden, kEngineInputPerStep, timed);
+            measure_path(kernels, opts, batch, hidden, kEngineInputPerStep, timed, steps);
       }
       if (input.is_cpu() && input.scalar_type() == at::kFloat && batch == 1) {
-        c.engine_w_hh_rows = measure_path(kernels, opts, batch, hidden, kEngineWhhRows, timed);
+        c.engine_w_hh_rows =
+            measure_path(kernels, opts, batch, hidden, kEngineWhhRows, timed, steps);
       }
       choice = engine_choices().insert(key, c);
     }
@@ -365,7 +371,8 @@ int choose_path(const LstmStepKernels& kernels, bool project, bool onednn_rnn_ok
   if (!rnn) {
     LstmOnednnRnnCost cost{key.dtype, key.batch, key.hidden, key.threads, std::nullopt};
     try {
-      cost.rnn = measure_path(kernels, input.options(), batch, hidden, kOnednnRnn, timed);
+      cost.rnn =
+          measure_path(kernels, input.options(), batch, hidden, kOnednnRnn, timed, steps);
     } catch (const std::exception&) {  // oneDNN cannot run the dtype on this CPU (dnnl::error)
     }
     rnn = onednn_rnn_costs().insert(key, cost);
@@ -632,20 +639,19 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
       (path == kEngine || path == kEngineInputPerStep || path == kEngineWhhRows) && s.I > 0 &&
       engine_projects_itself(input.scalar_type());
   const bool input_per_step = engine_projects && path == kEngineInputPerStep;
-  // The per-step products make the input projection a chunk of steps at a time, just before
-  // the chunk's steps, which then find its gates in the cache; at inference the chunks share
-  // one buffer of ~4 MB. (All steps' gates made before the steps ran a step 15-38 % slower at
-  // T50 than at T16 on a Xeon, B256 H256-512: their buffer outgrew the cache, and from 32 MB
-  // glibc maps it fresh each call, a page fault per 4 KB.) The engine takes them all at once.
-  const bool chunked = !is_engine(path) && input.is_cpu();
+  // At inference the per-step products make the input projection a chunk of steps at a time,
+  // just before the chunk's steps, into one buffer of ~4 MB. (A buffer of all steps' gates ran
+  // a step 15-38 % slower at T50 than at T16 on a Xeon, B256 H256-512, under glibc's defaults:
+  // it outgrew the cache, and from 32 MB glibc maps it fresh each call, a page fault per 4 KB.
+  // Training keeps all the gates for the backward: there one product is 1-6 % faster.)
+  const bool chunked = !train && !is_engine(path) && input.is_cpu();
   const int64_t chunk_steps =
       chunked ? std::max<int64_t>(1, (int64_t{4} << 20) /
                                          std::max<int64_t>(1, B * 4 * H * input.element_size()))
               : T;
   // (Inference with the projection made per step has no use for gates.)
   at::Tensor gates = at::empty(
-      {input_per_step && !train ? 0 : (chunked && !train ? std::min(T, chunk_steps) * B : N),
-       4 * H},
+      {input_per_step && !train ? 0 : (chunked ? std::min(T, chunk_steps) * B : N), 4 * H},
       opts);
   if (!engine_projects && !chunked) matmul_into(gates, x, w_ih.t(), false);
   at::Tensor h = hx.clone(at::MemoryFormat::Contiguous);
@@ -685,8 +691,8 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
       const int64_t last = std::min(T, k + chunk_steps) - 1;
       const int64_t t_first = reverse ? T - 1 - last : k, t_last = reverse ? t : last;
       const int64_t rows = steps.offset[t_last] + steps.rows[t_last] - steps.offset[t_first];
-      chunk_row = train ? 0 : steps.offset[t_first];
-      at::Tensor g = gates.narrow(0, steps.offset[t_first] - chunk_row, rows);
+      chunk_row = steps.offset[t_first];
+      at::Tensor g = gates.narrow(0, 0, rows);
       matmul_into(g, x.narrow(0, steps.offset[t_first], rows), w_ih.t(), false);
     }
     if (n == 0) continue;
