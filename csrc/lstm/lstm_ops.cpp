@@ -294,8 +294,8 @@ LstmPathCost measure_path(const LstmStepKernels& kernels, const at::TensorOption
 // is faster on this machine: which one is depends on the CPU (the engine won up to batch 32 on
 // a Xeon with AMX and on an AMD EPYC, and also at batch 64 on the Xeon; bfloat16 products on
 // AMX tiles outrun it from batch x hidden ~4096), so the first layer of each shape class
-// (dtype, batch and hidden rounded up to powers of two, threads) times both on 4- and 16-step
-// synthetic sequences (fixed and per-step cost of each path) and keeps both costs for the
+// (dtype, batch and hidden rounded up to powers of two, threads) times both on synthetic
+// sequences (measure_path: fixed and per-step cost of each path) and keeps both costs for the
 // process; each call then takes the cheaper path for its length. Training forwards are
 // classes of their own, timed saving what the backward needs (at batch 256, hidden 256 on a
 // Xeon the engine's forward that won inference by 1.07-1.15x took 54 ms in training against the
