@@ -382,6 +382,19 @@ def test_layer_op_noncontiguous_inputs(device):
         assert_close(a, e, torch.float64)
 
 
+def layer_inputs(seq, batch, inputs, hidden, last_batch=None, w_hh_scale=0.3):
+    """batch_sizes (packed, the last step with last_batch rows) or None, and random inputs of
+    lstm_layer: x, h0, c0, w_ih, w_hh, b_ih, b_hh."""
+    batch_sizes = (torch.tensor([batch] * (seq - 1) + [last_batch])
+                   if last_batch is not None else None)
+    x = (torch.randn(int(batch_sizes.sum()), inputs) if batch_sizes is not None
+         else torch.randn(seq, batch, inputs))
+    return batch_sizes, [x, torch.randn(batch, hidden), torch.randn(batch, hidden),
+                         0.3 * torch.randn(4 * hidden, inputs),
+                         w_hh_scale * torch.randn(4 * hidden, hidden),
+                         torch.randn(4 * hidden), torch.randn(4 * hidden)]
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seq,batch,inputs,hidden,packed", [
@@ -402,12 +415,8 @@ def test_engine_input_projection(device, monkeypatch, threads, dtype, seq, batch
         pytest.skip("the recurrent engine is the CPU's")
     monkeypatch.setenv("PYNOTES_LSTM_ENGINE", where)
     torch.manual_seed(seq * 100 + inputs)
-    batch_sizes = torch.tensor([batch] * (seq - 1) + [max(1, batch // 2)]) if packed else None
-    rows = int(batch_sizes.sum()) if packed else seq * batch
-    x = torch.randn(rows, inputs) if packed else torch.randn(seq, batch, inputs)
-    tensors = [x, torch.randn(batch, hidden), torch.randn(batch, hidden),
-               0.3 * torch.randn(4 * hidden, inputs), 0.3 * torch.randn(4 * hidden, hidden),
-               torch.randn(4 * hidden), torch.randn(4 * hidden)]
+    batch_sizes, tensors = layer_inputs(seq, batch, inputs, hidden,
+                                        max(1, batch // 2) if packed else None)
     results = []
     for t, layer in ((dtype, pynotes.ops.lstm_layer), (torch.float64, reference.lstm_layer)):
         args = [a.to(t).requires_grad_() for a in tensors]
@@ -440,13 +449,7 @@ def test_products_project_in_chunks_of_steps(device, monkeypatch, packed):
         pytest.skip("the chunks are the CPU's")
     monkeypatch.setenv("PYNOTES_LSTM_ENGINE", "0")
     torch.manual_seed(7)
-    seq, batch, inputs, hidden = 7, 257, 19, 260
-    batch_sizes = torch.tensor([batch] * (seq - 1) + [100]) if packed else None
-    rows = int(batch_sizes.sum()) if packed else seq * batch
-    x = torch.randn(rows, inputs) if packed else torch.randn(seq, batch, inputs)
-    tensors = [x, torch.randn(batch, hidden), torch.randn(batch, hidden),
-               0.3 * torch.randn(4 * hidden, inputs), 0.1 * torch.randn(4 * hidden, hidden),
-               torch.randn(4 * hidden), torch.randn(4 * hidden)]
+    batch_sizes, tensors = layer_inputs(7, 257, 19, 260, 100 if packed else None, 0.1)
     results = []
     for t, layer in ((torch.float32, pynotes.ops.lstm_layer),
                      (torch.float64, reference.lstm_layer)):
