@@ -56,13 +56,19 @@ double seconds_of(const F& f) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Seconds of the fastest of `runs` calls of f.
+template <typename F>
+double fastest_of(int runs, const F& f) {
+  double best = 1e300;
+  for (int run = 0; run < runs; ++run) best = std::min(best, seconds_of(f));
+  return best;
+}
+
 // Seconds of the fastest of `runs` calls of f, after one warm-up call.
 template <typename F>
 double best_seconds(int runs, const F& f) {
   f();
-  double best = 1e300;
-  for (int run = 0; run < runs; ++run) best = std::min(best, seconds_of(f));
-  return best;
+  return fastest_of(runs, f);
 }
 
 // The fastest of as many timed calls of f as budget_seconds allows (min_runs to max_runs),
@@ -74,9 +80,7 @@ double best_seconds_within(double budget_seconds, int min_runs, int max_runs, co
   const double first = seconds_of(f);
   const int runs = static_cast<int>(
       std::clamp(budget_seconds / std::max(first, 1e-9), double(min_runs), double(max_runs)));
-  double best = 1e300;
-  for (int run = 0; run < runs; ++run) best = std::min(best, seconds_of(f));
-  return best;
+  return fastest_of(runs, f);
 }
 
 }  // namespace pynotes

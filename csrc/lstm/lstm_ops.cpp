@@ -692,8 +692,8 @@ layer_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& c
       const int64_t t_first = reverse ? T - 1 - last : k, t_last = reverse ? t : last;
       const int64_t rows = steps.offset[t_last] + steps.rows[t_last] - steps.offset[t_first];
       chunk_row = steps.offset[t_first];
-      at::Tensor g = gates.narrow(0, 0, rows);
-      matmul_into(g, x.narrow(0, steps.offset[t_first], rows), w_ih.t(), false);
+      at::Tensor chunk_gates = gates.narrow(0, 0, rows);
+      matmul_into(chunk_gates, x.narrow(0, chunk_row, rows), w_ih.t(), false);
     }
     if (n == 0) continue;
     at::Tensor g = gates.narrow(0, o - chunk_row, n);
