@@ -51,8 +51,11 @@ def _cast_one(t, device_type, policy):
     return t
 
 
-def cast(op, device_type, args):
-    """args with op's autocast rule applied when autocast is on for device_type."""
+def cast(op, tensor, args):
+    """args with op's autocast rule applied when autocast is on for tensor's device."""
+    if not torch._C._is_any_autocast_enabled():  # (the common case, in one cheap call)
+        return args
+    device_type = tensor.device.type
     policy = POLICIES[op].get(device_type)
     if policy is None or not torch.is_autocast_enabled(device_type):
         return args

@@ -28,12 +28,13 @@ def needs_autograd(*tensors):
     transform (which refuses C++ autograd functions), or with grad mode on and an input that
     requires a gradient, but not under torch.compile or torch.jit.trace (which record the op,
     differentiated by its C++ autograd)."""
+    # (inference asks first: grad mode off and no transform skips the rest)
+    transforms = torch._C._are_functorch_transforms_active()
+    if not transforms and not torch.is_grad_enabled():
+        return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    if torch._C._are_functorch_transforms_active():
-        return True
-    return torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+    return transforms or any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
 def below_autograd():

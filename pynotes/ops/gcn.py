@@ -18,7 +18,7 @@ def gcn_propagate(x, adj):
     same inputs give the same bits, forward and backward.
     """
     if isinstance(x, torch.Tensor):
-        (x,) = _autocast.cast("gcn_propagate", x.device.type, (x,))
+        (x,) = _autocast.cast("gcn_propagate", x, (x,))
     if not _ext.use_extension(x):
         return reference_gcn_propagate(x, adj)
     flat, adj = prepare(x, adj)

@@ -18,8 +18,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, activation=N
     """
     silu = parse_activation(activation)
     if isinstance(input, torch.Tensor):
-        input, weight, bias = _autocast.cast("group_norm", input.device.type,
-                                             (input, weight, bias))
+        input, weight, bias = _autocast.cast("group_norm", input, (input, weight, bias))
     if not _ext.use_extension(input):
         return reference_group_norm(input, num_groups, weight, bias, eps, activation)
     if _autograd.needs_autograd(input, weight, bias):

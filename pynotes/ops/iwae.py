@@ -41,7 +41,7 @@ def importance_weights(log_w, dim=0):
 def _cast_log_w(op, log_w):
     if not isinstance(log_w, torch.Tensor):
         return log_w
-    return _autocast.cast(op, log_w.device.type, (log_w,))[0]
+    return _autocast.cast(op, log_w, (log_w,))[0]
 
 
 @_autograd.with_eager_form

@@ -14,7 +14,7 @@ def lstm_cell(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None):
     float32/float64 on CPU, also float16/bfloat16 on CUDA (cell state in float32).
     Differentiable twice and more, and under torch.func (pynotes.ops._autograd).
     """
-    args = _autocast.cast("lstm_cell", input.device.type, (input, hx, cx, w_ih, w_hh, b_ih, b_hh))
+    args = _autocast.cast("lstm_cell", input, (input, hx, cx, w_ih, w_hh, b_ih, b_hh))
     if not _ext.use_extension(input):
         return reference.lstm_cell(*args)
     if _autograd.needs_autograd(*args):
@@ -38,7 +38,7 @@ def lstm_layer(input, hx, cx, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, batch
     computes the weight gradients as a few large products after the loop. Differentiable twice
     and more, and under torch.func (pynotes.ops._autograd).
     """
-    args = _autocast.cast("lstm_layer", input.device.type,
+    args = _autocast.cast("lstm_layer", input,
                           (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse))
     if not _ext.use_extension(input):
         return reference.lstm_layer(*args)
