@@ -1,4 +1,5 @@
 """pynotes group norm against torch.nn.functional.group_norm (+ silu) in float64."""
+import mmap
 import subprocess
 import sys
 
@@ -369,6 +370,23 @@ def test_stream_choice_is_measured_and_reported(device, layout, monkeypatch):
     assert torch.equal(measured[0], run()[0])
     monkeypatch.setenv("PYNOTES_GROUP_NORM_STREAM", "1" if chosen["backward"] else "0")
     assert torch.equal(measured[1], run()[1])
+
+
+@pytest.mark.skipif(not _ext.extension_loaded(), reason="extension not built")
+@pytest.mark.skipif(sys.platform != "linux", reason="sampled with Linux's mincore")
+def test_pages_exist_tells_a_fresh_mapping_from_written_memory():
+    """Group norm streams its output only onto pages already in memory (pages_exist): a fresh
+    anonymous mapping's pages fault in at the first write, zeroed through the cache."""
+    block = mmap.mmap(-1, 8 << 20)
+    t = torch.frombuffer(block, dtype=torch.uint8)
+    assert not pynotes._C.pages_exist(t)
+    t[: 4 << 20].fill_(1)  # the first half: the samples at 3/4 and the end are still fresh
+    assert not pynotes._C.pages_exist(t)
+    t.fill_(1)
+    assert pynotes._C.pages_exist(t)
+    assert pynotes._C.pages_exist(torch.empty(0))
+    del t
+    block.close()
 
 
 def test_non_contiguous_inputs(device):

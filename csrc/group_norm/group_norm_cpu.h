@@ -35,4 +35,8 @@ struct GroupNormStreamChoice {
 };
 std::vector<GroupNormStreamChoice> group_norm_stream_choices();
 
+// Whether a block's pages are in memory already (not a fresh mapping that faults at its first
+// write), sampled: where the choice above is to stream, only such outputs are streamed.
+bool pages_exist(const void* data, int64_t bytes);
+
 }  // namespace pynotes

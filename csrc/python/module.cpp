@@ -187,6 +187,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return walk_choices(pynotes::group_norm_forward_walk_choices());
   }, "How the channels-last group norm forward walks its rows, chosen so far by measurement "
      "(group_norm_cpu.cpp).");
+  m.def("pages_exist", [](const at::Tensor& t) {
+    TORCH_CHECK(t.device().is_cpu(), "pages_exist: expected a CPU tensor, got ", t.device());
+    return pynotes::pages_exist(t.const_data_ptr(), static_cast<int64_t>(t.nbytes()));
+  }, "Whether a CPU tensor's pages are in memory already, not a fresh mapping (sampled); group "
+     "norm streams its output only onto such pages (group_norm_cpu.cpp).");
   m.def("group_norm_stream_choices", [] {
     py::list out;
     for (const pynotes::GroupNormStreamChoice& c : pynotes::group_norm_stream_choices()) {
